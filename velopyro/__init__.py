@@ -1,0 +1,36 @@
+"""velopyro: veloVI RNA velocity as a Pyro probabilistic program.
+
+Public names (loaded on first use, so ``import velopyro`` stays fast):
+
+- :class:`VeloPyro`: the AnnData-facing model (fit, velocity, latent time, states, save/load)
+- :mod:`velopyro.pp`: preprocessing from raw counts to Ms/Mu in [0, 1]
+- :mod:`velopyro.pl`: figures (phase portraits, latent time, velocity stream, loss curve, PPC)
+- :mod:`velopyro.datasets`: the bundled pancreas data and the simulator
+- :mod:`velopyro.likelihoods`: observation models (Normal, Poisson, negative binomial)
+- :mod:`velopyro.kinetics`: the closed-form kinetics (seed eq. 1-12)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {"pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "model", "guide", "train", "posterior",
+               "nn", "api", "cli", "diagnostics"}
+_ATTRS = {"VeloPyro": "api"}
+
+__all__ = ["VeloPyro", "pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ATTRS:
+        return getattr(importlib.import_module(f".{_ATTRS[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'velopyro' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | _SUBMODULES)

@@ -1,0 +1,691 @@
+"""The AnnData-facing class: :class:`VeloPyro`.
+
+A thin layer: it validates and reads the layers, builds the Pyro model (:mod:`velopyro.model`) and
+guide (:mod:`velopyro.guide`), hands them to the training loop (:mod:`velopyro.train`) and answers
+queries with :mod:`velopyro.posterior`. Results go back to AnnData under scVelo's keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import kinetics, posterior
+from ._validation import VelopyroInputError, check_constant_genes, check_expression
+from .guide import PI_GUIDES, VeloVIGuide
+from .likelihoods import Likelihood, get_likelihood
+from .model import STATE_COUPLINGS, VeloVIModel, switch_targets
+from .train import VeloData, resolve_device, split_indices, train_svi
+
+__all__ = ["VeloPyro"]
+
+_MODEL_FILE = "model.pt"
+_CONFIG_FILE = "config.json"
+
+
+class VeloPyro:
+    """veloVI RNA velocity as a Pyro program, fitted on an AnnData.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes with unspliced and spliced layers. For the default Normal likelihood these are
+        kNN-smoothed and per-gene min-max scaled to [0, 1] (``velopyro.pp.preprocess`` writes ``Ms``/``Mu``);
+        for count likelihoods they are raw counts. The AnnData is read, never modified, except by
+        :meth:`write_to_adata`.
+    spliced_layer, unspliced_layer
+        Layer names (``"X"`` for ``adata.X``). Default: ``"Ms"``/``"Mu"`` for the Normal likelihood and
+        the raw counts (``"raw_spliced"``/``"raw_unspliced"`` if present, else ``"spliced"``/``"unspliced"``)
+        for count likelihoods.
+    likelihood
+        ``"normal"`` (seed eq. 20-21), ``"poisson"``, ``"negative_binomial"`` or a
+        :class:`~velopyro.likelihoods.Likelihood` instance.
+    state_coupling
+        ``"independent"`` (separate state mixtures for u and s, eq. 23-24, what the reference optimises)
+        or ``"shared"`` (one state for u and s, the exact marginal of the generative process, eq. 15).
+    pi_guide
+        ``"dirichlet"`` (eq. 22 as in the seed) or ``"logistic_normal"`` (cheaper reparameterised sampling).
+    n_latent
+        d, the dimension of z (10).
+    n_hidden, n_layers, dropout_rate
+        Network shape (reference: 256, 1, 0.1).
+    t_max
+        The time scale (20).
+    switch_penalty
+        lambda of eq. 25 (0.2).
+    size_factor_key
+        For count likelihoods, an ``obs`` column of per-cell size factors used for both modalities;
+        by default each modality's total counts over the model's genes divided by their median.
+
+    Examples
+    --------
+    >>> adata = velopyro.datasets.pancreas()
+    >>> velopyro.pp.preprocess(adata)
+    >>> model = velopyro.VeloPyro(adata)
+    >>> model.fit()
+    >>> model.write_to_adata()  # layers velocity, fit_t; var fit_alpha, ...
+    """
+
+    def __init__(
+        self,
+        adata: Any,
+        spliced_layer: str | None = None,
+        unspliced_layer: str | None = None,
+        *,
+        likelihood: str | Likelihood = "normal",
+        state_coupling: str = "independent",
+        pi_guide: str = "dirichlet",
+        n_latent: int = 10,
+        n_hidden: int = 256,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        t_max: float = 20.0,
+        switch_penalty: float = 0.2,
+        size_factor_key: str | None = None,
+    ) -> None:
+        if state_coupling not in STATE_COUPLINGS:
+            raise ValueError(f"state_coupling must be one of {STATE_COUPLINGS}, got {state_coupling!r}.")
+        if pi_guide not in PI_GUIDES:
+            raise ValueError(f"pi_guide must be one of {sorted(PI_GUIDES)}, got {pi_guide!r}.")
+        lik = get_likelihood(likelihood)
+        spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
+        self.adata = adata
+        self.config: dict[str, Any] = dict(
+            spliced_layer=spliced_layer, unspliced_layer=unspliced_layer, likelihood=lik.name,
+            state_coupling=state_coupling, pi_guide=pi_guide, n_latent=int(n_latent), n_hidden=int(n_hidden),
+            n_layers=int(n_layers), dropout_rate=float(dropout_rate), t_max=float(t_max),
+            switch_penalty=float(switch_penalty), size_factor_key=size_factor_key,
+        )
+        self._likelihood_arg = likelihood
+        self.data, self._kinetic = self._read(adata, lik)
+        self.n_cells, self.n_genes = self.data.u.shape
+        self.model: VeloVIModel | None = None
+        self.guide: VeloVIGuide | None = None
+        self.history: dict[str, Any] = {}
+        self.train_indices = np.arange(self.n_cells)
+        self.validation_indices = np.arange(0)
+        self.is_trained = False
+        self.device = torch.device("cpu")
+        self._build(lik, seed=0)
+
+    # ---- data ----------------------------------------------------------------------------------------
+    def _read(self, adata: Any, lik: Likelihood) -> tuple[VeloData, tuple[np.ndarray, np.ndarray]]:
+        cfg = self.config
+        s, u = check_expression(adata, cfg["spliced_layer"], cfg["unspliced_layer"])
+        check_constant_genes(s, u, list(adata.var_names), spliced_layer=cfg["spliced_layer"],
+                             unspliced_layer=cfg["unspliced_layer"])
+        n = u.shape[0]
+        if lik.is_count:
+            for name, x in ((cfg["spliced_layer"], s), (cfg["unspliced_layer"], u)):
+                if not np.all(np.equal(np.mod(x, 1), 0)):
+                    raise VelopyroInputError(
+                        f"likelihood={lik.name!r} models raw counts, but layer {name!r} holds non-integer "
+                        "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
+                        "likelihood='normal' on Ms/Mu."
+                    )
+            sf_u, sf_s = _size_factors(adata, u, s, cfg["size_factor_key"])
+        else:
+            sf_u = sf_s = np.ones(n, dtype=np.float32)
+            if s.max() > 10 or u.max() > 10:
+                warnings.warn(
+                    "The Normal likelihood expects min-max scaled Ms/Mu in [0, 1] (seed eq. 20-21), but "
+                    f"the layers reach {max(s.max(), u.max()):.3g}; run velopyro.pp.preprocess first.",
+                    stacklevel=3,
+                )
+        data = VeloData(torch.from_numpy(u), torch.from_numpy(s), torch.from_numpy(sf_u[:, None].copy()),
+                        torch.from_numpy(sf_s[:, None].copy()))
+        kin = (lik.to_kinetic_scale(u, sf_u), lik.to_kinetic_scale(s, sf_s))
+        return data, kin
+
+    def _build(self, lik: Likelihood, seed: int) -> None:
+        cfg = self.config
+        torch.manual_seed(seed)
+        u_k, s_k = self._kinetic
+        lik.setup(self.data.u.numpy(), self.data.s.numpy(), self.data.size_factor_u[:, 0].numpy(),
+                  self.data.size_factor_s[:, 0].numpy())
+        u_star, s_star = switch_targets(u_k, s_k)
+        self.model = VeloVIModel(
+            self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
+            n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
+            state_coupling=cfg["state_coupling"], seed=seed,
+        )
+        self.guide = VeloVIGuide(self.n_genes, cfg["n_latent"], lik, pi_guide=cfg["pi_guide"],
+                                 n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],
+                                 dropout_rate=cfg["dropout_rate"])
+
+    @property
+    def likelihood(self) -> Likelihood:
+        """The observation model (a :class:`~velopyro.likelihoods.Likelihood`)."""
+        return self.model.likelihood
+
+    # ---- training ------------------------------------------------------------------------------------
+    def fit(
+        self,
+        max_epochs: int = 500,
+        batch_size: int = 256,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-2,
+        train_size: float = 0.9,
+        early_stopping: bool = True,
+        patience: int = 45,
+        kl_warmup_epochs: int | None = None,
+        penalty_fade: bool = False,
+        jit: bool = False,
+        device: str = "auto",
+        preload: bool = False,
+        seed: int = 0,
+        progress_bar: bool = True,
+        clip_norm: float = 10.0,
+    ) -> VeloPyro:
+        """Fit by SVI with ``TraceEnum_ELBO`` (see :func:`velopyro.train.train_svi`).
+
+        Networks and parameters are re-initialised from ``seed`` so the same seed gives the same fit.
+
+        Parameters
+        ----------
+        max_epochs
+            Upper bound on epochs (500).
+        batch_size
+            Cells per minibatch (256).
+        lr, weight_decay
+            AdamW learning rate and weight decay of the network weights (1e-2 each).
+        train_size
+            Fraction of cells for training; the rest give the validation ELBO for early stopping.
+        early_stopping, patience
+            Stop after ``patience`` epochs without improvement of the validation loss; keep the best.
+        kl_warmup_epochs
+            Optional linear KL warm-up of z over this many epochs.
+        penalty_fade
+            Fade the switch penalty as ``lambda (1 - w)`` with the warm-up weight ``w`` (the reference).
+        jit
+            Use ``JitTraceEnum_ELBO``.
+        device
+            ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        preload
+            Move all data to the device once (only when it fits in device memory).
+        seed
+            Seed of initialisation, split, minibatches and Monte Carlo draws.
+        progress_bar
+            Show a tqdm progress bar.
+        clip_norm
+            Global gradient-norm clipping.
+
+        Returns
+        -------
+        VeloPyro
+            ``self``, fitted; the loss curves are in :attr:`history`.
+        """
+        if batch_size > self.n_cells:
+            raise VelopyroInputError(
+                f"adata has {self.n_cells} cells, fewer than the minibatch size {batch_size}; lower batch_size."
+            )
+        self._build(get_likelihood(self._fresh_likelihood()), seed=seed)
+        self.train_indices, self.validation_indices = split_indices(self.n_cells, train_size, seed)
+        self.device = resolve_device(device)
+        self.history = train_svi(
+            self.model, self.guide, self.data, train_idx=self.train_indices,
+            validation_idx=self.validation_indices, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+            weight_decay=weight_decay, clip_norm=clip_norm, early_stopping=early_stopping, patience=patience,
+            kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit, device=self.device,
+            preload=preload, seed=seed, progress_bar=progress_bar,
+        )
+        self.history["settings"] = dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+                                        weight_decay=weight_decay, train_size=train_size, seed=seed,
+                                        kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit)
+        self.is_trained = True
+        return self
+
+    def _fresh_likelihood(self) -> Likelihood:
+        """A new likelihood of the configured kind (a user's instance is re-used as it is)."""
+        arg = self._likelihood_arg
+        return arg if isinstance(arg, Likelihood) else get_likelihood(arg)
+
+    # ---- posterior queries ---------------------------------------------------------------------------
+    def _check_trained(self) -> None:
+        if not self.is_trained:
+            raise RuntimeError("The model is not fitted yet: call .fit() first (or VeloPyro.load).")
+
+    def _reduce(self, fn, n_samples: int, batch_size: int, seed: int | None, indices=None,
+                use_mean: bool = False) -> dict[str, np.ndarray]:
+        self._check_trained()
+        posterior.set_seed(seed)
+        return posterior.reduce_samples(fn, self.model, self.guide, self.data, n_samples=n_samples,
+                                        batch_size=batch_size, device=self.device, indices=indices,
+                                        use_mean=use_mean)
+
+    def get_velocity(
+        self,
+        n_samples: int = 25,
+        statistic: str = "mean",
+        mode: str = "spliced",
+        clip: bool = False,
+        state_weights: str = "posterior",
+        batch_size: int = 256,
+        seed: int | None = 0,
+    ) -> np.ndarray:
+        """Posterior mean velocity per cell and gene.
+
+        Parameters
+        ----------
+        n_samples
+            Posterior draws averaged.
+        statistic
+            ``"mean"`` (state-probability weighted) or ``"max"`` (most probable state).
+        mode
+            ``"spliced"`` (ds/dt, scVelo's velocity) or ``"unspliced"`` (du/dt).
+        clip
+            Clip spliced velocity at ``-s`` so one unit of time cannot take s below zero.
+        state_weights
+            ``"posterior"`` (p(k | data)) or ``"pi"``.
+        batch_size
+            Cells per batch.
+        seed
+            Seed of the draws (None: not reseeded).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(cells, genes)``.
+        """
+        def fn(smp):
+            return {"v": posterior.velocity(smp, statistic, mode, state_weights)}
+
+        v = self._reduce(fn, n_samples, batch_size, seed)["v"]
+        if clip:
+            x = (self.data.s if mode == "spliced" else self.data.u).numpy()
+            v = np.maximum(v, -x)
+        return v
+
+    def get_latent_time(
+        self,
+        n_samples: int = 25,
+        statistic: str = "mean",
+        level: str = "gene",
+        state_weights: str = "posterior",
+        batch_size: int = 256,
+        seed: int | None = 0,
+    ) -> np.ndarray:
+        """Posterior mean latent time.
+
+        Parameters
+        ----------
+        n_samples
+            Posterior draws averaged.
+        statistic
+            ``"mean"`` or ``"max"`` over states (see :func:`velopyro.posterior.latent_time`).
+        level
+            ``"gene"``: per cell and gene on the model's scale ``[0, t_max]``; ``"cell"``: one value
+            per cell in [0, 1], the median over genes of the gene times, min-max scaled over cells.
+        state_weights
+            ``"posterior"`` or ``"pi"``.
+        batch_size
+            Cells per batch.
+        seed
+            Seed of the draws.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(cells, genes)`` or ``(cells,)``.
+        """
+        t_max = self.config["t_max"]
+
+        def fn(smp):
+            return {"t": posterior.latent_time(smp, statistic, state_weights, t_max)}
+
+        t = self._reduce(fn, n_samples, batch_size, seed)["t"]
+        if level == "gene":
+            return t
+        if level != "cell":
+            raise ValueError(f"level must be 'gene' or 'cell', got {level!r}.")
+        c = np.median(t, axis=1)
+        span = c.max() - c.min()
+        return (c - c.min()) / span if span > 0 else np.zeros_like(c)
+
+    def get_state_assignment(
+        self,
+        n_samples: int = 25,
+        hard: bool = False,
+        state_weights: str = "posterior",
+        batch_size: int = 256,
+        seed: int | None = 0,
+    ) -> np.ndarray:
+        """Posterior probabilities of the four states given the data, or hard labels.
+
+        The probabilities are ``E_q[p(k | u, s, z, pi)]``: the enumerated posterior of k (eq. 15)
+        averaged over q(z, pi); ``state_weights="pi"`` returns ``E_q[pi]`` instead.
+
+        Parameters
+        ----------
+        n_samples
+            Posterior draws averaged.
+        hard
+            Return the most probable state (0 induction, 1 induction steady state, 2 repression,
+            3 repression steady state; see :data:`velopyro.kinetics.STATE_NAMES`).
+        state_weights
+            ``"posterior"`` or ``"pi"``.
+        batch_size
+            Cells per batch.
+        seed
+            Seed of the draws.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(cells, genes, 4)`` probabilities, or ``(cells, genes)`` int labels if ``hard``.
+        """
+        def fn(smp):
+            return {"p": posterior.state_weights(smp, state_weights)}
+
+        p = self._reduce(fn, n_samples, batch_size, seed)["p"]
+        return p.argmax(-1) if hard else p
+
+    def get_expression_fit(
+        self,
+        n_samples: int = 25,
+        state_weights: str = "posterior",
+        batch_size: int = 256,
+        seed: int | None = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fitted means of unspliced and spliced: ``sum_k w_k u_bar_k`` and ``sum_k w_k s_bar_k``.
+
+        Parameters
+        ----------
+        n_samples
+            Posterior draws averaged.
+        state_weights
+            ``"posterior"`` or ``"pi"``.
+        batch_size
+            Cells per batch.
+        seed
+            Seed of the draws.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(fit_u, fit_s)``, each ``(cells, genes)`` on the kinetic scale.
+        """
+        def fn(smp):
+            w = posterior.state_weights(smp, state_weights)
+            return {"u": (smp["u_bar"] * w).sum(-1), "s": (smp["s_bar"] * w).sum(-1)}
+
+        out = self._reduce(fn, n_samples, batch_size, seed)
+        return out["u"], out["s"]
+
+    def get_latent_representation(self, give_mean: bool = True, batch_size: int = 256,
+                                  seed: int | None = 0) -> np.ndarray:
+        """The cells' latent z: the mean of q(z | u, s), or one draw.
+
+        Parameters
+        ----------
+        give_mean
+            Return the posterior mean (else a sample).
+        batch_size
+            Cells per batch.
+        seed
+            Seed of the draw.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(cells, n_latent)``.
+        """
+        key = "z_loc" if give_mean else "z"
+        return self._reduce(lambda smp: {"z": smp[key]}, 1, batch_size, seed)["z"]
+
+    def get_log_likelihood(
+        self,
+        n_samples: int = 1,
+        indices: np.ndarray | None = None,
+        per_gene: bool = False,
+        batch_size: int = 256,
+        seed: int | None = 0,
+    ) -> np.ndarray:
+        """Pointwise log-likelihood with the state marginalised, per posterior draw.
+
+        ``log sum_k pi_k p(u|k) p(s|k)`` (shared coupling) or the sum of the two mixtures of eq. 23-24
+        (independent coupling), through the model's likelihood.
+
+        Parameters
+        ----------
+        n_samples
+            Posterior draws (one row each).
+        indices
+            Cells to score (all by default), e.g. :attr:`validation_indices`.
+        per_gene
+            Keep genes separate (``(n_samples, cells, genes)``; large) instead of summing over genes.
+        batch_size
+            Cells per batch.
+        seed
+            Seed of the draws.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_samples, cells)`` or ``(n_samples, cells, genes)``.
+        """
+        self._check_trained()
+        posterior.set_seed(seed)
+        rows: dict[int, list[np.ndarray]] = {}
+        coupling = self.config["state_coupling"]
+        for _, sno, smp in posterior.iterate_samples(self.model, self.guide, self.data, n_samples=n_samples,
+                                                     batch_size=batch_size, device=self.device,
+                                                     indices=indices):
+            ll = posterior.mixture_log_likelihood(smp, coupling)
+            rows.setdefault(sno, []).append((ll if per_gene else ll.sum(-1)).cpu().numpy())
+        return np.stack([np.concatenate(rows[k], axis=0) for k in sorted(rows)], axis=0)
+
+    def get_rates(self) -> dict[str, np.ndarray]:
+        """Point estimates of the per-gene parameters.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``alpha``, ``beta``, ``gamma``, ``t_s`` and the likelihood's parameters (``sigma_u``,
+            ``sigma_s`` for the Normal), each ``(genes,)``.
+        """
+        with torch.no_grad():
+            out = {k: v.detach().cpu().numpy() for k, v in self.model.rates().items()}
+            out.update({k: v.detach().cpu().numpy() for k, v in self.likelihood.gene_params().items()})
+        return out
+
+    # ---- AnnData -------------------------------------------------------------------------------------
+    def write_to_adata(self, adata: Any | None = None, n_samples: int = 25, copy: bool = False,
+                       seed: int | None = 0) -> Any | None:
+        """Write velocity, latent time, rates and states into AnnData under scVelo's keys.
+
+        Writes
+
+        - ``layers["velocity"]`` (spliced velocity, ds/dt), ``layers["velocity_u"]`` (du/dt),
+          ``layers["fit_t"]`` (latent time per cell and gene, model scale [0, t_max]),
+          ``layers["fit_state"]`` (most probable state, 0..3)
+        - ``var["fit_alpha"]``, ``var["fit_beta"]``, ``var["fit_gamma"]``, ``var["fit_t_"]`` (switch time),
+          ``var["fit_scaling"]`` (1.0), ``var["velocity_genes"]`` (True), ``var["fit_sigma_u"]`` etc.
+        - ``obs["latent_time"]`` (cell-level, [0, 1]), ``obsm["X_velopyro"]`` (mean of q(z | u, s))
+        - ``uns["velopyro"]``: configuration, training history, layers used.
+
+        scVelo's ``scv.tl.velocity_graph`` and ``scv.pl.velocity_embedding_stream`` run on the result.
+
+        Parameters
+        ----------
+        adata
+            Target AnnData with the same cells and genes as the fit (default: the one the model was
+            built on).
+        n_samples
+            Posterior draws averaged.
+        copy
+            Write into a copy and return it.
+        seed
+            Seed of the draws.
+
+        Returns
+        -------
+        AnnData or None
+            The copy if ``copy`` else None.
+        """
+        self._check_trained()
+        adata = self.adata if adata is None else adata
+        if adata.shape != (self.n_cells, self.n_genes):
+            raise VelopyroInputError(
+                f"adata has shape {adata.shape} but the model was fitted on {(self.n_cells, self.n_genes)}; "
+                "pass the AnnData the model was built on (or one with the same cells and genes)."
+            )
+        if copy:
+            adata = adata.copy()
+        t_max = self.config["t_max"]
+
+        def fn(smp):
+            w = posterior.state_posterior(smp)
+            return {"v": posterior.velocity(smp, "mean", "spliced"), "vu": posterior.velocity(smp, "mean", "unspliced"),
+                    "t": posterior.latent_time(smp, "mean", "posterior", t_max), "w": w, "z": smp["z_loc"]}
+
+        out = self._reduce(fn, n_samples, 256, seed)
+        adata.layers["velocity"] = out["v"].astype(np.float32)
+        adata.layers["velocity_u"] = out["vu"].astype(np.float32)
+        adata.layers["fit_t"] = out["t"].astype(np.float32)
+        adata.layers["fit_state"] = out["w"].argmax(-1).astype(np.int8)
+        rates = self.get_rates()
+        for k, v in rates.items():
+            adata.var["fit_t_" if k == "t_s" else f"fit_{k}"] = v
+        adata.var["fit_scaling"] = 1.0
+        adata.var["velocity_genes"] = True
+        c = np.median(out["t"], axis=1)
+        span = c.max() - c.min()
+        adata.obs["latent_time"] = (c - c.min()) / span if span > 0 else 0.0
+        adata.obsm["X_velopyro"] = out["z"].astype(np.float32)
+        adata.uns["velopyro"] = {
+            "config": {k: v for k, v in self.config.items() if v is not None},
+            "history": {k: np.asarray(self.history[k]) for k in ("epoch", "train_loss", "validation_loss")},
+            "state_names": list(kinetics.STATE_NAMES),
+            "n_samples": n_samples,
+        }
+        return adata if copy else None
+
+    # ---- persistence ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Save the fitted model (parameters, configuration, history, split) to a directory.
+
+        Parameters
+        ----------
+        path
+            Directory to create.
+        overwrite
+            Replace an existing directory's files.
+        """
+        self._check_trained()
+        p = Path(path)
+        if p.exists() and not overwrite and any(p.iterdir()):
+            raise FileExistsError(f"{p} exists and is not empty; pass overwrite=True to replace it.")
+        if not isinstance(self._likelihood_arg, str) and type(self.likelihood).__module__ != "velopyro.likelihoods":
+            warnings.warn("A custom likelihood is saved by its parameters only; pass the same instance to "
+                          "VeloPyro.load(..., likelihood=...).", stacklevel=2)
+        p.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": self.model.state_dict(), "guide": self.guide.state_dict(),
+                    "train_indices": self.train_indices, "validation_indices": self.validation_indices},
+                   p / _MODEL_FILE)
+        meta = {"config": self.config, "history": self.history, "n_cells": self.n_cells, "n_genes": self.n_genes,
+                "var_names": [str(v) for v in self.adata.var_names], "version": _version()}
+        (p / _CONFIG_FILE).write_text(json.dumps(meta, default=_json_default))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, adata: Any, likelihood: Likelihood | None = None,
+             device: str = "cpu") -> VeloPyro:
+        """Load a model saved by :meth:`save` onto ``adata`` (same genes, in the same order).
+
+        Parameters
+        ----------
+        path
+            Directory written by :meth:`save`.
+        adata
+            AnnData with the layers named in the saved configuration.
+        likelihood
+            The instance, for a custom likelihood class.
+        device
+            Where to put the model.
+
+        Returns
+        -------
+        VeloPyro
+            The fitted model; its outputs equal the saved model's exactly.
+        """
+        p = Path(path)
+        meta = json.loads((p / _CONFIG_FILE).read_text())
+        cfg = meta["config"]
+        if [str(v) for v in adata.var_names] != meta["var_names"]:
+            raise VelopyroInputError(
+                f"adata's genes differ from the saved model's ({meta['n_genes']} genes); pass the AnnData the "
+                "model was fitted on, subset to the same genes in the same order."
+            )
+        kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")}
+        obj = cls(adata, cfg["spliced_layer"], cfg["unspliced_layer"],
+                  likelihood=likelihood if likelihood is not None else cfg["likelihood"], **kwargs)
+        state = torch.load(p / _MODEL_FILE, map_location="cpu", weights_only=False)
+        obj.model.load_state_dict(state["model"])
+        obj.guide.load_state_dict(state["guide"])
+        obj.train_indices, obj.validation_indices = state["train_indices"], state["validation_indices"]
+        obj.history = meta["history"]
+        obj.device = resolve_device(device)
+        obj.model.to(obj.device).eval()
+        obj.guide.to(obj.device).eval()
+        obj.is_trained = True
+        return obj
+
+    def __repr__(self) -> str:
+        c = self.config
+        status = "fitted" if self.is_trained else "not fitted"
+        return (f"VeloPyro({self.n_cells} cells x {self.n_genes} genes, likelihood={c['likelihood']!r}, "
+                f"state_coupling={c['state_coupling']!r}, pi_guide={c['pi_guide']!r}; {status})")
+
+
+def _default_layers(adata: Any, lik: Likelihood, spliced: str | None, unspliced: str | None) -> tuple[str, str]:
+    if spliced is not None and unspliced is not None:
+        return spliced, unspliced
+    if not lik.is_count:
+        return spliced or "Ms", unspliced or "Mu"
+    layers = getattr(adata, "layers", {})
+    if "raw_spliced" in layers and "raw_unspliced" in layers:
+        return spliced or "raw_spliced", unspliced or "raw_unspliced"
+    return spliced or "spliced", unspliced or "unspliced"
+
+
+def _size_factors(adata: Any, u: np.ndarray, s: np.ndarray, key: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell size factors: an obs column, or each modality's total over the genes / its median."""
+    if key is not None:
+        if key not in adata.obs:
+            raise VelopyroInputError(f"size_factor_key {key!r} is not a column of adata.obs.")
+        sf = np.asarray(adata.obs[key], dtype=np.float32)
+        if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
+            raise VelopyroInputError(f"adata.obs[{key!r}] must be positive and finite for every cell.")
+        return sf, sf
+    out = []
+    for name, x in (("unspliced", u), ("spliced", s)):
+        tot = x.sum(1)
+        if np.any(tot <= 0):
+            raise VelopyroInputError(
+                f"{int((tot <= 0).sum())} cell(s) have no {name} counts over the model's genes; filter them "
+                "(e.g. scanpy.pp.filter_cells(adata, min_counts=1)) or pass size_factor_key."
+            )
+        out.append((tot / np.median(tot)).astype(np.float32))
+    return out[0], out[1]
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,112 @@
+"""The amortised guide q(z, pi | u, s) = prod_n q(z_n | u_n, s_n) prod_g q(pi_ng | z_n) (seed eq. 22).
+
+The state k is enumerated out in the model and never appears here. Shapes for a minibatch of B cells::
+
+    x = concat(u, s)  (B, 2G)   encoder input (after the likelihood's encoder transform)
+    z                 (B, 1, d) Normal(loc(x), scale(x))
+    pi                (B, G, 4) Dirichlet(conc(z)) or LogisticNormal(loc(z), scale(z))
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from .likelihoods import Likelihood
+from .nn import DirichletHead, Encoder, LogisticNormalHead
+
+__all__ = ["VeloVIGuide", "PI_GUIDES"]
+
+PI_GUIDES = {"dirichlet": DirichletHead, "logistic_normal": LogisticNormalHead}
+
+
+class VeloVIGuide(nn.Module):
+    """Amortised variational family of eq. 22.
+
+    Parameters
+    ----------
+    n_genes, n_latent
+        G and d.
+    likelihood
+        The model's likelihood; only its :meth:`~velopyro.likelihoods.Likelihood.encoder_input` is used.
+    pi_guide
+        ``"dirichlet"`` (the seed's family) or ``"logistic_normal"`` (cheaper to sample).
+    n_hidden, n_layers, dropout_rate
+        Network shape (reference: 256, 1, 0.1).
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_latent: int,
+        likelihood: Likelihood,
+        pi_guide: str = "dirichlet",
+        n_hidden: int = 256,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if pi_guide not in PI_GUIDES:
+            raise ValueError(f"pi_guide must be one of {sorted(PI_GUIDES)}, got {pi_guide!r}.")
+        self.n_genes, self.pi_guide = n_genes, pi_guide
+        self.encoder = Encoder(n_genes, n_latent, n_hidden, n_layers, dropout_rate)
+        self.pi_head = PI_GUIDES[pi_guide](n_latent, n_genes, n_hidden, n_layers)
+        self._encoder_input = likelihood.encoder_input  # a function, not a submodule
+        self._pyro_name: str | None = None
+
+    def encode(
+        self,
+        u: torch.Tensor,
+        s: torch.Tensor,
+        size_factor_u: torch.Tensor | None = None,
+        size_factor_s: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and scale of q(z | u, s).
+
+        Parameters
+        ----------
+        u, s
+            Observations ``(B, G)``.
+        size_factor_u, size_factor_s
+            ``(B, 1)`` size factors or None.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Each ``(B, d)``.
+        """
+        x = torch.cat([self._encoder_input(u, size_factor_u), self._encoder_input(s, size_factor_s)], dim=-1)
+        return self.encoder(x)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        u: torch.Tensor | None = None,
+        s: torch.Tensor | None = None,
+        size_factor_u: torch.Tensor | None = None,
+        size_factor_s: torch.Tensor | None = None,
+        kl_weight: float | torch.Tensor = 1.0,
+        penalty_weight: float | torch.Tensor = 1.0,
+        n_cells: int | None = None,
+    ) -> None:
+        """Sample z and pi for the cells ``idx``; same signature as the model.
+
+        Parameters
+        ----------
+        idx, u, s, size_factor_u, size_factor_s, kl_weight, penalty_weight, n_cells
+            As :meth:`velopyro.model.VeloVIModel.forward`; ``u`` and ``s`` are required here.
+        """
+        if u is None or s is None:
+            raise ValueError("The guide needs the observations u and s (it is amortised on them).")
+        if self._pyro_name is not None:
+            pyro.module(self._pyro_name, self)
+        n_cells = idx.shape[0] if n_cells is None else n_cells
+        with pyro.plate("cells", n_cells, subsample=idx, dim=-2):
+            loc, scale = self.encode(u, s, size_factor_u, size_factor_s)
+            with poutine.scale(scale=kl_weight):
+                z = pyro.sample("z", dist.Normal(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1))
+            with pyro.plate("genes", self.n_genes, dim=-1):
+                pyro.sample("pi", self.pi_head(z.squeeze(-2)))

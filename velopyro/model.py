@@ -1,0 +1,286 @@
+"""The veloVI generative process as a Pyro model (seed eq. 13-21) with the switch penalty (eq. 27).
+
+Plates: ``cells`` at dim -2 (subsampled; sites inside are scaled by N/B) and ``genes`` at dim -1.
+Shapes inside a minibatch of B cells and G genes (E: the enumeration dimension of k, size 4, at dim -3)::
+
+    z            (B, 1, d)     eq. 13   Normal(0, I_d)
+    rho_ind/rep  (B, G)        eq. 16, 18
+    t_ind/t_rep  (B, G)        eq. 17, 19
+    u_bar/s_bar  (B, G, 4)     eq. 1-12 (all four states, from velopyro.kinetics)
+    pi           (B, G, 4)     eq. 14   Dirichlet(0.25, 0.25, 0.25, 0.25)
+    k            (E, 1, 1)     eq. 15   Categorical(pi), enumerated in parallel, never sampled
+    u, s         (E, B, G)     eq. 20-21 through the likelihood component
+
+State coupling:
+
+- ``"shared"``: one k per cell and gene for both u and s, the generative process itself; its exact
+  marginal is ``log sum_k pi_k p(u | k) p(s | k)``.
+- ``"independent"``: separate states ``k_u``, ``k_s`` for u and for s; the marginal is
+  ``log sum_k pi_k p(u | k) + log sum_k pi_k p(s | k)``, the mixtures of eq. 23-24 that the reference
+  optimises.
+
+Switch penalty (eq. 25, 27): the seed writes ``L_velo = L_elbo + lambda L_switch`` with lambda = 0.2
+and the veloVI reference applies it to the per-cell mean of the ELBO. velopyro keeps that meaning: the
+factor is ``-N lambda L_switch`` outside the cells plate (so it is not rescaled by N/B), i.e. the loss
+per cell is ``-ELBO / N + lambda L_switch`` whatever the minibatch size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.ops.indexing import Vindex
+from torch import nn
+from torch.distributions import constraints, transform_to
+
+from . import kinetics
+from .likelihoods import Likelihood
+from .nn import TimeHeads
+
+__all__ = ["VeloVIModel", "switch_targets", "STATE_COUPLINGS"]
+
+STATE_COUPLINGS = ("shared", "independent")
+RATE_MAX = 50.0
+
+
+def switch_targets(u: np.ndarray, s: np.ndarray, quantile: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
+    """u* and s* of the switch penalty and of alpha's initialisation (eq. 27, "Initialization").
+
+    Per gene, the cells at or above the 99th percentile of unspliced; u* is the median of their
+    unspliced and s* the median of the same cells' spliced.
+
+    Parameters
+    ----------
+    u, s
+        Cells x genes on the kinetic scale.
+    quantile
+        Percentile of unspliced that selects the cells.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(u_star, s_star)``, each ``(genes,)``.
+    """
+    thr = np.percentile(u, quantile, axis=0)
+    mask = u >= thr[None, :]
+    u_m = np.where(mask, u, np.nan)
+    s_m = np.where(mask, s, np.nan)
+    u_star = np.nanmedian(u_m, axis=0)
+    s_star = np.nanmedian(s_m, axis=0)
+    return u_star.astype(np.float32), s_star.astype(np.float32)
+
+
+class VeloVIModel(nn.Module):
+    """Generative model p(u, s, z, pi, k) with point-estimated kinetic parameters.
+
+    Parameters
+    ----------
+    n_genes
+        G.
+    likelihood
+        Observation model (its :meth:`~velopyro.likelihoods.Likelihood.setup` has been called).
+    u_star, s_star
+        Targets of the switch penalty, ``(G,)``; ``u_star`` also initialises alpha.
+    n_latent
+        d.
+    n_hidden, n_layers
+        Shape of the time heads' trunk.
+    t_max
+        Time scale (20).
+    switch_penalty
+        lambda of eq. 25.
+    state_coupling
+        ``"shared"`` or ``"independent"`` (see the module docstring).
+    beta_init, gamma_init, t_s_init
+        Shared initial values of the splicing and degradation rates and the switch time.
+    seed
+        Seed of the small jitter on the switch time's initial value.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        likelihood: Likelihood,
+        u_star: np.ndarray,
+        s_star: np.ndarray,
+        n_latent: int = 10,
+        n_hidden: int = 256,
+        n_layers: int = 1,
+        t_max: float = 20.0,
+        switch_penalty: float = 0.2,
+        state_coupling: str = "independent",
+        beta_init: float = 0.97,
+        gamma_init: float = 0.31,
+        t_s_init: float = 7.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if state_coupling not in STATE_COUPLINGS:
+            raise ValueError(f"state_coupling must be one of {STATE_COUPLINGS}, got {state_coupling!r}.")
+        self.n_genes, self.n_latent, self.t_max = n_genes, n_latent, float(t_max)
+        self.switch_penalty, self.state_coupling = float(switch_penalty), state_coupling
+        self.likelihood = likelihood
+        self.time_heads = TimeHeads(n_latent, n_genes, n_hidden, n_layers)
+        self.register_buffer("u_star", torch.as_tensor(u_star, dtype=torch.float32))
+        self.register_buffer("s_star", torch.as_tensor(s_star, dtype=torch.float32))
+        self.register_buffer("pi_prior", torch.full((kinetics.N_STATES,), 0.25))  # eq. 14
+        rate = transform_to(constraints.interval(0.0, RATE_MAX))
+        switch = transform_to(constraints.interval(0.0, self.t_max))
+        gen = torch.Generator().manual_seed(seed)
+        alpha0 = torch.as_tensor(np.clip(u_star, 1e-3, RATE_MAX - 1e-3), dtype=torch.float32)
+        t_s0 = (t_s_init + 0.5 * torch.randn(n_genes, generator=gen)).clamp(0.5, self.t_max - 0.5)
+        self.raw_alpha = nn.Parameter(rate.inv(alpha0))
+        self.raw_beta = nn.Parameter(rate.inv(torch.full((n_genes,), beta_init)))
+        self.raw_gamma = nn.Parameter(rate.inv(torch.full((n_genes,), gamma_init)))
+        self.raw_t_s = nn.Parameter(switch.inv(t_s0))
+        self._pyro_name: str | None = None  # set by the JIT training path to register parameters
+
+    # ---- point-estimated globals ------------------------------------------------------------------
+    def rates(self) -> dict[str, torch.Tensor]:
+        """Constrained kinetic parameters: alpha, beta, gamma in (0, 50), 0 < t_s < t_max.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            ``alpha``, ``beta``, ``gamma``, ``t_s``, each ``(G,)``.
+        """
+        rate = transform_to(constraints.interval(0.0, RATE_MAX))
+        switch = transform_to(constraints.interval(0.0, self.t_max))
+        return {
+            "alpha": rate(self.raw_alpha),
+            "beta": rate(self.raw_beta),
+            "gamma": rate(self.raw_gamma),
+            "t_s": switch(self.raw_t_s),
+        }
+
+    def switch_loss(self, r: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """L_switch of eq. 27: squared distance of the switch point (eq. 9-10) from (u*, s*).
+
+        Parameters
+        ----------
+        r
+            Rates from :meth:`rates` (computed if None).
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar, summed over genes.
+        """
+        r = self.rates() if r is None else r
+        u0, s0 = kinetics.switch_point(r["alpha"], r["beta"], r["gamma"], r["t_s"])
+        return ((u0 - self.u_star) ** 2 + (s0 - self.s_star) ** 2).sum()
+
+    # ---- deterministic part of the generative process -------------------------------------------
+    def kinetic_state(self, z: torch.Tensor, r: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Times and per-state means for latent ``z`` (eq. 16-19 then eq. 1-12).
+
+        Parameters
+        ----------
+        z
+            Latent, ``(cells, d)``.
+        r
+            Rates from :meth:`rates` (computed if None).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            ``rho_ind``, ``rho_rep``, ``t_ind``, ``t_rep`` ``(cells, G)`` and ``u_bar``, ``s_bar``
+            ``(cells, G, 4)``.
+        """
+        r = self.rates() if r is None else r
+        rho_ind, rho_rep = self.time_heads(z)  # eq. 16, 18
+        t_ind, t_rep = kinetics.state_times(rho_ind, rho_rep, r["t_s"], self.t_max)  # eq. 17, 19
+        u_bar, s_bar = kinetics.state_means(t_ind, t_rep, r["alpha"], r["beta"], r["gamma"], r["t_s"])
+        return {"rho_ind": rho_ind, "rho_rep": rho_rep, "t_ind": t_ind, "t_rep": t_rep,
+                "u_bar": u_bar, "s_bar": s_bar}
+
+    def state_log_likelihood(
+        self,
+        u_bar: torch.Tensor,
+        s_bar: torch.Tensor,
+        u: torch.Tensor,
+        s: torch.Tensor,
+        size_factor_u: torch.Tensor | None = None,
+        size_factor_s: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-state ``log p(u | k)`` and ``log p(s | k)`` through the likelihood component.
+
+        Parameters
+        ----------
+        u_bar, s_bar
+            Per-state means ``(cells, G, 4)``.
+        u, s
+            Observations ``(cells, G)``.
+        size_factor_u, size_factor_s
+            ``(cells, 1)`` size factors (count likelihoods).
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Each ``(cells, G, 4)``.
+        """
+        # the state axis goes in front, as under enumeration (dim -3), so per-gene parameters broadcast
+        k = torch.arange(kinetics.N_STATES, device=u_bar.device).view(-1, 1, 1)
+        lik = self.likelihood
+        ll_u = lik.dist(u_bar.movedim(-1, 0), k, "u", size_factor_u).log_prob(u).movedim(0, -1)
+        ll_s = lik.dist(s_bar.movedim(-1, 0), k, "s", size_factor_s).log_prob(s).movedim(0, -1)
+        return ll_u, ll_s
+
+    # ---- the Pyro model ----------------------------------------------------------------------------
+    def forward(
+        self,
+        idx: torch.Tensor,
+        u: torch.Tensor | None = None,
+        s: torch.Tensor | None = None,
+        size_factor_u: torch.Tensor | None = None,
+        size_factor_s: torch.Tensor | None = None,
+        kl_weight: float | torch.Tensor = 1.0,
+        penalty_weight: float | torch.Tensor = 1.0,
+        n_cells: int | None = None,
+    ) -> None:
+        """Run the generative process for the cells ``idx`` (observations may be absent).
+
+        Parameters
+        ----------
+        idx
+            Indices of the minibatch's cells, ``(B,)``: the subsample of the cells plate.
+        u, s
+            Observed unspliced and spliced ``(B, G)``, or None to sample them (posterior predictive).
+        size_factor_u, size_factor_s
+            ``(B, 1)`` size factors for count likelihoods.
+        n_cells
+            N, the size of the cells plate (defaults to B, i.e. no rescaling).
+        kl_weight
+            Scale of the z site (KL warm-up via ``poutine.scale``).
+        penalty_weight
+            Multiplies lambda (the reference's penalty fade ``1 - w``).
+        """
+        if self._pyro_name is not None:
+            pyro.module(self._pyro_name, self)
+        n_batch = idx.shape[0]
+        n_cells = n_batch if n_cells is None else n_cells
+        r = self.rates()
+        if self.switch_penalty > 0:
+            # eq. 25, 27: lambda per cell, times N cells; outside the plate, so not rescaled by N/B
+            pyro.factor("switch_penalty", -n_cells * self.switch_penalty * penalty_weight * self.switch_loss(r))
+        with pyro.plate("cells", n_cells, subsample=idx, dim=-2):
+            with poutine.scale(scale=kl_weight):
+                z_loc = self.pi_prior.new_zeros(n_batch, 1, self.n_latent)
+                z = pyro.sample("z", dist.Normal(z_loc, 1.0).to_event(1))  # eq. 13
+            ks = self.kinetic_state(z.squeeze(-2), r)  # eq. 16-19, 1-12
+            u_bar, s_bar = ks["u_bar"], ks["s_bar"]
+            with pyro.plate("genes", self.n_genes, dim=-1):
+                pi = pyro.sample("pi", dist.Dirichlet(self.pi_prior))  # eq. 14
+                enum = {"enumerate": "parallel"}
+                lik = self.likelihood
+                if self.state_coupling == "shared":
+                    k = pyro.sample("k", dist.Categorical(pi), infer=enum)  # eq. 15
+                    k_u = k_s = k
+                else:
+                    k_u = pyro.sample("k_u", dist.Categorical(pi), infer=enum)  # eq. 23
+                    k_s = pyro.sample("k_s", dist.Categorical(pi), infer=enum)  # eq. 24
+                pyro.sample("u", lik.dist(Vindex(u_bar)[..., k_u], k_u, "u", size_factor_u), obs=u)  # eq. 20
+                pyro.sample("s", lik.dist(Vindex(s_bar)[..., k_s], k_s, "s", size_factor_s), obs=s)  # eq. 21

@@ -1,0 +1,223 @@
+"""Neural networks of the model and the guide.
+
+- :class:`Encoder`: q(z | u, s) (eq. 22), a Normal over the d-dimensional latent.
+- :class:`TimeHeads`: h_ind(z) and h_rep(z) in (0, 1)^G (eq. 16, 18), part of the generative model.
+- :class:`DirichletHead` / :class:`LogisticNormalHead`: q(pi | z) (eq. 22).
+
+Defaults match the reference's capacity: one hidden layer of 256 units,
+Linear -> BatchNorm -> LayerNorm -> ReLU -> Dropout. All networks take 2-D inputs (cells x features),
+so BatchNorm never sees an enumeration dimension.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["FCLayers", "Encoder", "TimeHeads", "DirichletHead", "LogisticNormalHead"]
+
+
+class FCLayers(nn.Module):
+    """A stack of fully connected blocks: Linear -> [BatchNorm] -> [LayerNorm] -> ReLU -> [Dropout].
+
+    Parameters
+    ----------
+    n_in
+        Input features.
+    n_hidden
+        Units per hidden layer.
+    n_layers
+        Number of blocks (>= 1).
+    dropout_rate
+        Dropout after each block (0 disables it).
+    use_batch_norm, use_layer_norm
+        Which normalisations to apply.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_hidden: int = 256,
+        n_layers: int = 1,
+        dropout_rate: float = 0.0,
+        use_batch_norm: bool = True,
+        use_layer_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}.")
+        blocks: list[nn.Module] = []
+        for i in range(n_layers):
+            blocks.append(nn.Linear(n_in if i == 0 else n_hidden, n_hidden))
+            if use_batch_norm:
+                blocks.append(nn.BatchNorm1d(n_hidden, momentum=0.01, eps=1e-3))
+            if use_layer_norm:
+                blocks.append(nn.LayerNorm(n_hidden, elementwise_affine=False))
+            blocks.append(nn.ReLU())
+            if dropout_rate > 0:
+                blocks.append(nn.Dropout(dropout_rate))
+        self.layers = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the blocks to a 2-D input ``(cells, n_in)``.
+
+        Parameters
+        ----------
+        x
+            Input features.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(cells, n_hidden)``.
+        """
+        return self.layers(x)
+
+
+class Encoder(nn.Module):
+    """q(z | u, s): Normal(loc(x), scale(x)) with ``x = concat(u, s)`` (eq. 22).
+
+    Parameters
+    ----------
+    n_genes
+        G; the input has 2G features.
+    n_latent
+        d (10 in the seed).
+    n_hidden, n_layers, dropout_rate
+        Trunk shape (see :class:`FCLayers`).
+    """
+
+    def __init__(self, n_genes: int, n_latent: int = 10, n_hidden: int = 256, n_layers: int = 1,
+                 dropout_rate: float = 0.1) -> None:
+        super().__init__()
+        self.trunk = FCLayers(2 * n_genes, n_hidden, n_layers, dropout_rate)
+        self.loc = nn.Linear(n_hidden, n_latent)
+        self.scale = nn.Linear(n_hidden, n_latent)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loc, scale)`` of q(z | u, s), each ``(cells, d)``.
+
+        Parameters
+        ----------
+        x
+            ``concat(u, s)``, ``(cells, 2G)``.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Location and positive scale.
+        """
+        h = self.trunk(x)
+        return self.loc(h), F.softplus(self.scale(h)) + 1e-4
+
+
+class TimeHeads(nn.Module):
+    """h_ind and h_rep: z -> (0, 1)^G for the induction and repression times (eq. 16, 18).
+
+    Parameters
+    ----------
+    n_latent, n_genes
+        d and G.
+    n_hidden, n_layers
+        Trunk shape; no dropout in the generative model.
+    """
+
+    def __init__(self, n_latent: int, n_genes: int, n_hidden: int = 256, n_layers: int = 1) -> None:
+        super().__init__()
+        self.trunk = FCLayers(n_latent, n_hidden, n_layers, dropout_rate=0.0)
+        self.ind = nn.Linear(n_hidden, n_genes)
+        self.rep = nn.Linear(n_hidden, n_genes)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(rho_ind, rho_rep)``, each ``(cells, G)`` in (0, 1).
+
+        Parameters
+        ----------
+        z
+            Latent, ``(cells, d)``.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            The relative positions within induction and repression.
+        """
+        h = self.trunk(z)
+        return torch.sigmoid(self.ind(h)), torch.sigmoid(self.rep(h))
+
+
+class DirichletHead(nn.Module):
+    """q(pi | z) = Dirichlet(softplus(f(z))) per cell and gene (eq. 22).
+
+    Parameters
+    ----------
+    n_latent, n_genes
+        d and G.
+    n_hidden, n_layers
+        Trunk shape.
+    n_states
+        4.
+    """
+
+    def __init__(self, n_latent: int, n_genes: int, n_hidden: int = 256, n_layers: int = 1,
+                 n_states: int = 4) -> None:
+        super().__init__()
+        self.n_genes, self.n_states = n_genes, n_states
+        self.trunk = FCLayers(n_latent, n_hidden, n_layers, dropout_rate=0.0)
+        self.out = nn.Linear(n_hidden, n_genes * n_states)
+
+    def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """Return the Dirichlet with batch shape ``(cells, G)`` and event shape ``(4,)``.
+
+        Parameters
+        ----------
+        z
+            Latent, ``(cells, d)``.
+
+        Returns
+        -------
+        pyro.distributions.Dirichlet
+            q(pi | z).
+        """
+        conc = F.softplus(self.out(self.trunk(z))) + 1e-4
+        return dist.Dirichlet(conc.view(z.shape[0], self.n_genes, self.n_states))
+
+
+class LogisticNormalHead(nn.Module):
+    """q(pi | z) = LogisticNormal(loc(z), scale(z)) per cell and gene: a cheaper reparameterised
+    distribution on the simplex (a Gaussian in 3 dimensions mapped by stick breaking).
+
+    Parameters
+    ----------
+    n_latent, n_genes
+        d and G.
+    n_hidden, n_layers
+        Trunk shape.
+    n_states
+        4.
+    """
+
+    def __init__(self, n_latent: int, n_genes: int, n_hidden: int = 256, n_layers: int = 1,
+                 n_states: int = 4) -> None:
+        super().__init__()
+        self.n_genes, self.n_states = n_genes, n_states
+        self.trunk = FCLayers(n_latent, n_hidden, n_layers, dropout_rate=0.0)
+        self.out = nn.Linear(n_hidden, 2 * n_genes * (n_states - 1))
+
+    def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """Return the logistic-normal with batch shape ``(cells, G)`` and event shape ``(4,)``.
+
+        Parameters
+        ----------
+        z
+            Latent, ``(cells, d)``.
+
+        Returns
+        -------
+        pyro.distributions.LogisticNormal
+            q(pi | z).
+        """
+        out = self.out(self.trunk(z)).view(z.shape[0], self.n_genes, 2, self.n_states - 1)
+        loc, scale = out[..., 0, :], F.softplus(out[..., 1, :]) + 1e-3
+        return dist.LogisticNormal(loc, scale)

@@ -1,0 +1,320 @@
+"""Posterior queries: velocity, latent time, states, expression fit, latent z, predictive draws.
+
+Everything here runs in batches of cells and reduces over posterior samples inside each batch, so the
+memory needed is ``batch_size x G x 4`` floats whatever the number of cells or samples; only the
+requested per-cell (x gene) results are kept.
+
+Each posterior sample draws ``z ~ q(z | u, s)`` and ``pi ~ q(pi | z)`` from the guide (eq. 22), maps z
+through the model's time heads and the kinetics (eq. 16-19, 1-12), and weighs the four states either by
+the posterior of the state given the data (default), ``p(k | u, s, z, pi) ∝ pi_k p(u | k) p(s | k)``
+(the enumerated posterior of eq. 15, 20-21), or by ``pi`` itself (``state_weights="pi"``, as the
+veloVI reference does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+
+from . import kinetics
+from .train import VeloData
+
+__all__ = ["PosteriorSample", "iterate_samples", "reduce_samples", "state_posterior", "velocity",
+           "latent_time", "mixture_log_likelihood"]
+
+STATE_WEIGHTS = ("posterior", "pi")
+
+
+class PosteriorSample(dict):
+    """One posterior draw for a batch of cells (a dict of tensors with attribute access).
+
+    Keys: ``idx`` (B,), ``u``, ``s`` (B, G) observed, ``size_factor_u``/``_s`` (B, 1), ``z`` (B, d),
+    ``z_loc`` (B, d), ``pi`` (B, G, 4), ``rho_ind``, ``rho_rep``, ``t_ind``, ``t_rep`` (B, G),
+    ``u_bar``, ``s_bar`` (B, G, 4), ``ll_u``, ``ll_s`` (B, G, 4) per-state log-likelihoods,
+    ``rates`` (dict of (G,)).
+    """
+
+    __getattr__ = dict.__getitem__
+
+
+def state_posterior(sample: PosteriorSample) -> torch.Tensor:
+    """``p(k | u, s, z, pi) ∝ pi_k p(u | k) p(s | k)``, shape ``(B, G, 4)``.
+
+    Parameters
+    ----------
+    sample
+        One posterior draw.
+
+    Returns
+    -------
+    torch.Tensor
+        Probabilities over the four states.
+    """
+    logits = torch.log(sample["pi"].clamp_min(1e-30)) + sample["ll_u"] + sample["ll_s"]
+    return torch.softmax(logits, dim=-1)
+
+
+def state_weights(sample: PosteriorSample, kind: str) -> torch.Tensor:
+    """Weights of the four states: the data posterior or pi.
+
+    Parameters
+    ----------
+    sample
+        One posterior draw.
+    kind
+        ``"posterior"`` or ``"pi"``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, G, 4)``.
+    """
+    if kind not in STATE_WEIGHTS:
+        raise ValueError(f"state_weights must be one of {STATE_WEIGHTS}, got {kind!r}.")
+    return state_posterior(sample) if kind == "posterior" else sample["pi"]
+
+
+def mixture_log_likelihood(sample: PosteriorSample, coupling: str) -> torch.Tensor:
+    """Log-likelihood of the observations with the state marginalised, per cell and gene ``(B, G)``.
+
+    ``"shared"``: ``log sum_k pi_k p(u | k) p(s | k)``; ``"independent"``:
+    ``log sum_k pi_k p(u | k) + log sum_k pi_k p(s | k)`` (eq. 23-24).
+
+    Parameters
+    ----------
+    sample
+        One posterior draw.
+    coupling
+        The model's state coupling.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, G)``.
+    """
+    log_pi = torch.log(sample["pi"].clamp_min(1e-30))
+    if coupling == "shared":
+        return torch.logsumexp(log_pi + sample["ll_u"] + sample["ll_s"], dim=-1)
+    return torch.logsumexp(log_pi + sample["ll_u"], dim=-1) + torch.logsumexp(log_pi + sample["ll_s"], dim=-1)
+
+
+def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spliced",
+             weights: str = "posterior") -> torch.Tensor:
+    """Velocity ``ds/dt`` (or ``du/dt``) per cell and gene from the per-state derivatives.
+
+    Parameters
+    ----------
+    sample
+        One posterior draw.
+    statistic
+        ``"mean"``: sum over states weighted by the state probabilities; ``"max"``: the velocity of the
+        most probable state.
+    mode
+        ``"spliced"`` (ds/dt) or ``"unspliced"`` (du/dt).
+    weights
+        ``"posterior"`` or ``"pi"`` (see the module docstring).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, G)``.
+    """
+    r = sample["rates"]
+    du, ds = kinetics.state_velocities(sample["u_bar"], sample["s_bar"], r["alpha"], r["beta"], r["gamma"])
+    if mode not in ("spliced", "unspliced"):
+        raise ValueError(f"mode must be 'spliced' or 'unspliced', got {mode!r}.")
+    v = ds if mode == "spliced" else du
+    return _summarise_states(v, state_weights(sample, weights), statistic)
+
+
+def latent_time(sample: PosteriorSample, statistic: str = "mean", weights: str = "posterior",
+                t_max: float = 20.0) -> torch.Tensor:
+    """Time per cell and gene: induction ``t_ind``, induction steady state ``t_s``, repression ``t_rep``,
+    repression steady state 0 (no expression, indistinguishable from the start; as the reference).
+
+    Parameters
+    ----------
+    sample
+        One posterior draw.
+    statistic
+        ``"mean"`` (weighted by state probabilities) or ``"max"`` (time of the most probable state).
+    weights
+        ``"posterior"`` or ``"pi"``.
+    t_max
+        Unused beyond documentation of the scale: times lie in ``[0, t_max]``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, G)``.
+    """
+    t_s = sample["rates"]["t_s"].expand_as(sample["t_ind"])
+    times = torch.stack([sample["t_ind"], t_s, sample["t_rep"], torch.zeros_like(t_s)], dim=-1)
+    return _summarise_states(times, state_weights(sample, weights), statistic)
+
+
+def _summarise_states(x: torch.Tensor, w: torch.Tensor, statistic: str) -> torch.Tensor:
+    if statistic == "mean":
+        return (x * w).sum(-1)
+    if statistic == "max":
+        return torch.gather(x, -1, w.argmax(-1, keepdim=True)).squeeze(-1)
+    raise ValueError(f"statistic must be 'mean' or 'max', got {statistic!r}.")
+
+
+def iterate_samples(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    data: VeloData,
+    *,
+    n_samples: int = 1,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    indices: np.ndarray | None = None,
+    use_mean: bool = False,
+) -> Iterator[tuple[int, int, PosteriorSample]]:
+    """Yield ``(batch_number, sample_number, PosteriorSample)`` over batches of cells and samples.
+
+    Parameters
+    ----------
+    model, guide
+        Fitted modules (used in eval mode).
+    data
+        Inputs on the host.
+    n_samples
+        Posterior draws per cell.
+    batch_size
+        Cells per batch.
+    device
+        Where to compute.
+    indices
+        Cells to visit (all by default), in this order.
+    use_mean
+        Use the posterior mean of z (and of pi for the Dirichlet/logistic-normal: its mean) instead
+        of sampling: a single deterministic draw.
+
+    Yields
+    ------
+    tuple
+        Batch number, sample number and the draw.
+    """
+    dev = torch.device(device)
+    model.eval()
+    guide.eval()
+    idx_all = np.arange(data.n_cells) if indices is None else np.asarray(indices)
+    with torch.no_grad():
+        r = model.rates()
+        for bno, start in enumerate(range(0, len(idx_all), batch_size)):
+            b = torch.as_tensor(idx_all[start:start + batch_size])
+            idx, u, s, sfu, sfs = data.batch(b, dev)
+            z_loc, z_scale = guide.encode(u, s, sfu, sfs)
+            for sno in range(1 if use_mean else n_samples):
+                z = z_loc if use_mean else z_loc + z_scale * torch.randn_like(z_loc)
+                q_pi = guide.pi_head(z)
+                pi = _pi_point(q_pi) if use_mean else q_pi.sample()
+                ks = model.kinetic_state(z, r)
+                ll_u, ll_s = model.state_log_likelihood(ks["u_bar"], ks["s_bar"], u, s, sfu, sfs)
+                yield bno, sno, PosteriorSample(idx=idx, u=u, s=s, size_factor_u=sfu, size_factor_s=sfs, z=z,
+                                                z_loc=z_loc, pi=pi, ll_u=ll_u, ll_s=ll_s, rates=r, **ks)
+
+
+def _pi_point(q: torch.distributions.Distribution) -> torch.Tensor:
+    """A point on the simplex for q(pi | z): the Dirichlet mean, or the logistic-normal's median."""
+    if isinstance(q, torch.distributions.Dirichlet):
+        return q.mean
+    return torch.distributions.transforms.StickBreakingTransform()(q.loc)
+
+
+def reduce_samples(
+    fn: Callable[[PosteriorSample], dict[str, torch.Tensor]],
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    data: VeloData,
+    *,
+    n_samples: int = 1,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    indices: np.ndarray | None = None,
+    use_mean: bool = False,
+) -> dict[str, np.ndarray]:
+    """Average ``fn(sample)`` over posterior draws, batch by batch, and stack over cells.
+
+    Parameters
+    ----------
+    fn
+        Maps a draw to a dict of tensors whose first axis is the batch's cells.
+    model, guide, data, n_samples, batch_size, device, indices, use_mean
+        As :func:`iterate_samples`.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The posterior means, first axis over the visited cells.
+    """
+    out: dict[str, list[np.ndarray]] = {}
+    acc: dict[str, torch.Tensor] = {}
+    count = 0
+    last_b = -1
+
+    def flush() -> None:
+        for k, v in acc.items():
+            out.setdefault(k, []).append((v / count).cpu().numpy())
+        acc.clear()
+
+    for bno, _, sample in iterate_samples(model, guide, data, n_samples=n_samples, batch_size=batch_size,
+                                          device=device, indices=indices, use_mean=use_mean):
+        if bno != last_b:
+            if acc:
+                flush()
+            count, last_b = 0, bno
+        for k, v in fn(sample).items():
+            acc[k] = acc[k] + v if k in acc else v.clone()
+        count += 1
+    if acc:
+        flush()
+    return {k: np.concatenate(v, axis=0) for k, v in out.items()}
+
+
+def predictive_sample(model: torch.nn.Module, guide: torch.nn.Module, sample: PosteriorSample,
+                      n_cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replicated ``(u, s)`` for one draw: the Pyro model run without observations, replaying the guide.
+
+    The guide is traced on the batch (drawing z and pi), then the model is replayed on that trace with
+    ``u = s = None``, so k is drawn from Categorical(pi) and u, s from the likelihood (eq. 15, 20-21).
+
+    Parameters
+    ----------
+    model, guide
+        Fitted modules.
+    sample
+        A draw from :func:`iterate_samples` (its cells and observations drive the guide).
+    n_cells
+        Size of the cells plate.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        Replicated u and s, each ``(B, G)``.
+    """
+    args = (sample["idx"], sample["u"], sample["s"], sample["size_factor_u"], sample["size_factor_s"])
+    with torch.no_grad():
+        g_tr = poutine.trace(guide).get_trace(*args, n_cells=n_cells)
+        blocked = poutine.block(model, hide=["switch_penalty"])
+        m_tr = poutine.trace(poutine.replay(blocked, trace=g_tr)).get_trace(
+            sample["idx"], None, None, sample["size_factor_u"], sample["size_factor_s"], n_cells=n_cells)
+    return m_tr.nodes["u"]["value"], m_tr.nodes["s"]["value"]
+
+
+def set_seed(seed: int | None) -> None:
+    """Seed Pyro, torch and numpy for a reproducible posterior query (no-op for None).
+
+    Parameters
+    ----------
+    seed
+        The seed.
+    """
+    if seed is not None:
+        pyro.set_rng_seed(seed)

@@ -1,0 +1,355 @@
+"""Stochastic variational inference for velopyro: minibatches, validation, early stopping, devices.
+
+The objective is the (negative) ELBO of ``TraceEnum_ELBO(max_plate_nesting=2)`` (the state k enumerated
+out; ``JitTraceEnum_ELBO`` with ``jit=True``) plus the switch penalty, which the model adds as a
+``pyro.factor`` (seed eq. 25-27). Its gradient drives a torch AdamW optimiser with global gradient-norm
+clipping, the pattern of Pyro's ``examples/svi_torch.py``: the parameters live in the model's and the
+guide's ``nn.Module``s rather than Pyro's global parameter store, so several models can be fitted in
+one session and saved with ``state_dict``.
+
+Memory does not grow with the number of cells: the data stay on the host and each minibatch is moved to
+the device when it is used (``preload=True`` moves everything once when it fits).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
+from tqdm.auto import tqdm
+
+__all__ = ["VeloData", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices", "elbo_per_cell"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised when the loss becomes NaN or infinite during training."""
+
+
+@dataclass
+class VeloData:
+    """Model inputs on the host: observations and per-cell size factors.
+
+    Attributes
+    ----------
+    u, s
+        Unspliced and spliced, ``(N, G)`` float32.
+    size_factor_u, size_factor_s
+        ``(N, 1)`` float32 (ones for the Normal likelihood).
+    """
+
+    u: torch.Tensor
+    s: torch.Tensor
+    size_factor_u: torch.Tensor
+    size_factor_s: torch.Tensor
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells N."""
+        return self.u.shape[0]
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The model's positional arguments for the cells ``idx`` on ``device``.
+
+        Parameters
+        ----------
+        idx
+            Cell indices (on the host).
+        device
+            Target device.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``(idx, u, s, size_factor_u, size_factor_s)``.
+        """
+        nb = device.type != "cpu"
+        return tuple(t.to(device, non_blocking=nb) for t in
+                     (idx, self.u[idx], self.s[idx], self.size_factor_u[idx], self.size_factor_s[idx]))
+
+    def to(self, device: torch.device) -> VeloData:
+        """Return a copy with every tensor on ``device`` (``preload``).
+
+        Parameters
+        ----------
+        device
+            Target device.
+
+        Returns
+        -------
+        VeloData
+            The moved data.
+        """
+        return VeloData(*(t.to(device) for t in (self.u, self.s, self.size_factor_u, self.size_factor_s)))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` (or ``"cuda:1"``) into a ``torch.device``.
+
+    Parameters
+    ----------
+    device
+        The request; ``"auto"`` picks CUDA when available.
+
+    Returns
+    -------
+    torch.device
+        The device.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch sees no CUDA device; use device='cpu' or 'auto'.")
+    return dev
+
+
+def split_indices(n_cells: int, train_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/validation split of cell indices.
+
+    Parameters
+    ----------
+    n_cells
+        N.
+    train_size
+        Fraction of cells for training (the rest validate); 1.0 means no validation.
+    seed
+        Seed of the permutation.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Sorted train and validation indices.
+    """
+    if not 0.0 < train_size <= 1.0:
+        raise ValueError(f"train_size must be in (0, 1], got {train_size}.")
+    perm = np.random.default_rng(seed).permutation(n_cells)
+    n_train = n_cells if train_size >= 1.0 else max(1, int(round(train_size * n_cells)))
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+@dataclass
+class _History:
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    kl_weight: list[float] = field(default_factory=list)
+
+
+def elbo_per_cell(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    data: VeloData,
+    idx: np.ndarray,
+    device: torch.device,
+    batch_size: int = 1024,
+    elbo: TraceEnum_ELBO | None = None,
+) -> float:
+    """Negative ELBO per cell (no switch penalty, no KL warm-up) over the cells ``idx``, in eval mode.
+
+    Parameters
+    ----------
+    model, guide
+        The Pyro model and guide modules.
+    data
+        Inputs on the host.
+    idx
+        Cell indices to score.
+    device
+        Where to compute.
+    batch_size
+        Cells per pass.
+    elbo
+        The ELBO object (a fresh ``TraceEnum_ELBO`` if None).
+
+    Returns
+    -------
+    float
+        ``-ELBO / len(idx)``; a single Monte Carlo draw of z and pi per cell.
+    """
+    elbo = elbo or TraceEnum_ELBO(max_plate_nesting=2)
+    was_training = model.training
+    model.eval()
+    guide.eval()
+    total = 0.0
+    one = torch.ones((), device=device)
+    zero = torch.zeros((), device=device)
+    with torch.no_grad():
+        for start in range(0, len(idx), batch_size):
+            b = torch.as_tensor(idx[start:start + batch_size])
+            args = data.batch(b, device)
+            total += float(elbo.loss(model, guide, *args, one, zero, n_cells=len(b)))
+    model.train(was_training)
+    guide.train(was_training)
+    return total / max(len(idx), 1)
+
+
+def _parameter_groups(model: torch.nn.Module, guide: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on network weights only; kinetic rates and likelihood parameters are not decayed
+    (decoupled decay would pull their unconstrained values, and so the rates, towards arbitrary points)."""
+    decay, no_decay, seen = [], [], set()
+    for module in (model, guide):
+        for name, p in module.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if name.startswith("raw_") or ".raw_" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_svi(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    data: VeloData,
+    *,
+    train_idx: np.ndarray,
+    validation_idx: np.ndarray,
+    max_epochs: int = 500,
+    batch_size: int = 256,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-2,
+    eps: float = 0.01,
+    clip_norm: float = 10.0,
+    early_stopping: bool = True,
+    patience: int = 45,
+    min_delta: float = 0.0,
+    kl_warmup_epochs: int | None = None,
+    penalty_fade: bool = False,
+    jit: bool = False,
+    device: str | torch.device = "cpu",
+    preload: bool = False,
+    seed: int = 0,
+    progress_bar: bool = True,
+) -> dict[str, list]:
+    """Fit model and guide by SVI with ``TraceEnum_ELBO``; the best state (by validation loss) is kept.
+
+    Parameters
+    ----------
+    model, guide
+        :class:`~velopyro.model.VeloVIModel` and :class:`~velopyro.guide.VeloVIGuide`.
+    data
+        Inputs on the host.
+    train_idx, validation_idx
+        Cell indices of the split (validation may be empty: then the training loss decides).
+    max_epochs, batch_size, lr, weight_decay, eps, clip_norm
+        Optimisation settings (AdamW; global gradient-norm clipping).
+    early_stopping, patience, min_delta
+        Stop when the validation loss has not improved by ``min_delta`` for ``patience`` epochs.
+    kl_warmup_epochs
+        If set, the z site is scaled by ``w = min(1, epoch / kl_warmup_epochs)`` (``poutine.scale``).
+    penalty_fade
+        Multiply the switch penalty by ``1 - w`` (the reference's schedule; needs ``kl_warmup_epochs``).
+    jit
+        Use ``JitTraceEnum_ELBO`` (static shapes: the ragged last minibatch is dropped).
+    device
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    preload
+        Move all data to the device once instead of per minibatch.
+    seed
+        Seeds torch, numpy and Pyro (the minibatch order and all Monte Carlo draws).
+    progress_bar
+        Show a tqdm bar with the epoch and losses.
+
+    Returns
+    -------
+    dict of str to list
+        ``epoch``, ``train_loss``, ``validation_loss`` (negative ELBO per cell), ``seconds`` (wall time
+        per epoch), ``kl_weight``; also ``best_epoch`` and ``stopped_early``.
+    """
+    if penalty_fade and not kl_warmup_epochs:
+        raise ValueError("penalty_fade=True fades the penalty with the KL warm-up; set kl_warmup_epochs too.")
+    dev = resolve_device(device)
+    pyro.set_rng_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(dev)
+    guide.to(dev)
+    host = data.to(dev) if preload else data
+    n_train = len(train_idx)
+    if n_train < 2:
+        raise ValueError(f"Only {n_train} training cells; velopyro needs at least 2 (BatchNorm).")
+    batch_size = min(batch_size, n_train)
+    elbo = (JitTraceEnum_ELBO(max_plate_nesting=2, ignore_jit_warnings=True) if jit
+            else TraceEnum_ELBO(max_plate_nesting=2))
+    val_elbo = TraceEnum_ELBO(max_plate_nesting=2)
+    if jit:
+        tag = f"velopyro_{id(model)}"
+        model._pyro_name, guide._pyro_name = f"{tag}_model", f"{tag}_guide"
+    optim = torch.optim.AdamW(_parameter_groups(model, guide, weight_decay), lr=lr, eps=eps)
+    params = [p for g in optim.param_groups for p in g["params"]]
+    train_t = torch.as_tensor(train_idx)
+    hist = _History()
+    best, best_state, best_epoch, bad_epochs, stopped = math.inf, None, 0, 0, False
+    bar = tqdm(range(1, max_epochs + 1), desc="velopyro", unit="epoch", disable=not progress_bar,
+               dynamic_ncols=True, leave=True)
+    try:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            w = min(1.0, epoch / kl_warmup_epochs) if kl_warmup_epochs else 1.0
+            kl_w = torch.tensor(w, device=dev)
+            pen_w = torch.tensor(1.0 - w if penalty_fade else 1.0, device=dev)
+            model.train()
+            guide.train()
+            order = train_t[torch.randperm(n_train, generator=gen)]
+            total, seen = 0.0, 0
+            for start in range(0, n_train, batch_size):
+                b = order[start:start + batch_size]
+                if len(b) < 2 or (jit and len(b) < batch_size):
+                    continue  # BatchNorm needs 2 cells; JIT needs static shapes
+                args = host.batch(b, dev)
+                loss = elbo.differentiable_loss(model, guide, *args, kl_w, pen_w, n_cells=n_train)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"The loss became {loss.item()} at epoch {epoch}. Likely causes: a learning rate too "
+                        f"high for this data (try lr={lr / 10:g}), unscaled or extreme input values (Ms/Mu "
+                        "should be min-max scaled to [0, 1]; run velopyro.pp.preprocess), or genes with "
+                        "no variation. No results were written."
+                    )
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                optim.step()
+                total += loss.item() * len(b) / n_train
+                seen += len(b)
+            train_loss = total / max(seen, 1)
+            val_loss = (elbo_per_cell(model, guide, host, validation_idx, dev, elbo=val_elbo)
+                        if len(validation_idx) else train_loss)
+            if not math.isfinite(val_loss):
+                raise TrainingDivergedError(
+                    f"The validation loss became {val_loss} at epoch {epoch}; lower lr (now {lr:g}) or check "
+                    "the input for extreme values."
+                )
+            hist.epoch.append(epoch)
+            hist.train_loss.append(train_loss)
+            hist.validation_loss.append(val_loss)
+            hist.seconds.append(time.perf_counter() - t0)
+            hist.kl_weight.append(w)
+            bar.set_postfix(train=f"{train_loss:.1f}", validation=f"{val_loss:.1f}")
+            # early stopping on the full ELBO only once the warm-up is over
+            if w >= 1.0 and val_loss < best - min_delta:
+                best, best_epoch, bad_epochs = val_loss, epoch, 0
+                best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict()))
+            elif w >= 1.0:
+                bad_epochs += 1
+                if early_stopping and bad_epochs >= patience:
+                    stopped = True
+                    break
+    finally:
+        bar.close()
+        model._pyro_name = guide._pyro_name = None
+    if best_state is not None:
+        model.load_state_dict(best_state[0])
+        guide.load_state_dict(best_state[1])
+    model.eval()
+    guide.eval()
+    out = {k: list(v) for k, v in vars(hist).items()}
+    out["best_epoch"] = best_epoch
+    out["stopped_early"] = stopped
+    return out
