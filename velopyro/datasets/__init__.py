@@ -1,0 +1,10 @@
+"""Example data: the real pancreas data shipped with velopyro, and a simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._pancreas import pancreas
+from ._simulate import simulate
+
+__all__ = ["pancreas", "simulate"]
