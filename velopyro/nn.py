@@ -166,6 +166,9 @@ class DirichletHead(nn.Module):
         self.n_genes, self.n_states = n_genes, n_states
         self.trunk = FCLayers(n_latent, n_hidden, n_layers, dropout_rate=0.0)
         self.out = nn.Linear(n_hidden, n_genes * n_states)
+        # torch's implicit reparameterisation gradient of the Dirichlet returns NaN for concentrations
+        # near 0; a floor well below the prior's 0.25 keeps it finite
+        self.min_concentration = 1e-2
 
     def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
         """Return the Dirichlet with batch shape ``(cells, G)`` and event shape ``(4,)``.
@@ -180,7 +183,7 @@ class DirichletHead(nn.Module):
         pyro.distributions.Dirichlet
             q(pi | z).
         """
-        conc = F.softplus(self.out(self.trunk(z))) + 1e-4
+        conc = F.softplus(self.out(self.trunk(z))) + self.min_concentration
         return dist.Dirichlet(conc.view(z.shape[0], self.n_genes, self.n_states))
 
 

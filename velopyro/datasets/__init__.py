@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._pancreas import pancreas
 from ._simulate import simulate
 
