@@ -18,6 +18,50 @@ from torch.nn import functional as F
 
 __all__ = ["FCLayers", "Encoder", "TimeHeads", "DirichletHead", "LogisticNormalHead"]
 
+# Draws of pi are kept at or above this floor. A Gamma(a) variate with a small concentration underflows to
+# exactly 0 in float32 (probability ~0.4 for a = 0.01), and log(0) makes the Monte Carlo KL of pi
+# (log p(pi) - log q(pi), both Dirichlet-type densities) inf - inf = NaN. The floor moves at most 4e-30 of
+# probability mass, far below float32 resolution of the simplex.
+PI_FLOOR = 1e-30
+
+
+class SafeDirichlet(dist.Dirichlet):
+    """Dirichlet whose reparameterised draws are floored at :data:`PI_FLOOR` (see above)."""
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        """Draw with the implicit reparameterisation gradient, floored at :data:`PI_FLOOR`.
+
+        Parameters
+        ----------
+        sample_shape
+            Extra leading shape.
+
+        Returns
+        -------
+        torch.Tensor
+            Points on the simplex.
+        """
+        return super().rsample(sample_shape).clamp_min(PI_FLOOR)
+
+
+class SafeLogisticNormal(dist.LogisticNormal):
+    """Logistic-normal whose draws are floored at :data:`PI_FLOOR` (see above)."""
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        """Draw by stick breaking of a Gaussian, floored at :data:`PI_FLOOR`.
+
+        Parameters
+        ----------
+        sample_shape
+            Extra leading shape.
+
+        Returns
+        -------
+        torch.Tensor
+            Points on the simplex.
+        """
+        return super().rsample(sample_shape).clamp_min(PI_FLOOR)
+
 
 class FCLayers(nn.Module):
     """A stack of fully connected blocks: Linear -> [BatchNorm] -> [LayerNorm] -> ReLU -> [Dropout].
@@ -184,7 +228,7 @@ class DirichletHead(nn.Module):
             q(pi | z).
         """
         conc = F.softplus(self.out(self.trunk(z))) + self.min_concentration
-        return dist.Dirichlet(conc.view(z.shape[0], self.n_genes, self.n_states))
+        return SafeDirichlet(conc.view(z.shape[0], self.n_genes, self.n_states))
 
 
 class LogisticNormalHead(nn.Module):
@@ -223,4 +267,4 @@ class LogisticNormalHead(nn.Module):
         """
         out = self.out(self.trunk(z)).view(z.shape[0], self.n_genes, 2, self.n_states - 1)
         loc, scale = out[..., 0, :], F.softplus(out[..., 1, :]) + 1e-3
-        return dist.LogisticNormal(loc, scale)
+        return SafeLogisticNormal(loc, scale)
