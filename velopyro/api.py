@@ -642,6 +642,25 @@ class VeloPyro:
         return (f"VeloPyro({self.n_cells} cells x {self.n_genes} genes, likelihood={c['likelihood']!r}, "
                 f"state_coupling={c['state_coupling']!r}, pi_guide={c['pi_guide']!r}; {status})")
 
+    # ---- posterior predictive and ArviZ (thin wrappers of velopyro.ppc / velopyro.convert) -----------
+    def to_arviz(self, n_samples: int = 100, per_gene_log_likelihood: bool = False, **kwargs: Any) -> Any:
+        """ArviZ ``InferenceData`` of the fit; see :func:`velopyro.convert.to_arviz` for all arguments."""
+        from .convert import to_arviz
+
+        return to_arviz(self, n_samples=n_samples, per_gene_log_likelihood=per_gene_log_likelihood, **kwargs)
+
+    def posterior_predictive(self, n_samples: int = 100, **kwargs: Any) -> dict[str, dict[str, np.ndarray]]:
+        """Replicated u and s (summaries or draws); see :func:`velopyro.ppc.posterior_predictive`."""
+        from .ppc import posterior_predictive
+
+        return posterior_predictive(self, n_samples=n_samples, **kwargs)
+
+    def pit(self, n_samples: int = 100, **kwargs: Any) -> np.ndarray:
+        """PIT of each observation, cells x genes; see :func:`velopyro.ppc.pit`."""
+        from .ppc import pit
+
+        return pit(self, n_samples=n_samples, **kwargs)
+
 
 def _default_layers(adata: Any, lik: Likelihood, spliced: str | None, unspliced: str | None) -> tuple[str, str]:
     if spliced is not None and unspliced is not None:

@@ -266,5 +266,8 @@ class LogisticNormalHead(nn.Module):
             q(pi | z).
         """
         out = self.out(self.trunk(z)).view(z.shape[0], self.n_genes, 2, self.n_states - 1)
-        loc, scale = out[..., 0, :], F.softplus(out[..., 1, :]) + 1e-3
+        # a bounded Gaussian (|loc| <= 8, scale <= 3) keeps every stick above ~1e-12 in float32, so pi
+        # never underflows to 0, where the Dirichlet prior's density (eq. 14) is infinite
+        loc = 8.0 * torch.tanh(out[..., 0, :] / 8.0)
+        scale = F.softplus(out[..., 1, :]).clamp(max=3.0) + 1e-3
         return SafeLogisticNormal(loc, scale)

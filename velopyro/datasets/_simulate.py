@@ -93,7 +93,8 @@ def simulate(
     clock = t_max * norm.cdf(z @ w)
 
     # genes: rates on the kinetic scale of order one, switch inside the time range
-    beta = np.exp(rng.uniform(np.log(0.3), np.log(3.0), n_genes))
+    # splicing on the scale of the time window, so that the phases do not saturate in a few time units
+    beta = np.exp(rng.uniform(np.log(0.1), np.log(0.8), n_genes))
     gamma = beta * np.exp(rng.uniform(np.log(0.4), np.log(2.5), n_genes))
     alpha = beta * rng.uniform(0.8, 1.2, n_genes)  # induction steady state u = alpha / beta near 1
     t_s = rng.uniform(0.3, 0.7, n_genes) * t_max
