@@ -305,15 +305,20 @@ def train_svi(
                     continue  # BatchNorm needs 2 cells; JIT needs static shapes
                 args = host.batch(b, dev)
                 # distribution arguments are validated on the first step only: it costs ~7% per step
-                with pyro.validation_enabled(epoch == 1 and start == 0):
-                    loss = elbo.differentiable_loss(model, guide, *args, kl_w, pen_w, n_cells=n_train)
-                if not torch.isfinite(loss):
+                advice = (f"Likely causes: a learning rate too high for this data (try lr={lr / 10:g}), unscaled "
+                          "or extreme input values (Ms/Mu should be min-max scaled to [0, 1]; run "
+                          "velopyro.pp.preprocess), or genes with no variation. No results were written.")
+                try:
+                    with pyro.validation_enabled(epoch == 1 and start == 0):
+                        loss = elbo.differentiable_loss(model, guide, *args, kl_w, pen_w, n_cells=n_train)
+                except ValueError as err:  # a distribution's argument check found NaN/inf
+                    if "invalid values" not in str(err) and "nan" not in str(err).lower():
+                        raise
                     raise TrainingDivergedError(
-                        f"The loss became {loss.item()} at epoch {epoch}. Likely causes: a learning rate too "
-                        f"high for this data (try lr={lr / 10:g}), unscaled or extreme input values (Ms/Mu "
-                        "should be min-max scaled to [0, 1]; run velopyro.pp.preprocess), or genes with "
-                        "no variation. No results were written."
-                    )
+                        f"A distribution received NaN or infinite parameters at epoch {epoch}. {advice}"
+                    ) from err
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(f"The loss became {loss.item()} at epoch {epoch}. {advice}")
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
