@@ -541,9 +541,10 @@ class VeloPyro:
         t_max = self.config["t_max"]
 
         def fn(smp):
-            w = posterior.state_posterior(smp)
-            return {"v": posterior.velocity(smp, "mean", "spliced"), "vu": posterior.velocity(smp, "mean", "unspliced"),
-                    "t": posterior.latent_time(smp, "mean", "posterior", t_max), "w": w, "z": smp["z_loc"]}
+            w = posterior.state_posterior(smp)  # computed once, used by every output
+            return {"v": posterior.velocity(smp, "mean", "spliced", w),
+                    "vu": posterior.velocity(smp, "mean", "unspliced", w),
+                    "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"]}
 
         out = self._reduce(fn, n_samples, 256, seed)
         adata.layers["velocity"] = out["v"].astype(np.float32)

@@ -58,7 +58,7 @@ def state_posterior(sample: PosteriorSample) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def state_weights(sample: PosteriorSample, kind: str) -> torch.Tensor:
+def state_weights(sample: PosteriorSample, kind: str | torch.Tensor) -> torch.Tensor:
     """Weights of the four states: the data posterior or pi.
 
     Parameters
@@ -66,13 +66,15 @@ def state_weights(sample: PosteriorSample, kind: str) -> torch.Tensor:
     sample
         One posterior draw.
     kind
-        ``"posterior"`` or ``"pi"``.
+        ``"posterior"`` or ``"pi"``, or weights already computed (returned as they are).
 
     Returns
     -------
     torch.Tensor
         ``(B, G, 4)``.
     """
+    if torch.is_tensor(kind):
+        return kind
     if kind not in STATE_WEIGHTS:
         raise ValueError(f"state_weights must be one of {STATE_WEIGHTS}, got {kind!r}.")
     return state_posterior(sample) if kind == "posterior" else sample["pi"]
@@ -103,7 +105,7 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str) -> torch.Tens
 
 
 def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spliced",
-             weights: str = "posterior") -> torch.Tensor:
+             weights: str | torch.Tensor = "posterior") -> torch.Tensor:
     """Velocity ``ds/dt`` (or ``du/dt``) per cell and gene from the per-state derivatives.
 
     Parameters
@@ -116,7 +118,7 @@ def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spli
     mode
         ``"spliced"`` (ds/dt) or ``"unspliced"`` (du/dt).
     weights
-        ``"posterior"`` or ``"pi"`` (see the module docstring).
+        ``"posterior"`` or ``"pi"`` (see the module docstring), or precomputed ``(B, G, 4)`` weights.
 
     Returns
     -------
@@ -131,7 +133,7 @@ def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spli
     return _summarise_states(v, state_weights(sample, weights), statistic)
 
 
-def latent_time(sample: PosteriorSample, statistic: str = "mean", weights: str = "posterior",
+def latent_time(sample: PosteriorSample, statistic: str = "mean", weights: str | torch.Tensor = "posterior",
                 t_max: float = 20.0) -> torch.Tensor:
     """Time per cell and gene: induction ``t_ind``, induction steady state ``t_s``, repression ``t_rep``,
     repression steady state 0 (no expression, indistinguishable from the start; as the reference).
@@ -143,7 +145,7 @@ def latent_time(sample: PosteriorSample, statistic: str = "mean", weights: str =
     statistic
         ``"mean"`` (weighted by state probabilities) or ``"max"`` (time of the most probable state).
     weights
-        ``"posterior"`` or ``"pi"``.
+        ``"posterior"`` or ``"pi"``, or precomputed ``(B, G, 4)`` weights.
     t_max
         Unused beyond documentation of the scale: times lie in ``[0, t_max]``.
 

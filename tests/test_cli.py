@@ -1,0 +1,125 @@
+"""The command line: help, a tiny fit, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import velopyro
+from velopyro.cli import main
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("velopyro: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["demo", "--help"]])
+def test_help(capsys, argv) -> None:
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0
+    assert "usage: velopyro" in out
+    if argv[0] == "fit":
+        for flag in ("--spliced-layer", "--unspliced-layer", "--no-preprocess", "--likelihood",
+                     "--state-coupling", "--pi-guide", "--max-epochs", "--batch-size", "--lr", "--seed",
+                     "--device", "--n-samples", "--save-model", "--quiet"):
+            assert flag in out
+
+
+def test_no_command_and_unknown_option(capsys) -> None:
+    code, _, err = _run(capsys)
+    assert code == 2 and "usage" in err
+    code, _, err = _run(capsys, "fit", "x.h5ad", "-o", "y.h5ad", "--likelihood", "gamma")
+    assert code == 2 and "invalid choice" in err and "Traceback" not in err
+
+
+def test_python_dash_m_help() -> None:
+    res = subprocess.run([sys.executable, "-m", "velopyro", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0
+    assert "fit" in res.stdout and "demo" in res.stdout
+
+
+def test_fit_tiny(tmp_path, capsys) -> None:
+    src, dst, model_dir = tmp_path / "in.h5ad", tmp_path / "sub" / "out.h5ad", tmp_path / "model"
+    velopyro.datasets.simulate(n_cells=300, n_genes=20, seed=0).write_h5ad(src)
+    code, out, err = _run(capsys, "fit", str(src), "-o", str(dst), "--max-epochs", "2", "--n-samples", "2",
+                          "--save-model", str(model_dir), "--quiet")
+    assert code == 0, err
+    assert str(dst) in out
+    res = ad.read_h5ad(dst)
+    for key in ("velocity", "velocity_u", "fit_t", "fit_state"):
+        assert key in res.layers and res.layers[key].shape == (300, 20)
+    assert np.isfinite(res.layers["velocity"]).all()
+    assert {"fit_alpha", "fit_beta", "fit_gamma", "fit_t_"} <= set(res.var)
+    assert "latent_time" in res.obs
+    assert res.uns["velopyro"]["config"]["spliced_layer"] == "Ms"
+    assert len(res.uns["velopyro"]["history"]["epoch"]) == 2
+    assert (model_dir / "config.json").exists()
+    # the saved model directory is not overwritten
+    code, _, err = _run(capsys, "fit", str(src), "-o", str(dst), "--max-epochs", "1",
+                        "--save-model", str(model_dir), "--quiet")
+    _assert_one_line_error(code, err, "--save-model")
+
+
+def _raw(tmp_path, spliced: np.ndarray, name: str = "raw.h5ad") -> str:
+    rng = np.random.default_rng(0)
+    unspliced = rng.poisson(2.0, spliced.shape).astype(np.float32)
+    adata = ad.AnnData(spliced.copy(), layers={"spliced": spliced, "unspliced": unspliced})
+    path = tmp_path / name
+    adata.write_h5ad(path)
+    return str(path)
+
+
+def test_missing_file(tmp_path, capsys) -> None:
+    code, _, err = _run(capsys, "fit", str(tmp_path / "nope.h5ad"), "-o", str(tmp_path / "o.h5ad"))
+    _assert_one_line_error(code, err, "nope.h5ad", "does not exist")
+
+
+def test_not_an_h5ad(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.h5ad"
+    bad.write_text("not hdf5")
+    code, _, err = _run(capsys, "fit", str(bad), "-o", str(tmp_path / "o.h5ad"))
+    _assert_one_line_error(code, err, "bad.h5ad")
+
+
+def test_missing_layer(tmp_path, capsys) -> None:
+    counts = np.random.default_rng(1).poisson(3.0, (50, 30)).astype(np.float32)
+    path = _raw(tmp_path, counts)
+    code, _, err = _run(capsys, "fit", path, "-o", str(tmp_path / "o.h5ad"), "--spliced-layer", "nope")
+    _assert_one_line_error(code, err, "'nope'")
+    code, _, err = _run(capsys, "fit", path, "-o", str(tmp_path / "o.h5ad"), "--no-preprocess")
+    _assert_one_line_error(code, err, "'Ms'")
+
+
+@pytest.mark.parametrize("bad_value, needle", [(np.nan, "NaN"), (-1.0, "negative")])
+def test_bad_values(tmp_path, capsys, bad_value, needle) -> None:
+    counts = np.random.default_rng(2).poisson(3.0, (50, 30)).astype(np.float32)
+    counts[3, 4] = bad_value
+    path = _raw(tmp_path, counts)
+    code, _, err = _run(capsys, "fit", path, "-o", str(tmp_path / "o.h5ad"))
+    _assert_one_line_error(code, err, "spliced")
+    assert needle.lower() in err.lower()
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_debug_env_reraises(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(os.environ, "VELOPYRO_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["fit", str(tmp_path / "nope.h5ad"), "-o", str(tmp_path / "o.h5ad")])

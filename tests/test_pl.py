@@ -1,0 +1,153 @@
+"""velopyro.pl: every figure on a tiny fitted model returns a Figure with labelled axes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+pytest.importorskip("matplotlib")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import matplotlib  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import velopyro  # noqa: E402
+from velopyro import pl, tl  # noqa: E402
+from velopyro._validation import VelopyroInputError  # noqa: E402
+
+matplotlib.use("Agg")
+
+
+def _knn_graph(x: np.ndarray, k: int = 10) -> sp.csr_matrix:
+    from scipy.spatial import cKDTree
+
+    _, idx = cKDTree(x).query(x, k=k + 1)
+    rows = np.repeat(np.arange(len(x)), k)
+    g = sp.csr_matrix((np.ones(len(rows)), (rows, idx[:, 1:].ravel())), shape=(len(x), len(x)))
+    return sp.csr_matrix(((g + g.T) > 0).astype(np.float64))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    adata = velopyro.datasets.simulate(n_cells=300, n_genes=20, seed=0)
+    model = velopyro.VeloPyro(adata)
+    model.fit(max_epochs=3, progress_bar=False)
+    model.write_to_adata(n_samples=3)
+    x = adata.layers["Ms"] - adata.layers["Ms"].mean(0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    adata.obsm["X_umap"] = (u[:, :2] * s[:2]).astype(np.float32)
+    adata.obsp["connectivities"] = _knn_graph(adata.layers["Ms"])
+    adata.obs["clusters"] = np.where(adata.obs["true_t"] < 10, "early", "late")
+    adata.obs["clusters"] = adata.obs["clusters"].astype("category")
+    return adata, model
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _labelled(fig: Figure) -> list:
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    assert axes
+    for ax in axes:
+        assert ax.get_xlabel() and ax.get_ylabel()
+    return axes
+
+
+def test_phase_portraits(fitted, tmp_path) -> None:
+    adata, _ = fitted
+    out = tmp_path / "pp.png"
+    fig = pl.phase_portraits(adata, n_genes=4, save=out)
+    assert isinstance(fig, Figure)
+    axes = _labelled(fig)
+    assert len(axes) == 4
+    assert axes[0].get_xlabel() == "spliced (Ms)" and axes[0].get_ylabel() == "unspliced (Mu)"
+    assert len(axes[0].lines) == 1  # the fitted trajectory
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"induction", "induction steady state", "repression", "repression steady state"} <= set(labels)
+    assert out.stat().st_size > 0
+    # default choice: the best-fitted genes, in decreasing R^2
+    r2 = tl.gene_fit_r2(adata)
+    best = adata.var_names[np.argsort(-r2)[:4]]
+    assert [ax.get_title().split()[0] for ax in axes] == list(best)
+
+
+def test_phase_portraits_named_genes_and_colors(fitted) -> None:
+    adata, _ = fitted
+    fig = pl.phase_portraits(adata, genes=["gene1", "gene3"], color_by="fit_t")
+    assert len(_labelled(fig)) == 2
+    fig = pl.phase_portraits(adata, genes="gene2", color_by="clusters")
+    assert len(_labelled(fig)) == 1
+    with pytest.raises(VelopyroInputError, match="not_a_gene"):
+        pl.phase_portraits(adata, genes=["not_a_gene"])
+    with pytest.raises(VelopyroInputError, match="color_by"):
+        pl.phase_portraits(adata, genes=["gene1"], color_by="nothing")
+
+
+def test_phase_portraits_count_likelihood() -> None:
+    adata = velopyro.datasets.simulate(n_cells=300, n_genes=8, seed=1, likelihood="poisson")
+    model = velopyro.VeloPyro(adata, likelihood="poisson", size_factor_key="true_size_factor")
+    model.fit(max_epochs=2, progress_bar=False)
+    model.write_to_adata(n_samples=2)
+    fig = pl.phase_portraits(adata, n_genes=2)
+    ax = _labelled(fig)[0]
+    assert ax.get_xlabel() == "spliced (counts / size factor)"
+    # the curve is on the count scale: it reaches the data's range, not [0, ~1]
+    assert ax.lines[0].get_xdata().max() > 5
+
+
+def test_latent_time(fitted) -> None:
+    adata, _ = fitted
+    fig = pl.latent_time(adata, basis="umap")
+    assert isinstance(fig, Figure)
+    assert _labelled(fig)[0].get_xlabel() == "UMAP 1"
+    assert any(ax.get_ylabel() == "latent time" for ax in fig.axes)  # the colour bar
+    with pytest.raises(VelopyroInputError, match="X_tsne"):
+        pl.latent_time(adata, basis="tsne")
+
+
+def test_velocity_stream_computes_embedding(fitted) -> None:
+    adata, _ = fitted
+    a = adata.copy()
+    assert "velocity_umap" not in a.obsm
+    fig = pl.velocity_stream(a, basis="umap", color="clusters")
+    assert isinstance(fig, Figure)
+    assert "velocity_umap" in a.obsm
+    ax = _labelled(fig)[0]
+    assert ax.get_legend() is not None
+    fig = pl.velocity_stream(a, color="latent_time")
+    assert _labelled(fig)
+
+
+def test_loss_curve_from_model_and_adata(fitted) -> None:
+    adata, model = fitted
+    for obj in (model, adata):
+        fig = pl.loss_curve(obj)
+        ax = _labelled(fig)[0]
+        assert ax.get_xlabel() == "epoch"
+        assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"train", "validation"}
+    with pytest.raises(VelopyroInputError):
+        pl.loss_curve(velopyro.datasets.simulate(n_cells=10, n_genes=3))
+
+
+def test_unfitted_adata_raises() -> None:
+    adata = velopyro.datasets.simulate(n_cells=20, n_genes=3)
+    with pytest.raises(VelopyroInputError, match="write_to_adata"):
+        pl.phase_portraits(adata)
+
+
+def test_ppc_names_delegate() -> None:
+    # the posterior predictive plots live in velopyro.pl._ppc; missing ones raise AttributeError
+    for name in ("ppc_density", "pit_histogram", "rootogram"):
+        try:
+            assert callable(getattr(pl, name))
+        except AttributeError as err:
+            assert name in str(err)
+    with pytest.raises(AttributeError):
+        pl.no_such_plot  # noqa: B018

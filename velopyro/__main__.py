@@ -1,0 +1,10 @@
+"""``python -m velopyro``: the command line (see :mod:`velopyro.cli`)."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

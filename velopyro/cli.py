@@ -1,0 +1,430 @@
+"""Command line: ``velopyro fit`` (an .h5ad in, the fitted .h5ad out) and ``velopyro demo``.
+
+Run ``velopyro --help`` or ``velopyro COMMAND --help``. Also available as ``python -m velopyro``.
+
+Errors in the input (missing file or layer, NaN or negative values, unknown options, ...) print one
+line ``velopyro: error: ...`` on stderr and exit with status 1 (2 for unknown options); set the
+environment variable ``VELOPYRO_DEBUG=1`` to get the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+PROG = "velopyro"
+LIKELIHOODS = ("normal", "poisson", "negative_binomial")
+STATE_COUPLINGS = ("independent", "shared")
+PI_GUIDES = ("dirichlet", "logistic_normal")
+DEMO_FIGURES = ("phase_portraits.png", "latent_time_umap.png", "velocity_stream_umap.png", "loss_curve.png")
+DEMO_H5AD = "pancreas_velopyro.h5ad"
+
+
+class _Steps:
+    """Prints ``[i/n] what ... done (s)`` lines on stderr (nothing when quiet)."""
+
+    def __init__(self, n: int, quiet: bool) -> None:
+        self.n, self.quiet, self.i, self.t0 = n, quiet, 0, time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def start(self, what: str) -> None:
+        self.i += 1
+        self.what, self.t, self.cpu = what, time.perf_counter(), time.process_time()
+        if not self.quiet:
+            print(f"[{self.i}/{self.n}] {what} ...", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+    def done(self, detail: str = "") -> None:
+        dt, cpu = time.perf_counter() - self.t, time.process_time() - self.cpu
+        self.timings[self.what] = dt
+        if not self.quiet:
+            extra = f"; {detail}" if detail else ""
+            print(f"[{self.i}/{self.n}] {self.what}: done in {dt:.1f} s (CPU {cpu:.1f} s){extra}",
+                  file=sys.stderr, flush=True)
+
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+# --------------------------------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _library_defaults() -> dict[str, Any]:
+    """Defaults of ``VeloPyro.__init__`` and ``VeloPyro.fit``, read from the source without importing torch
+    (so ``--help`` stays fast and shows the library's current defaults); empty on any failure."""
+    import ast
+
+    try:
+        tree = ast.parse((Path(__file__).with_name("api.py")).read_text())
+        out: dict[str, Any] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name in ("__init__", "fit"):
+                args = node.args
+                pos = args.args[len(args.args) - len(args.defaults):]
+                for arg, default in [*zip(pos, args.defaults, strict=True),
+                                    *zip(args.kwonlyargs, args.kw_defaults, strict=True)]:
+                    if default is not None:
+                        try:
+                            out.setdefault(arg.arg, ast.literal_eval(default))
+                        except ValueError:
+                            pass
+        return out
+    except (OSError, SyntaxError):  # pragma: no cover - an installed package always has api.py
+        return {}
+
+
+def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
+    lib = _library_defaults()
+
+    def d(name: str) -> str:
+        return f" (default: {lib[name]})" if name in lib else ""
+
+    g = p.add_argument_group("model and training (defaults: those of velopyro.VeloPyro)")
+    if with_model:
+        g.add_argument("--likelihood", choices=LIKELIHOODS, default="normal",
+                       help="observation model (default: normal, on min-max scaled Ms/Mu; the count "
+                            "likelihoods use the raw counts)")
+        g.add_argument("--state-coupling", choices=STATE_COUPLINGS, default=None,
+                       help="one state mixture per modality (independent, the reference) or one shared "
+                            "state" + d("state_coupling"))
+        g.add_argument("--pi-guide", choices=PI_GUIDES, default=None,
+                       help="variational family of the state probabilities pi" + d("pi_guide"))
+        g.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                       help="cells per minibatch" + d("batch_size"))
+        g.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
+                       help="learning rate" + d("lr"))
+    g.add_argument("--max-epochs", type=_positive_int, default=None, metavar="N",
+                   help="upper bound on epochs; early stopping on the validation loss ends sooner"
+                        + d("max_epochs"))
+    g.add_argument("--seed", type=int, default=0, metavar="INT",
+                   help="seed of initialisation, split and draws (default: 0)")
+    g.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="cpu, cuda, cuda:N or auto (default: auto)")
+    g.add_argument("--n-samples", type=_positive_int, default=25, metavar="N",
+                   help="posterior draws averaged for the outputs (default: 25)")
+
+
+DEMO_MAX_EPOCHS = 150
+DEMO_N_SAMPLES = 10
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="veloVI RNA velocity as a Pyro program. Fit the model on an .h5ad file, or run the demo "
+                    "on the bundled pancreas data.",
+        epilog="Run 'velopyro COMMAND --help' for the options of a command. Set VELOPYRO_DEBUG=1 for "
+               "tracebacks on errors.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    fit = sub.add_parser(
+        "fit", help="fit velopyro on an .h5ad file and write velocity, latent time, states",
+        description="Fit velopyro on IN.h5ad and write OUT.h5ad with layers velocity, velocity_u, fit_t, "
+                    "fit_state; var fit_alpha, fit_beta, fit_gamma, fit_t_, ...; obs latent_time; "
+                    "obsm X_velopyro; uns velopyro. Raw counts are preprocessed first (velopyro.pp."
+                    "preprocess: filter, normalise, kNN moments Ms/Mu, min-max scaling, gene selection) "
+                    "when the input has no Ms/Mu layers.",
+    )
+    fit.add_argument("input", metavar="IN.h5ad", help="input AnnData (.h5ad)")
+    fit.add_argument("-o", "--output", metavar="OUT.h5ad", required=True, help="output AnnData (.h5ad)")
+    lay = fit.add_argument_group("data")
+    lay.add_argument("--spliced-layer", default=None,
+                     help="layer with spliced abundance: the raw counts when preprocessing (default "
+                          "'spliced'), else the model's input (default 'Ms', or the raw counts for count "
+                          "likelihoods)")
+    lay.add_argument("--unspliced-layer", default=None,
+                     help="layer with unspliced abundance (default 'unspliced' / 'Mu', as for "
+                          "--spliced-layer)")
+    pre = lay.add_mutually_exclusive_group()
+    pre.add_argument("--preprocess", dest="preprocess", action="store_const", const=True, default=None,
+                     help="always preprocess the raw counts first")
+    pre.add_argument("--no-preprocess", dest="preprocess", action="store_const", const=False,
+                     help="never preprocess: fit the layers as they are")
+    _add_training_args(fit, with_model=True)
+    out = fit.add_argument_group("output")
+    out.add_argument("--save-model", metavar="DIR", default=None,
+                     help="also save the fitted model to this (new or empty) directory "
+                          "(reload with velopyro.VeloPyro.load(DIR, adata))")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    fit.set_defaults(func=_cmd_fit)
+
+    demo = sub.add_parser(
+        "demo", help="run the whole pipeline on the bundled pancreas data and draw the figures",
+        description="Bundled pancreas data (3,696 cells) -> preprocess -> fit -> UMAP -> figures. Writes "
+                    f"DIR/{DEMO_H5AD} and DIR/" + ", DIR/".join(DEMO_FIGURES) + ".",
+    )
+    demo.add_argument("--out", metavar="DIR", default="velopyro_demo",
+                      help="output directory (default: velopyro_demo)")
+    _add_training_args(demo, with_model=False)
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    # the demo is a shortened fit (150 epochs, 10 posterior draws) so that it finishes within ~15 minutes
+    # on a 2-core CPU; pass --max-epochs 500 --n-samples 25 for the library's full settings
+    demo.set_defaults(func=_cmd_demo, max_epochs=DEMO_MAX_EPOCHS, n_samples=DEMO_N_SAMPLES)
+    for action in demo._actions:
+        if action.dest in ("max_epochs", "n_samples"):
+            action.help = action.help.split(" (default")[0] + f" (demo default: {demo.get_default(action.dest)})"
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------------
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"seed": args.seed, "device": args.device, "progress_bar": not args.quiet}
+    for name in ("max_epochs", "batch_size", "lr"):
+        value = getattr(args, name, None)
+        if value is not None:
+            kw[name] = value
+    return kw
+
+
+def _read_h5ad(path: str) -> Any:
+    import anndata
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"input file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise VelopyroCliError(f"input {str(p)!r} is a directory, expected an .h5ad file")
+    try:
+        return anndata.read_h5ad(p)
+    except (OSError, KeyError, TypeError) as err:  # not HDF5 / not an AnnData
+        raise VelopyroCliError(f"cannot read {str(p)!r} as an .h5ad file ({_one_line(err)})") from err
+
+
+def _prepare_output(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise VelopyroCliError(f"output {str(p)!r} is a directory; give a file name such as out.h5ad")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from . import pp
+    from ._validation import check_matrix, get_layer
+    from .api import VeloPyro
+
+    count = args.likelihood != "normal"
+    out_path = _prepare_output(args.output)
+    if args.save_model is not None:
+        d = Path(args.save_model)
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise VelopyroCliError(f"--save-model {str(d)!r} exists and is not an empty directory")
+    # validate what can be checked cheaply before any progress output
+    adata = _read_h5ad(args.input)
+    has_moments = "Ms" in adata.layers and "Mu" in adata.layers
+    do_pp = (not has_moments) if args.preprocess is None else args.preprocess
+    spliced, unspliced = args.spliced_layer, args.unspliced_layer
+    model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide") if getattr(args, k) is not None}
+    model = None
+    if do_pp:
+        for layer, what in ((spliced or "spliced", "spliced layer"),
+                            (unspliced or "unspliced", "unspliced layer")):
+            check_matrix(get_layer(adata, layer, what=what), layer, shape=adata.shape)
+    else:
+        model = VeloPyro(adata, spliced, unspliced, likelihood=args.likelihood, **model_kw)
+
+    steps = _Steps(4 if do_pp else 3, args.quiet)
+    steps.note(f"read {args.input}: {adata.n_obs} cells x {adata.n_vars} genes"
+               + ("" if do_pp else "; preprocessing skipped (the input has Ms/Mu or --no-preprocess)"))
+    if do_pp:
+        steps.start("preprocessing (filter, normalise, moments, scale, select genes)")
+        pp.preprocess(adata, spliced_layer=spliced or "spliced", unspliced_layer=unspliced or "unspliced",
+                      keep_raw_counts=count, use_existing_moments=False if args.preprocess else None,
+                      random_state=args.seed)
+        steps.done(f"{adata.n_obs} cells x {adata.n_vars} genes kept")
+        # the model's default layers: Ms/Mu, or the raw counts kept by preprocess
+        model = VeloPyro(adata, likelihood=args.likelihood, **model_kw)
+
+    steps.start(f"fitting ({model.n_cells} cells x {model.n_genes} genes, likelihood {args.likelihood})")
+    model.fit(**_fit_kwargs(args))
+    h = model.history
+    steps.done(f"{len(h['epoch'])} epochs, best epoch {h.get('best_epoch')}"
+               + (", stopped early" if h.get("stopped_early") else ""))
+
+    steps.start(f"posterior summaries ({args.n_samples} draws)")
+    model.write_to_adata(n_samples=args.n_samples, seed=args.seed)
+    if args.save_model is not None:
+        model.save(args.save_model)
+    steps.done()
+
+    steps.start(f"writing {out_path}")
+    adata.write_h5ad(out_path)
+    steps.done()
+    print(f"wrote {out_path}" + (f" and the model to {args.save_model}" if args.save_model else ""))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import datasets, pl, pp, tl
+    from .api import VeloPyro
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise VelopyroCliError(f"--out {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    steps = _Steps(7, args.quiet)
+
+    steps.start("loading the bundled pancreas data")
+    adata = datasets.pancreas()
+    steps.done(f"{adata.n_obs} cells x {adata.n_vars} genes")
+
+    steps.start("preprocessing (filter, normalise, moments, scale, select genes)")
+    pp.preprocess(adata, random_state=args.seed)
+    steps.done(f"{adata.n_vars} genes kept")
+
+    steps.start("fitting velopyro")
+    model = VeloPyro(adata)
+    model.fit(**_fit_kwargs(args))
+    h = model.history
+    steps.done(f"{len(h['epoch'])} epochs, best epoch {h.get('best_epoch')}"
+               + (", stopped early" if h.get("stopped_early") else ""))
+
+    steps.start(f"posterior summaries ({args.n_samples} draws)")
+    model.write_to_adata(n_samples=args.n_samples, seed=args.seed)
+    steps.done()
+
+    steps.start("UMAP and velocity embedding")
+    import scanpy as sc
+
+    sc.tl.umap(adata, random_state=0)
+    tl.velocity_embedding(adata, basis="umap")
+    tl.velocity_confidence(adata)
+    steps.done()
+
+    steps.start("figures")
+    from .pl._figures import _plt
+
+    plt = _plt()  # pyplot, with the Agg backend when there is no display
+
+    for name, draw in zip(DEMO_FIGURES, (
+        lambda p: pl.phase_portraits(adata, save=p),
+        lambda p: pl.latent_time(adata, basis="umap", save=p),
+        lambda p: pl.velocity_stream(adata, basis="umap", color="clusters", save=p),
+        lambda p: pl.loss_curve(model, save=p),
+    ), strict=True):
+        fig = draw(out / name)
+        plt.close(fig)
+    steps.done()
+
+    steps.start("writing the AnnData")
+    h5ad = out / DEMO_H5AD
+    adata.write_h5ad(h5ad)
+    steps.done()
+    if not args.quiet:
+        print(f"demo finished in {steps.total() / 60:.1f} min", file=sys.stderr)
+    print(f"results in {out.resolve()}:")
+    for name in (DEMO_H5AD, *DEMO_FIGURES):
+        print(f"  {out / name}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------------
+
+
+class VelopyroCliError(ValueError):
+    """A user error detected by the command line itself."""
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    print(f"{PROG}: warning: {_one_line(Warning(str(message)))}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``velopyro`` command line.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 1 on an error in the input or the run, 2 on a usage error,
+        130 when interrupted.
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    from ._validation import VelopyroInputError
+    from .train import TrainingDivergedError
+
+    user_errors = (VelopyroInputError, VelopyroCliError, FileNotFoundError, FileExistsError, KeyError,
+                   ValueError, TrainingDivergedError, OSError, ImportError)
+    with warnings.catch_warnings():
+        if getattr(args, "quiet", False):
+            warnings.simplefilter("ignore")
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args))
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except user_errors as err:
+            if os.environ.get("VELOPYRO_DEBUG"):
+                raise
+            print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+            return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""Tools on a fitted AnnData, without scVelo: velocity graph, transitions, embedding, confidence.
+
+The functions follow scVelo's recipe (``scv.tl.velocity_graph`` / ``scv.tl.velocity_embedding``),
+written with numpy and scipy only and vectorised over the edges of the kNN graph:
+
+1. :func:`velocity_graph`: for each cell ``i`` and each neighbour ``j`` in the kNN graph
+   (``obsp["connectivities"]`` by default, as written by :func:`velopyro.pp.preprocess`), the Pearson
+   ("cosine") correlation between the gene-space velocity ``v_i`` and the displacement
+   ``x_j - x_i`` (``x`` = ``layers["Ms"]``), over the velocity genes;
+2. :func:`transition_matrix`: ``p_ij = softmax_j(corr_ij / sigma)`` restricted to the neighbours
+   (``sigma = 0.1``, i.e. scVelo's ``exp(10 corr)`` weighting);
+3. :func:`velocity_embedding`: ``V_i = sum_j p_ij d_ij - mean_j d_ij`` with the unit displacements
+   ``d_ij = (e_j - e_i) / ||e_j - e_i||`` in the embedding ``obsm["X_<basis>"]`` (the expected
+   direction of movement minus what a uniform walk over the neighbours would give).
+
+Keys written
+------------
+
+=====================================  ============================================================
+key                                    content
+=====================================  ============================================================
+``obsp["<vkey>_graph"]``               CSR, correlation of velocity and displacement per kNN edge
+``uns["<vkey>_graph_params"]``         the settings of :func:`velocity_graph` (xkey, graph, genes)
+``obsm["<vkey>_<basis>"]``             velocity projected into the embedding (e.g. ``velocity_umap``)
+``obs["<vkey>_length"]``               Euclidean norm of the gene-space velocity per cell
+``obs["<vkey>_confidence"]``           mean correlation of a cell's velocity with its neighbours'
+=====================================  ============================================================
+
+Zero-length displacements (duplicate cells) and zero velocities give zero correlation; nothing
+produces NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._validation import VelopyroInputError, get_layer
+
+__all__ = [
+    "velocity_graph",
+    "transition_matrix",
+    "velocity_embedding",
+    "velocity_confidence",
+    "gene_fit_r2",
+]
+
+# Edges processed per chunk: bounds memory at chunk x genes floats.
+_CHUNK_ELEMENTS = 4_000_000
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _dense(x: Any) -> np.ndarray:
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return np.asarray(x, dtype=np.float64)
+
+
+def _gene_mask(adata: Any, vkey: str, v: np.ndarray) -> np.ndarray:
+    """Velocity genes (``var["velocity_genes"]`` if present) with finite, non-constant velocity."""
+    mask = np.all(np.isfinite(v), axis=0)
+    if "velocity_genes" in adata.var:
+        mask &= np.asarray(adata.var["velocity_genes"], dtype=bool)
+    if not mask.any():
+        raise VelopyroInputError(
+            f"no gene has a finite velocity in layers[{vkey!r}] (among var['velocity_genes']); "
+            "check the fit"
+        )
+    return mask
+
+
+def _default_xkey(adata: Any) -> str:
+    if "Ms" in adata.layers:
+        return "Ms"
+    cfg = adata.uns.get("velopyro", {}).get("config", {}) if hasattr(adata, "uns") else {}
+    key = cfg.get("spliced_layer")
+    if key is not None and (key == "X" or key in adata.layers):
+        return str(key)
+    raise VelopyroInputError(
+        "layers['Ms'] not found; run velopyro.pp.preprocess(adata) first or pass xkey= the spliced layer "
+        "the velocity refers to"
+    )
+
+
+def _graph(adata: Any, graph_key: str, n_neighbors: int | None) -> sp.csr_matrix:
+    """The kNN graph as CSR without the diagonal, optionally cut to the ``n_neighbors`` strongest edges.
+
+    For ``graph_key="distances"`` (or any key containing "dist") the nearest are the strongest.
+    """
+    if graph_key not in adata.obsp:
+        avail = list(adata.obsp.keys())
+        raise VelopyroInputError(
+            f"obsp[{graph_key!r}] not found (available: {avail or 'none'}); run velopyro.pp.preprocess "
+            "(or scanpy.pp.neighbors) first"
+        )
+    g = sp.csr_matrix(adata.obsp[graph_key], dtype=np.float64, copy=True)
+    if g.shape != (adata.n_obs, adata.n_obs):
+        raise VelopyroInputError(f"obsp[{graph_key!r}] has shape {g.shape}, expected {(adata.n_obs,) * 2}")
+    g.setdiag(0.0)
+    g.eliminate_zeros()
+    g.sort_indices()
+    if n_neighbors is not None:
+        if n_neighbors < 1:
+            raise VelopyroInputError(f"n_neighbors must be >= 1, got {n_neighbors}")
+        rows = np.repeat(np.arange(g.shape[0]), np.diff(g.indptr))
+        strength = -g.data if "dist" in graph_key else g.data
+        order = np.lexsort((-strength, rows))  # by row, strongest first
+        rank = np.arange(len(order)) - g.indptr[rows[order]]
+        keep = np.zeros(len(order), dtype=bool)
+        keep[order[rank < n_neighbors]] = True
+        g = sp.csr_matrix((g.data[keep], g.indices[keep], np.r_[0, np.cumsum(np.bincount(rows[keep],
+                          minlength=g.shape[0]))]), shape=g.shape)
+    if g.nnz == 0:
+        raise VelopyroInputError(f"obsp[{graph_key!r}] has no edges between different cells")
+    return g
+
+
+def _edge_rows(g: sp.csr_matrix) -> np.ndarray:
+    return np.repeat(np.arange(g.shape[0]), np.diff(g.indptr))
+
+
+def _centre_rows(x: np.ndarray) -> np.ndarray:
+    return x - x.mean(axis=1, keepdims=True)
+
+
+def _edge_correlation(x: np.ndarray, vc: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Pearson correlation of ``x[cols] - x[rows]`` with the (row-centred) ``vc[rows]`` per edge."""
+    n_edges, n_genes = len(rows), x.shape[1]
+    v_norm = np.linalg.norm(vc, axis=1)
+    out = np.zeros(n_edges)
+    step = max(1, _CHUNK_ELEMENTS // max(n_genes, 1))
+    for a in range(0, n_edges, step):
+        r, c = rows[a:a + step], cols[a:a + step]
+        dx = _centre_rows(x[c] - x[r])
+        num = np.einsum("ij,ij->i", dx, vc[r])
+        den = np.linalg.norm(dx, axis=1) * v_norm[r]
+        out[a:a + step] = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return np.clip(out, -1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# public tools
+# --------------------------------------------------------------------------------------------------
+
+
+def velocity_graph(
+    adata: Any,
+    vkey: str = "velocity",
+    xkey: str | None = None,
+    graph_key: str = "connectivities",
+    n_neighbors: int | None = None,
+    copy: bool = False,
+) -> Any | None:
+    """Correlation of each cell's velocity with the displacements to its kNN neighbours.
+
+    ``corr_ij = pearson(x_j - x_i, v_i)`` over the velocity genes, for every edge ``(i, j)`` of the
+    graph (``i != j``), as scVelo's ``velocity_graph`` without the recursive neighbour search.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``layers[vkey]`` (e.g. after :meth:`velopyro.VeloPyro.write_to_adata`),
+        ``layers[xkey]`` and the graph ``obsp[graph_key]``.
+    vkey
+        Layer with the gene-space velocity (``"velocity"``; ``"velocity_u"`` for du/dt).
+    xkey
+        Expression layer the velocity refers to; default ``"Ms"`` (else the fitted spliced layer
+        recorded in ``uns["velopyro"]["config"]``).
+    graph_key
+        ``obsp`` key of the kNN graph: ``"connectivities"`` (default) or ``"distances"``.
+    n_neighbors
+        Keep only the ``n_neighbors`` strongest edges per cell (all edges by default).
+    copy
+        Work on and return a copy.
+
+    Returns
+    -------
+    AnnData or None
+        The copy if ``copy`` else None. Writes ``obsp[f"{vkey}_graph"]`` (CSR, correlations on the
+        graph's sparsity pattern; exact zeros are stored as ``1e-12`` so the pattern is kept) and
+        ``uns[f"{vkey}_graph_params"]``.
+
+    Raises
+    ------
+    VelopyroInputError
+        If a layer or the graph is missing, or no gene has a finite velocity.
+    """
+    adata = adata.copy() if copy else adata
+    xkey = _default_xkey(adata) if xkey is None else xkey
+    v = _dense(get_layer(adata, vkey, what="velocity layer"))
+    x = _dense(get_layer(adata, xkey, what="expression layer"))
+    genes = _gene_mask(adata, vkey, v)
+    x, v = np.nan_to_num(x[:, genes]), v[:, genes]
+    g = _graph(adata, graph_key, n_neighbors)
+    rows, cols = _edge_rows(g), g.indices
+    corr = _edge_correlation(x, _centre_rows(v), rows, cols)
+    corr[corr == 0] = 1e-12  # keep the sparsity pattern (neighbours) through eliminate_zeros elsewhere
+    adata.obsp[f"{vkey}_graph"] = sp.csr_matrix((corr, cols.copy(), g.indptr.copy()), shape=g.shape)
+    adata.uns[f"{vkey}_graph_params"] = {"xkey": xkey, "graph_key": graph_key,
+                                         "n_neighbors": -1 if n_neighbors is None else int(n_neighbors),
+                                         "n_genes": int(genes.sum())}
+    return adata if copy else None
+
+
+def transition_matrix(
+    adata: Any,
+    vkey: str = "velocity",
+    sigma: float = 0.1,
+    self_transitions: bool = False,
+) -> sp.csr_matrix:
+    """Row-stochastic transition probabilities from the velocity graph.
+
+    ``p_ij = exp(corr_ij / sigma) / sum_k exp(corr_ik / sigma)`` over the neighbours ``k`` of ``i``
+    (a softmax; scVelo's kernel ``exp(corr / sigma)`` with its default ``sigma = 1/10``).
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``obsp[f"{vkey}_graph"]`` (computed by :func:`velocity_graph` if missing).
+    vkey
+        Velocity layer.
+    sigma
+        Kernel width; smaller is more peaked (must be > 0).
+    self_transitions
+        Give each cell a self-edge with correlation 0 (the probability of staying).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``(cells, cells)``, rows summing to one.
+    """
+    if not sigma > 0:
+        raise VelopyroInputError(f"sigma must be positive, got {sigma}")
+    key = f"{vkey}_graph"
+    if key not in adata.obsp:
+        velocity_graph(adata, vkey=vkey)
+    g = sp.csr_matrix(adata.obsp[key], dtype=np.float64, copy=True)
+    if self_transitions:
+        g = g + sp.identity(g.shape[0], format="csr") * 1e-12
+        g.sort_indices()
+    rows = _edge_rows(g)
+    logits = g.data / sigma
+    row_max = np.full(g.shape[0], -np.inf)
+    np.maximum.at(row_max, rows, logits)
+    w = np.exp(logits - row_max[rows])
+    tot = np.bincount(rows, weights=w, minlength=g.shape[0])
+    return sp.csr_matrix((w / tot[rows], g.indices.copy(), g.indptr.copy()), shape=g.shape)
+
+
+def velocity_embedding(
+    adata: Any,
+    basis: str = "umap",
+    vkey: str = "velocity",
+    n_neighbors: int | None = None,
+    copy: bool = False,
+    *,
+    sigma: float = 0.1,
+    xkey: str | None = None,
+    graph_key: str = "connectivities",
+) -> Any | None:
+    """Project gene-space velocity into an embedding through the kNN transition probabilities.
+
+    ``V_i = sum_j p_ij d_ij - (1 / k_i) sum_j d_ij`` with ``d_ij = (e_j - e_i) / ||e_j - e_i||``, the
+    unit displacement in the embedding, ``p_ij`` from :func:`transition_matrix` and ``k_i`` the
+    number of neighbours (scVelo's ``velocity_embedding``). The velocity graph is (re)computed here,
+    so the result always matches the current ``layers[vkey]``.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``layers[vkey]``, ``layers["Ms"]``, ``obsp["connectivities"]`` and
+        ``obsm[f"X_{basis}"]``.
+    basis
+        Embedding name: reads ``obsm[f"X_{basis}"]`` (e.g. ``"umap"``, ``"pca"``; the first two
+        coordinates are used for bases with more dimensions).
+    vkey
+        Velocity layer.
+    n_neighbors
+        Use only the ``n_neighbors`` strongest graph edges per cell (default: all).
+    copy
+        Work on and return a copy.
+    sigma
+        Kernel width of the transition probabilities (0.1).
+    xkey
+        Expression layer for the displacements (default ``"Ms"``).
+    graph_key
+        ``obsp`` key of the kNN graph.
+
+    Returns
+    -------
+    AnnData or None
+        The copy if ``copy`` else None. Writes ``obsm[f"{vkey}_{basis}"]`` (cells x 2), plus what
+        :func:`velocity_graph` writes.
+
+    Raises
+    ------
+    VelopyroInputError
+        If the embedding, a layer or the graph is missing.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> sc.tl.umap(adata, random_state=0)
+    >>> velopyro.tl.velocity_embedding(adata, basis="umap")
+    >>> adata.obsm["velocity_umap"].shape
+    (3696, 2)
+    """
+    adata = adata.copy() if copy else adata
+    ekey = f"X_{basis}"
+    if ekey not in adata.obsm:
+        raise VelopyroInputError(
+            f"obsm[{ekey!r}] not found (available: {list(adata.obsm.keys()) or 'none'}); compute the "
+            f"embedding first, e.g. scanpy.tl.umap(adata) for basis='umap'"
+        )
+    emb = np.asarray(adata.obsm[ekey], dtype=np.float64)[:, :2]
+    velocity_graph(adata, vkey=vkey, xkey=xkey, graph_key=graph_key, n_neighbors=n_neighbors)
+    t = transition_matrix(adata, vkey=vkey, sigma=sigma)
+    rows, cols = _edge_rows(t), t.indices
+    d = emb[cols] - emb[rows]
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    d = np.divide(d, norm, out=np.zeros_like(d), where=norm > 0)
+    k = np.maximum(np.diff(t.indptr), 1)
+    weights = t.data - 1.0 / k[rows]
+    v_emb = np.zeros_like(emb)
+    np.add.at(v_emb, rows, weights[:, None] * d)
+    adata.obsm[f"{vkey}_{basis}"] = v_emb.astype(np.float32)
+    return adata if copy else None
+
+
+def velocity_confidence(adata: Any, vkey: str = "velocity", graph_key: str = "connectivities",
+                        copy: bool = False) -> Any | None:
+    """Velocity length and coherence with the neighbours (scVelo's ``velocity_confidence``, lite).
+
+    The confidence of cell ``i`` is the mean over its kNN neighbours ``j`` of the Pearson correlation
+    of ``v_i`` and ``v_j`` over the velocity genes: near 1 where velocities agree locally.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``layers[vkey]`` and ``obsp[graph_key]``.
+    vkey
+        Velocity layer.
+    graph_key
+        ``obsp`` key of the kNN graph.
+    copy
+        Work on and return a copy.
+
+    Returns
+    -------
+    AnnData or None
+        The copy if ``copy`` else None. Writes ``obs[f"{vkey}_length"]`` (``||v_i||``) and
+        ``obs[f"{vkey}_confidence"]`` (in [-1, 1]).
+    """
+    adata = adata.copy() if copy else adata
+    v = _dense(get_layer(adata, vkey, what="velocity layer"))
+    v = v[:, _gene_mask(adata, vkey, v)]
+    g = _graph(adata, graph_key, None)
+    rows, cols = _edge_rows(g), g.indices
+    vc = _centre_rows(v)
+    norm = np.linalg.norm(vc, axis=1)
+    num = np.zeros(len(rows))
+    step = max(1, _CHUNK_ELEMENTS // max(v.shape[1], 1))
+    for a in range(0, len(rows), step):
+        num[a:a + step] = np.einsum("ij,ij->i", vc[rows[a:a + step]], vc[cols[a:a + step]])
+    den = norm[rows] * norm[cols]
+    corr = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    k = np.maximum(np.diff(g.indptr), 1)
+    adata.obs[f"{vkey}_length"] = np.linalg.norm(v, axis=1).astype(np.float32)
+    adata.obs[f"{vkey}_confidence"] = (np.bincount(rows, weights=corr, minlength=adata.n_obs) / k).astype(
+        np.float32)
+    return adata if copy else None
+
+
+def gene_fit_r2(adata: Any) -> np.ndarray:
+    """Per-gene R^2 of the fitted kinetics against the data in the phase portrait (higher is better).
+
+    For every cell, the fitted mean is the kinetic trajectory at ``layers["fit_t"]`` for the transient
+    states, ``(alpha/beta, alpha/gamma)`` for the induction steady state and ``(0, 0)`` for the
+    repression steady state (state from ``layers["fit_state"]``); the R^2 is
+    ``1 - SSE / SST`` over unspliced and spliced together, each modality scaled by its variance, on
+    the scale drawn by :func:`velopyro.pl.phase_portraits`. :func:`velopyro.pl.phase_portraits` shows
+    the genes with the highest value by default.
+
+    Parameters
+    ----------
+    adata
+        AnnData after :meth:`velopyro.VeloPyro.write_to_adata`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(genes,)``; ``-inf`` for genes with NaN parameters.
+    """
+    from .pl._figures import _phase_data
+
+    obs_u, obs_s, fit_u, fit_s = _phase_data(adata, np.arange(adata.n_vars))
+    out = np.zeros(adata.n_vars)
+    for obs, fit in ((obs_u, fit_u), (obs_s, fit_s)):
+        var = obs.var(axis=0)
+        sse = ((obs - fit) ** 2).mean(axis=0)
+        out += np.divide(sse, var, out=np.full_like(sse, np.inf), where=var > 0)
+    r2 = 1.0 - out / 2.0
+    return np.where(np.isfinite(r2), r2, -np.inf)
