@@ -25,11 +25,11 @@ __all__ = ["FCLayers", "Encoder", "TimeHeads", "DirichletHead", "LogisticNormalH
 PI_FLOOR = 1e-30
 
 
-class SafeDirichlet(dist.Dirichlet):
-    """Dirichlet whose reparameterised draws are floored at :data:`PI_FLOOR` (see above)."""
+class _FlooredRsample:
+    """Mixin: reparameterised draws floored at :data:`PI_FLOOR` (see above)."""
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
-        """Draw with the implicit reparameterisation gradient, floored at :data:`PI_FLOOR`.
+        """Draw with the distribution's reparameterisation gradient, floored at :data:`PI_FLOOR`.
 
         Parameters
         ----------
@@ -44,23 +44,12 @@ class SafeDirichlet(dist.Dirichlet):
         return super().rsample(sample_shape).clamp_min(PI_FLOOR)
 
 
-class SafeLogisticNormal(dist.LogisticNormal):
-    """Logistic-normal whose draws are floored at :data:`PI_FLOOR` (see above)."""
+class SafeDirichlet(_FlooredRsample, dist.Dirichlet):
+    """Dirichlet whose reparameterised draws are floored at :data:`PI_FLOOR`."""
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
-        """Draw by stick breaking of a Gaussian, floored at :data:`PI_FLOOR`.
 
-        Parameters
-        ----------
-        sample_shape
-            Extra leading shape.
-
-        Returns
-        -------
-        torch.Tensor
-            Points on the simplex.
-        """
-        return super().rsample(sample_shape).clamp_min(PI_FLOOR)
+class SafeLogisticNormal(_FlooredRsample, dist.LogisticNormal):
+    """Logistic-normal (stick breaking of a Gaussian) whose draws are floored at :data:`PI_FLOOR`."""
 
 
 class FCLayers(nn.Module):
