@@ -208,12 +208,19 @@ def fit_and_score(
     return row, arrays
 
 
-def _compare(rows: dict) -> dict:
-    """velopyro / velovi ratios of speed measures, when both models ran."""
+def _compare(rows: dict, val_sets: dict | None = None) -> dict:
+    """velopyro / velovi ratios of speed measures, when both models ran.
+
+    ``val_sets`` (model -> validation indices) adds whether both held out the same cells.
+    """
     if "velovi" not in rows or "velopyro" not in rows:
         return {}
     a, b = rows["velopyro"].get("fit", {}), rows["velovi"].get("fit", {})
-    return {
+    extra = {}
+    if val_sets and len(val_sets) == 2:
+        x, y = (np.sort(np.asarray(v)) for v in val_sets.values())
+        extra["same_validation_cells"] = bool(np.array_equal(x, y))
+    return extra | {
         "seconds_per_epoch_ratio": _ratio(a, b, "seconds_per_epoch"),
         "cpu_seconds_per_epoch_ratio": _ratio(a, b, "cpu_seconds_per_epoch"),
         "wall_seconds_ratio": _ratio(a, b, "wall_seconds"),
@@ -242,7 +249,8 @@ def section_pancreas(cfg: dict, args, plots: dict) -> dict:
             rows[key] = {"name": adapter.name, "error": f"{type(e).__name__}: {e}"[:500]}
             traceback.print_exc()
     plots["pancreas"] = (adata, arrays)
-    return {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "models": rows, "compare": _compare(rows)}
+    vals = {k: a["validation_indices"] for k, a in arrays.items()}
+    return {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "models": rows, "compare": _compare(rows, vals)}
 
 
 def _speed_point(args, n_cells: int, n_genes: int, epochs: int) -> dict:
@@ -301,7 +309,7 @@ def section_truth(cfg: dict, args, plots: dict) -> dict:
             "n_cells": adata.n_obs,
             "n_genes": adata.n_vars,
             "models": rows,
-            "compare": _compare(rows),
+            "compare": _compare(rows, {k: a["validation_indices"] for k, a in arrays.items()}),
         }
         plots["truth"][sim_name] = (truth, arrays)
     return out
@@ -333,9 +341,10 @@ def section_memory(cfg: dict, args, plots: dict) -> dict:
             rows.append(row)
     summary = {}
     for m in models:
-        peak = {r["n_cells"]: r.get("peak_rss_mb") for r in rows if r["model"] == m}
-        if peak.get(100000) and peak.get(10000):
-            summary[f"{m}_peak_100k_over_10k"] = peak[100000] / peak[10000]
+        peak = {r["n_cells"]: r.get("peak_rss_mb") for r in rows if r["model"] == m and r.get("peak_rss_mb")}
+        sizes = sorted(peak)
+        for lo, hi in zip(sizes[:-1], sizes[1:], strict=True):
+            summary[f"{m}_peak_{hi // 1000}k_over_{lo // 1000}k"] = peak[hi] / peak[lo]
     return {"rows": rows, "summary": summary}
 
 
@@ -419,6 +428,7 @@ FIT_FIELDS = [
     ("CPU s / epoch (all threads)", ("fit", "cpu_seconds_per_epoch")),
     ("training wall time (s)", ("fit", "wall_seconds")),
     ("stopped early", ("fit", "stopped_early")),
+    ("best epoch (own validation loss)", ("fit", "best_epoch")),
     ("held-out log-lik / cell", ("heldout_loglik_per_cell",)),
     ("output extraction (s)", ("output_seconds",)),
 ]
@@ -429,7 +439,8 @@ def write_markdown(res: dict, path: Path) -> None:
     meta = res["meta"]
     L = [f"# velopyro vs velovi {meta['versions'].get('velovi')} ({meta['profile']} profile)", ""]
     L.append(
-        f"{meta['started']} on {meta['machine']}, {N_THREADS} torch threads, batch {BATCH_SIZE}; "
+        f"{meta['started']} on {meta['machine']}, {N_THREADS} torch threads "
+        f"(OMP_WAIT_POLICY={meta.get('omp_wait_policy')}), batch {BATCH_SIZE}; "
         f"total {meta['total_seconds']:.0f} s; commit {meta['versions'].get('velopyro_commit')}."
     )
     if meta.get("contended"):
@@ -477,14 +488,14 @@ def write_markdown(res: dict, path: Path) -> None:
             "",
             "## Scaling (s / epoch)",
             "",
-            "| cells | genes | velovi | velopyro | ratio |",
-            "|---|---|---|---|---|",
+            "| sweep | cells | genes | velovi | velopyro | ratio |",
+            "|---|---|---|---|---|---|",
         ]
         for kind in ("genes", "cells"):
             for r in res["scaling"][kind]:
                 spe = {k: _get(r["models"], k, "fit", "seconds_per_epoch") for k in ("velovi", "velopyro")}
                 L.append(
-                    f"| {r['n_cells']} | {r['n_genes']} | {_fmt(spe['velovi'])} | {_fmt(spe['velopyro'])} | "
+                    f"| {kind} | {r['n_cells']} | {r['n_genes']} | {_fmt(spe['velovi'])} | {_fmt(spe['velopyro'])} | "
                     f"{_fmt(r['compare'].get('seconds_per_epoch_ratio'))} |"
                 )
     if "memory" in res:
@@ -687,6 +698,7 @@ def main(argv: list[str] | None = None) -> dict:
             "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "threads": N_THREADS,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "batch_size": BATCH_SIZE,
             "config": cfg,
             "velopyro_args": {
