@@ -22,7 +22,7 @@ EXPECTED = {
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_tutorial_runs_at_small_size(script: str, tmp_path: Path) -> None:
     env = dict(os.environ, VELOPYRO_TUTORIAL_SMALL="1", VELOPYRO_TUTORIAL_OUTPUT=str(tmp_path),
-               MPLBACKEND="Agg", PYTHONWARNINGS="ignore::FutureWarning")
+               MPLBACKEND="Agg", PYTHONWARNINGS="ignore::FutureWarning", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(TUTORIALS / script)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
