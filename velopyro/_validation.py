@@ -183,11 +183,14 @@ def check_matrix(
             )
 
 
-def _dense_float32_copy(x: Any) -> np.ndarray:
-    """A fresh C-contiguous float32 dense copy; never a view of ``x``."""
+def _dense_float32(x: Any, copy: bool = True) -> np.ndarray:
+    """C-contiguous float32 dense values of ``x``: a fresh copy, or (``copy=False``) ``x`` itself when it
+    already is such an array."""
     if sp.issparse(x):
         out = x.toarray()  # always a new array
         return np.ascontiguousarray(out, dtype=np.float32)
+    if not copy and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
     return np.array(x, dtype=np.float32, copy=True, order="C")
 
 
@@ -285,11 +288,14 @@ def check_expression(
     min_cells: int | None = None,
     allow_negative: bool = False,
     reject_constant_genes: bool = False,
+    copy: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validate the spliced/unspliced layers of ``adata`` and return dense float32 copies.
+    """Validate the spliced/unspliced layers of ``adata`` and return dense float32 arrays.
 
     Accepts dense numpy arrays and scipy sparse (CSR/CSC/COO) matrices of any integer or float dtype.
-    The caller's AnnData is never modified and the returned arrays never share memory with it.
+    The caller's AnnData is never modified. With ``copy=True`` the returned arrays never share memory with
+    it; with ``copy=False`` a layer that already is a dense C-contiguous float32 array is returned as it is
+    (no second copy of a large data set; the caller must not write into it).
 
     Parameters
     ----------
@@ -303,11 +309,13 @@ def check_expression(
         Accept negative values.
     reject_constant_genes
         Also raise if a gene is constant in both layers (see :func:`check_constant_genes`).
+    copy
+        Always copy (default); see above.
 
     Returns
     -------
     tuple of numpy.ndarray
-        ``(spliced, unspliced)``, each a new C-contiguous ``float32`` array of shape ``adata.shape``.
+        ``(spliced, unspliced)``, each a C-contiguous ``float32`` array of shape ``adata.shape``.
 
     Raises
     ------
@@ -338,8 +346,8 @@ def check_expression(
         raise VelopyroInputError(
             f"adata has {n_obs} cells, fewer than the minibatch size {min_cells}; lower batch_size"
         )
-    s = _dense_float32_copy(x_s)
-    u = _dense_float32_copy(x_u)
+    s = _dense_float32(x_s, copy=copy)
+    u = _dense_float32(x_u, copy=copy)
     # float64 values beyond the float32 range become inf in the conversion
     for layer, x in ((spliced_layer, s), (unspliced_layer, u)):
         n_inf = int(np.count_nonzero(~np.isfinite(x)))

@@ -117,7 +117,8 @@ class VeloPyro:
     # ---- data ----------------------------------------------------------------------------------------
     def _read(self, adata: Any, lik: Likelihood) -> tuple[VeloData, tuple[np.ndarray, np.ndarray]]:
         cfg = self.config
-        s, u = check_expression(adata, cfg["spliced_layer"], cfg["unspliced_layer"])
+        # no copy of dense float32 layers: velopyro only reads them (memory stays flat in the cells)
+        s, u = check_expression(adata, cfg["spliced_layer"], cfg["unspliced_layer"], copy=False)
         check_constant_genes(s, u, list(adata.var_names), spliced_layer=cfg["spliced_layer"],
                              unspliced_layer=cfg["unspliced_layer"])
         n = u.shape[0]

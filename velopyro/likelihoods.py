@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.distributions import constraints, transform_to
 
+from . import distributions as vdist
+
 __all__ = [
     "Likelihood",
     "Normal",
@@ -167,8 +169,8 @@ class Normal(Likelihood):
 
     def setup(self, u: np.ndarray, s: np.ndarray, size_factor_u: np.ndarray, size_factor_s: np.ndarray) -> None:
         """Create ``sigma_u`` and ``sigma_s`` per gene (see :meth:`Likelihood.setup`)."""
-        self.raw_sigma_u = _positive_param(np.maximum(u.std(0), 1e-3))
-        self.raw_sigma_s = _positive_param(np.maximum(s.std(0), 1e-3))
+        self.raw_sigma_u = _positive_param(np.maximum(_column_std(u), 1e-3))
+        self.raw_sigma_s = _positive_param(np.maximum(_column_std(s), 1e-3))
 
     def sigma(self, modality: str) -> torch.Tensor:
         """Per-gene noise scale of ``modality`` (``"u"`` or ``"s"``).
@@ -187,7 +189,7 @@ class Normal(Likelihood):
 
     def dist(self, mean, state, modality, size_factor=None):  # noqa: D102 - documented in base class
         scale = self.state_scale[state] * self.sigma(modality)
-        return dist.Normal(mean, scale)
+        return vdist.Normal(mean, scale)
 
     def gene_params(self) -> dict[str, torch.Tensor]:
         """``sigma_u`` and ``sigma_s`` (see :meth:`Likelihood.gene_params`)."""
@@ -250,6 +252,16 @@ class _CountLikelihood(Likelihood):
             out[f"scale_{m}"] = _positive(getattr(self, f"raw_scale_{m}"))
             out[f"background_{m}"] = _positive(getattr(self, f"raw_background_{m}"))
         return out
+
+
+def _column_std(x: np.ndarray) -> np.ndarray:
+    """Per-gene standard deviation, computed in chunks of genes so no full-size temporary is made."""
+    n_cells, n_genes = x.shape
+    out = np.empty(n_genes, dtype=np.float32)
+    step = max(1, 2**22 // max(n_cells, 1))
+    for g0 in range(0, n_genes, step):
+        out[g0:g0 + step] = np.asarray(x[:, g0:g0 + step], dtype=np.float64).std(0)
+    return out
 
 
 def _robust_max(x: np.ndarray) -> np.ndarray:

@@ -36,14 +36,40 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 from torch.distributions import constraints, transform_to
 
+from . import distributions as vdist
 from . import kinetics
 from .likelihoods import Likelihood
 from .nn import TimeHeads
 
-__all__ = ["VeloVIModel", "switch_targets", "STATE_COUPLINGS"]
+__all__ = ["VeloVIModel", "switch_targets", "select_state", "STATE_COUPLINGS"]
 
 STATE_COUPLINGS = ("shared", "independent")
 RATE_MAX = 50.0
+
+
+def select_state(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``x[..., k]`` with Pyro's broadcasting rules (``Vindex(x)[..., k]``) for per-state values ``x``.
+
+    Under parallel enumeration ``k`` is ``arange(4)`` shaped ``(4, 1, ..., 1)``; then the selection is a
+    permutation of ``x``'s axes (a view whose gradient is free), not a gather and a scatter-add.
+
+    Parameters
+    ----------
+    x
+        Per-state values ``(cells, G, 4)``.
+    k
+        State indices broadcasting against ``(cells, G)``: enumerated or sampled.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``broadcast(k.shape, x.shape[:-1])``.
+    """
+    n = x.shape[-1]
+    if (k.dim() >= x.dim() and k.shape[0] == n and k.numel() == n
+            and torch.equal(k.reshape(-1), torch.arange(n, device=k.device))):
+        return x.movedim(-1, 0).reshape(k.shape[:k.dim() - x.dim() + 1] + x.shape[:-1])
+    return Vindex(x)[..., k]
 
 
 def switch_targets(u: np.ndarray, s: np.ndarray, quantile: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,13 +90,18 @@ def switch_targets(u: np.ndarray, s: np.ndarray, quantile: float = 99.0) -> tupl
     tuple of numpy.ndarray
         ``(u_star, s_star)``, each ``(genes,)``.
     """
-    thr = np.percentile(u, quantile, axis=0)
-    mask = u >= thr[None, :]
-    u_m = np.where(mask, u, np.nan)
-    s_m = np.where(mask, s, np.nan)
-    u_star = np.nanmedian(u_m, axis=0)
-    s_star = np.nanmedian(s_m, axis=0)
-    return u_star.astype(np.float32), s_star.astype(np.float32)
+    n_cells, n_genes = u.shape
+    u_star = np.empty(n_genes, dtype=np.float32)
+    s_star = np.empty(n_genes, dtype=np.float32)
+    step = max(1, 2**22 // max(n_cells, 1))  # genes per chunk: temporaries stay ~100 MB at any size
+    for g0 in range(0, n_genes, step):
+        sl = slice(g0, g0 + step)
+        uc, sc = np.asarray(u[:, sl]), np.asarray(s[:, sl])
+        thr = np.percentile(uc, quantile, axis=0)
+        mask = uc >= thr[None, :]
+        u_star[sl] = np.nanmedian(np.where(mask, uc, np.nan), axis=0)
+        s_star[sl] = np.nanmedian(np.where(mask, sc, np.nan), axis=0)
+    return u_star, s_star
 
 
 class VeloVIModel(nn.Module):
@@ -273,7 +304,7 @@ class VeloVIModel(nn.Module):
             ks = self.kinetic_state(z.squeeze(-2), r)  # eq. 16-19, 1-12
             u_bar, s_bar = ks["u_bar"], ks["s_bar"]
             with pyro.plate("genes", self.n_genes, dim=-1):
-                pi = pyro.sample("pi", dist.Dirichlet(self.pi_prior))  # eq. 14
+                pi = pyro.sample("pi", vdist.Dirichlet(self.pi_prior))  # eq. 14
                 enum = {"enumerate": "parallel"}
                 lik = self.likelihood
                 if self.state_coupling == "shared":
@@ -282,5 +313,5 @@ class VeloVIModel(nn.Module):
                 else:
                     k_u = pyro.sample("k_u", dist.Categorical(pi), infer=enum)  # eq. 23
                     k_s = pyro.sample("k_s", dist.Categorical(pi), infer=enum)  # eq. 24
-                pyro.sample("u", lik.dist(Vindex(u_bar)[..., k_u], k_u, "u", size_factor_u), obs=u)  # eq. 20
-                pyro.sample("s", lik.dist(Vindex(s_bar)[..., k_s], k_s, "s", size_factor_s), obs=s)  # eq. 21
+                pyro.sample("u", lik.dist(select_state(u_bar, k_u), k_u, "u", size_factor_u), obs=u)  # eq. 20
+                pyro.sample("s", lik.dist(select_state(s_bar, k_s), k_s, "s", size_factor_s), obs=s)  # eq. 21

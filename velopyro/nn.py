@@ -16,41 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .distributions import LogisticNormal, SafeDirichlet
+
 __all__ = ["FCLayers", "Encoder", "TimeHeads", "DirichletHead", "LogisticNormalHead"]
-
-# Draws of pi are kept at or above this floor. A Gamma(a) variate with a small concentration underflows to
-# exactly 0 in float32 (probability ~0.4 for a = 0.01), and log(0) makes the Monte Carlo KL of pi
-# (log p(pi) - log q(pi), both Dirichlet-type densities) inf - inf = NaN. The floor moves at most 4e-30 of
-# probability mass, far below float32 resolution of the simplex.
-PI_FLOOR = 1e-30
-
-
-class _FlooredRsample:
-    """Mixin: reparameterised draws floored at :data:`PI_FLOOR` (see above)."""
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
-        """Draw with the distribution's reparameterisation gradient, floored at :data:`PI_FLOOR`.
-
-        Parameters
-        ----------
-        sample_shape
-            Extra leading shape.
-
-        Returns
-        -------
-        torch.Tensor
-            Points on the simplex.
-        """
-        return super().rsample(sample_shape).clamp_min(PI_FLOOR)
-
-
-class SafeDirichlet(_FlooredRsample, dist.Dirichlet):
-    """Dirichlet whose reparameterised draws are floored at :data:`PI_FLOOR`."""
-
-
-class SafeLogisticNormal(_FlooredRsample, dist.LogisticNormal):
-    """Logistic-normal (stick breaking of a Gaussian) whose draws are floored at :data:`PI_FLOOR`."""
-
 
 class FCLayers(nn.Module):
     """A stack of fully connected blocks: Linear -> [BatchNorm] -> [LayerNorm] -> ReLU -> [Dropout].
@@ -222,7 +190,8 @@ class DirichletHead(nn.Module):
 
 class LogisticNormalHead(nn.Module):
     """q(pi | z) = LogisticNormal(loc(z), scale(z)) per cell and gene: a cheaper reparameterised
-    distribution on the simplex (a Gaussian in 3 dimensions mapped by stick breaking).
+    distribution on the simplex (a Gaussian in 3 dimensions mapped by the softmax, see
+    :class:`velopyro.distributions.LogisticNormal`).
 
     Parameters
     ----------
@@ -239,7 +208,7 @@ class LogisticNormalHead(nn.Module):
         super().__init__()
         self.n_genes, self.n_states = n_genes, n_states
         self.trunk = FCLayers(n_latent, n_hidden, n_layers, dropout_rate=0.0)
-        self.out = nn.Linear(n_hidden, 2 * n_genes * (n_states - 1))
+        self.out = nn.Linear(n_hidden, n_genes * n_states)  # K - 1 locations and one scale per gene
 
     def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
         """Return the logistic-normal with batch shape ``(cells, G)`` and event shape ``(4,)``.
@@ -251,12 +220,12 @@ class LogisticNormalHead(nn.Module):
 
         Returns
         -------
-        pyro.distributions.LogisticNormal
+        velopyro.distributions.LogisticNormal
             q(pi | z).
         """
-        out = self.out(self.trunk(z)).view(z.shape[0], self.n_genes, 2, self.n_states - 1)
-        # a bounded Gaussian (|loc| <= 8, scale <= 3) keeps every stick above ~1e-12 in float32, so pi
-        # never underflows to 0, where the Dirichlet prior's density (eq. 14) is infinite
-        loc = 8.0 * torch.tanh(out[..., 0, :] / 8.0)
-        scale = F.softplus(out[..., 1, :]).clamp(max=3.0) + 1e-3
-        return SafeLogisticNormal(loc, scale)
+        out = self.out(self.trunk(z)).view(z.shape[0], self.n_genes, self.n_states)
+        # a bounded Gaussian (|loc| <= 8, scale <= 3) keeps every pi_k far above float32's smallest normal,
+        # so pi never underflows to 0, where the Dirichlet prior's density (eq. 14) is infinite
+        loc = 8.0 * torch.tanh(out[..., :-1] / 8.0)
+        scale = F.softplus(out[..., -1:]).clamp(max=3.0) + 1e-3
+        return LogisticNormal(loc, scale)

@@ -1,0 +1,225 @@
+"""Distributions of the model and the guide, written for the shapes the enumerated ELBO produces.
+
+torch's distributions broadcast every parameter to the full batch shape before an elementwise special
+function: a Normal whose scale is per gene and state, ``(4, 1, G)``, takes ``log(scale)`` over
+``(4, B, G)`` entries, and the Dirichlet prior of pi (one concentration, expanded over cells and genes by
+the plates) evaluates ``lgamma`` ``4 B G`` times. The classes here compute the same densities but
+evaluate such terms on the parameters' distinct values only (:func:`compact`), then broadcast. They are
+drop-in subclasses of Pyro's distributions (same constructor, ``expand``, ``rsample``, support).
+
+- :class:`Normal`: the Normal likelihood of eq. 20-21.
+- :class:`Dirichlet`: the prior of eq. 14.
+- :class:`SafeDirichlet`: q(pi | z) of eq. 22, draws floored at :data:`PI_FLOOR`.
+- :class:`LogisticNormal`: the cheaper reparameterised q(pi | z): ``pi = softmax(y, 0)`` with
+  ``y ~ Normal(loc, scale)`` in ``K - 1`` dimensions (Aitchison's additive logistic normal). Its
+  log-density reuses the Gaussian draw behind each sample instead of inverting the map.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+__all__ = ["PI_FLOOR", "compact", "Normal", "Dirichlet", "SafeDirichlet", "LogisticNormal"]
+
+# Draws of pi are kept at or above this floor. A Gamma(a) variate with a small concentration underflows to
+# exactly 0 in float32 (probability ~0.4 for a = 0.01), and log(0) makes the Monte Carlo KL of pi
+# (log p(pi) - log q(pi), both Dirichlet-type densities) inf - inf = NaN. The floor moves at most 4e-30 of
+# probability mass, far below float32 resolution of the simplex.
+PI_FLOOR = 1e-30
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """A view of ``t`` without its broadcast (stride-0) dimensions, which become size 1.
+
+    An expanded tensor holds the same value along every stride-0 dimension, so an elementwise function of
+    the compact view, broadcast back, equals the function of the full tensor at a fraction of the cost.
+
+    Parameters
+    ----------
+    t
+        Any tensor (typically an expanded parameter).
+
+    Returns
+    -------
+    torch.Tensor
+        ``t`` itself when nothing is broadcast, otherwise a view that broadcasts to ``t.shape``.
+    """
+    if all(st != 0 or n == 1 for st, n in zip(t.stride(), t.shape, strict=True)):
+        return t
+    pairs = zip(t.stride(), t.shape, strict=True)
+    return t[tuple(slice(0, 1) if st == 0 and n > 1 else slice(None) for st, n in pairs)]
+
+
+class Normal(dist.Normal):
+    """``pyro.distributions.Normal`` whose ``log_prob`` takes ``log(scale)`` on the scale's distinct values."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-density, as ``torch.distributions.Normal.log_prob``.
+
+        Parameters
+        ----------
+        value
+            Points to score; broadcasts against the batch shape.
+
+        Returns
+        -------
+        torch.Tensor
+            ``-(x - loc)^2 / (2 scale^2) - log(scale) - log(2 pi) / 2``.
+        """
+        scale = compact(self.scale)
+        return -0.5 * ((value - self.loc) / scale) ** 2 - (scale.log() + _HALF_LOG_2PI)
+
+
+class Dirichlet(dist.Dirichlet):
+    """``pyro.distributions.Dirichlet`` whose normaliser is computed on the concentration's distinct values."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-density, as ``torch.distributions.Dirichlet.log_prob``.
+
+        Parameters
+        ----------
+        value
+            Points on the simplex, ``(..., K)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``sum_k (c_k - 1) log x_k + lgamma(sum_k c_k) - sum_k lgamma(c_k)``.
+        """
+        conc = compact(self.concentration)
+        log_norm = torch.lgamma(conc.sum(-1)) - torch.lgamma(conc).sum(-1)
+        return torch.xlogy(conc - 1.0, value).sum(-1) + log_norm
+
+
+class _FlooredRsample:
+    """Mixin: reparameterised draws floored at :data:`PI_FLOOR` (see above)."""
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        """Draw with the distribution's reparameterisation gradient, floored at :data:`PI_FLOOR`.
+
+        Parameters
+        ----------
+        sample_shape
+            Extra leading shape.
+
+        Returns
+        -------
+        torch.Tensor
+            Points on the simplex.
+        """
+        return super().rsample(sample_shape).clamp_min(PI_FLOOR)
+
+
+class SafeDirichlet(_FlooredRsample, dist.Dirichlet):
+    """Dirichlet whose reparameterised draws are floored at :data:`PI_FLOOR`."""
+
+
+class LogisticNormal(dist.TorchDistribution):
+    """Additive logistic normal on the simplex: ``pi = softmax(y_1, ..., y_{K-1}, 0)``, ``y ~ Normal(loc, scale)``.
+
+    The density with respect to Lebesgue measure on the first ``K - 1`` coordinates is
+    ``N(alr(pi); loc, scale) / prod_k pi_k`` with ``alr(pi)_j = log(pi_j / pi_K)``. Draws are floored at
+    :data:`PI_FLOOR`; the Gaussian variate behind the latest draw is kept, so scoring that draw (what SVI
+    does) needs no logarithm of the simplex point.
+
+    Parameters
+    ----------
+    loc, scale
+        ``(..., K - 1)`` parameters of the Gaussian.
+    validate_args
+        As for torch distributions.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.simplex
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None) -> None:
+        self.loc, self.scale = loc, scale
+        shape = torch.broadcast_shapes(loc.shape, scale.shape)
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        super().__init__(shape[:-1], torch.Size([shape[-1] + 1]), validate_args=validate_args)
+
+    def expand(self, batch_shape: torch.Size, _instance: LogisticNormal | None = None) -> LogisticNormal:
+        """Expand the batch shape (see ``torch.distributions.Distribution.expand``).
+
+        Parameters
+        ----------
+        batch_shape
+            The new batch shape.
+        _instance
+            Internal.
+
+        Returns
+        -------
+        LogisticNormal
+            The expanded distribution.
+        """
+        batch_shape = torch.Size(batch_shape)
+        return type(self)(self.loc.expand(batch_shape + self.loc.shape[-1:]),
+                          self.scale.expand(batch_shape + self.scale.shape[-1:]), validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Not available in closed form."""
+        raise NotImplementedError("The logistic normal's mean has no closed form; average draws instead.")
+
+    @staticmethod
+    def _log_softmax(y: torch.Tensor) -> torch.Tensor:
+        """``log softmax(y_1, ..., y_{K-1}, 0)``, written out: torch's softmax is slow for K = 4 on CPU."""
+        logits = torch.cat([y, y.new_zeros(y.shape[:-1] + (1,))], dim=-1)
+        m = logits.detach().amax(-1, keepdim=True)
+        shifted = logits - m
+        return shifted - shifted.exp().sum(-1, keepdim=True).log()
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        """Reparameterised draw.
+
+        Parameters
+        ----------
+        sample_shape
+            Extra leading shape.
+
+        Returns
+        -------
+        torch.Tensor
+            Points on the simplex, ``sample_shape + batch_shape + (K,)``.
+        """
+        shape = torch.Size(sample_shape) + self.batch_shape + (self.event_shape[0] - 1,)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        log_pi = self._log_softmax(self.loc + self.scale * eps)
+        pi = log_pi.exp().clamp_min(PI_FLOOR)
+        self._last = (pi, eps, log_pi)
+        return pi
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-density ``sum_j log N(y_j; loc_j, scale_j) - sum_k log pi_k`` with ``y = alr(pi)``.
+
+        Parameters
+        ----------
+        value
+            Points on the simplex, ``(..., K)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``value.shape[:-1]`` broadcast with the batch shape.
+        """
+        k1 = self.event_shape[0] - 1
+        if self._last is not None and value is self._last[0]:
+            # scoring the latest draw: (y - loc) / scale is the standard normal variate eps behind it, as a
+            # function of the parameters too (y = loc + scale eps), so this is the same function and gradient
+            _, eps, log_pi = self._last
+            sq = eps.square().sum(-1)
+        else:
+            log_pi = value.clamp_min(PI_FLOOR).log()
+            y = log_pi[..., :-1] - log_pi[..., -1:]
+            sq = ((y - self.loc) / self.scale).square().sum(-1)
+        log_scale = self.scale.log().sum(-1) * (k1 / self.scale.shape[-1])  # a shared scale counts K - 1 times
+        return -0.5 * sq - log_scale - log_pi.sum(-1) - k1 * _HALF_LOG_2PI
