@@ -154,3 +154,16 @@ def test_import_is_lazy_and_fast():
     assert dt < 2.0
     assert velopyro.VeloPyro is VeloPyro
     assert torch.is_tensor(velopyro.kinetics.exp_diff_ratio(torch.ones(1), torch.ones(1), torch.ones(1)))
+
+
+def test_validation_indices_are_held_out(sim):
+    val = np.arange(0, sim.n_obs, 5)
+    model = VeloPyro(sim)
+    model.fit(max_epochs=2, batch_size=128, progress_bar=False, validation_indices=val)
+    np.testing.assert_array_equal(model.validation_indices, val)
+    assert len(np.intersect1d(model.train_indices, val)) == 0
+    assert len(model.train_indices) + len(val) == sim.n_obs
+    with pytest.raises(VelopyroInputError, match="validation_indices"):
+        model.fit(max_epochs=1, progress_bar=False, validation_indices=[sim.n_obs + 3])
+    with pytest.raises(VelopyroInputError, match="validation_indices"):
+        model.fit(max_epochs=1, progress_bar=False, validation_indices=np.array([0.5, 1.5]))

@@ -18,6 +18,7 @@ drop-in subclasses of Pyro's distributions (same constructor, ``expand``, ``rsam
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pyro.distributions as dist
 import torch
@@ -116,8 +117,76 @@ class _FlooredRsample:
         return super().rsample(sample_shape).clamp_min(PI_FLOOR)
 
 
-class SafeDirichlet(_FlooredRsample, dist.Dirichlet):
-    """Dirichlet whose reparameterised draws are floored at :data:`PI_FLOOR`."""
+_POOL: ThreadPoolExecutor | None = None
+_MIN_PARALLEL = 1 << 15  # entries below which one thread is faster than handing work out
+
+
+def _thread_pool(n: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL._max_workers != n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="velopyro-dirichlet")
+    return _POOL
+
+
+class _ParallelDirichlet(torch.autograd.Function):
+    """torch's reparameterised Dirichlet draw (``_sample_dirichlet`` forward, ``_dirichlet_grad`` implicit
+    gradient backward) on CPU, with the rows split over ``torch.get_num_threads()`` threads.
+
+    torch runs both kernels on one thread and the sampler holds the global generator's lock throughout, so
+    each chunk gets its own ``torch.Generator``, seeded from the global one (a seed still fixes the draws).
+    """
+
+    @staticmethod
+    def forward(ctx, concentration: torch.Tensor, n_threads: int) -> torch.Tensor:  # noqa: D102
+        flat = concentration.reshape(-1, concentration.shape[-1])
+        chunks = flat.chunk(n_threads)
+        seeds = torch.randint(0, 2**62, (len(chunks),)).tolist()
+
+        def draw(i: int) -> torch.Tensor:
+            return torch._sample_dirichlet(chunks[i], generator=torch.Generator().manual_seed(seeds[i]))
+
+        x = torch.cat(list(_thread_pool(n_threads).map(draw, range(len(chunks))))).view_as(concentration)
+        ctx.save_for_backward(x, concentration)
+        ctx.n_threads = n_threads
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        x, concentration = ctx.saved_tensors
+        k = concentration.shape[-1]
+        total = concentration.sum(-1, True).expand_as(concentration)
+        parts = [t.reshape(-1, k).chunk(ctx.n_threads) for t in (x, concentration, total)]
+
+        def grad(i: int) -> torch.Tensor:
+            return torch._dirichlet_grad(parts[0][i], parts[1][i], parts[2][i])
+
+        g = torch.cat(list(_thread_pool(ctx.n_threads).map(grad, range(len(parts[0]))))).view_as(concentration)
+        return g * (grad_output - (x * grad_output).sum(-1, True)), None
+
+
+class SafeDirichlet(dist.Dirichlet):
+    """Dirichlet whose reparameterised draws are floored at :data:`PI_FLOOR` and, on CPU, drawn (and
+    differentiated) on all of torch's threads (see :class:`_ParallelDirichlet`)."""
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        """Reparameterised draw, floored at :data:`PI_FLOOR`.
+
+        Parameters
+        ----------
+        sample_shape
+            Extra leading shape.
+
+        Returns
+        -------
+        torch.Tensor
+            Points on the simplex.
+        """
+        conc = self.concentration.expand(self._extended_shape(sample_shape))
+        n_threads = torch.get_num_threads()
+        if conc.device.type != "cpu" or n_threads < 2 or conc.numel() < _MIN_PARALLEL:
+            return super().rsample(sample_shape).clamp_min(PI_FLOOR)
+        return _ParallelDirichlet.apply(conc, n_threads).clamp_min(PI_FLOOR)
 
 
 class LogisticNormal(dist.TorchDistribution):

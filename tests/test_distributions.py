@@ -1,0 +1,132 @@
+"""The lean distributions of velopyro.distributions give torch's densities and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.ops.indexing import Vindex
+from torch.autograd.functional import jacobian
+
+from velopyro import distributions as vd
+from velopyro.model import select_state
+
+
+def test_compact_drops_only_broadcast_dims():
+    base = torch.randn(4, 1, 7)
+    full = base.expand(4, 5, 7)
+    c = vd.compact(full)
+    assert c.shape == (4, 1, 7)
+    assert torch.equal(c.expand_as(full), full)
+    dense = torch.randn(3, 5)
+    assert vd.compact(dense) is dense
+
+
+def test_normal_matches_torch_with_broadcast_scale():
+    torch.manual_seed(0)
+    loc = torch.randn(4, 6, 5, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(4, 1, 5, dtype=torch.float64) + 0.1).requires_grad_()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    ours = vd.Normal(loc, scale).log_prob(x)
+    ref = torch.distributions.Normal(loc, scale).log_prob(x)
+    assert torch.allclose(ours, ref, atol=1e-12)
+    g1 = torch.autograd.grad(ours.sum(), (loc, scale))
+    g2 = torch.autograd.grad(ref.sum(), (loc, scale))
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_dirichlet_prior_matches_torch_when_expanded():
+    torch.manual_seed(0)
+    conc = torch.tensor([0.25, 0.25, 0.25, 0.25], dtype=torch.float64)
+    pi = dist.Dirichlet(torch.ones(4, dtype=torch.float64)).sample((6, 5))
+    ours = vd.Dirichlet(conc).expand([6, 5]).log_prob(pi)
+    ref = torch.distributions.Dirichlet(conc).expand([6, 5]).log_prob(pi)
+    assert torch.allclose(ours, ref, atol=1e-10)
+    # non-constant concentrations too
+    conc2 = torch.rand(6, 5, 4, dtype=torch.float64) + 0.1
+    assert torch.allclose(vd.Dirichlet(conc2).log_prob(pi), torch.distributions.Dirichlet(conc2).log_prob(pi))
+
+
+@pytest.mark.parametrize("scale_dim", [1, 3])
+def test_logistic_normal_density_is_normal_times_jacobian(scale_dim):
+    """log q(pi) = log N(alr(pi)) + log |d alr / d pi_{1:3}|, the change of variables, on fresh and cached values."""
+    torch.manual_seed(1)
+    loc = torch.randn(5, 3, dtype=torch.float64)
+    scale = torch.rand(5, scale_dim, dtype=torch.float64) + 0.2
+    d = vd.LogisticNormal(loc, scale)
+    pi = d.rsample()
+    assert pi.shape == (5, 4) and torch.allclose(pi.sum(-1), torch.ones(5, dtype=torch.float64))
+
+    def alr(x3):
+        x = torch.cat([x3, 1 - x3.sum(-1, keepdim=True)])
+        return torch.log(x[:3] / x[3])
+
+    ref = []
+    for i in range(5):
+        y = alr(pi[i, :3])
+        log_n = torch.distributions.Normal(loc[i], scale[i].expand(3)).log_prob(y).sum()
+        ref.append(log_n + torch.linalg.slogdet(jacobian(alr, pi[i, :3]))[1])
+    ref = torch.stack(ref)
+    assert torch.allclose(d.log_prob(pi), ref, atol=1e-8)  # the cached draw
+    assert torch.allclose(d.log_prob(pi.clone()), ref, atol=1e-8)  # any other tensor
+
+
+def test_logistic_normal_cached_gradient_equals_recomputed():
+    """Scoring the latest draw through its Gaussian variate gives the same gradient as inverting the map."""
+    torch.manual_seed(2)
+    loc = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    raw = torch.randn(8, 1, dtype=torch.float64, requires_grad=True)
+    d = vd.LogisticNormal(loc, torch.nn.functional.softplus(raw) + 0.1)
+    pi = d.rsample()
+    cached = torch.autograd.grad(d.log_prob(pi).sum(), (loc, raw), retain_graph=True)
+    log_pi = pi.log()
+    y = log_pi[..., :-1] - log_pi[..., -1:]
+    sc = d.scale.expand_as(y)
+    direct = (torch.distributions.Normal(d.loc, sc).log_prob(y).sum(-1) - log_pi.sum(-1)).sum()
+    recomputed = torch.autograd.grad(direct, (loc, raw))
+    for a, b in zip(cached, recomputed, strict=True):
+        assert torch.allclose(a, b, atol=1e-8)
+
+
+def test_logistic_normal_expand_and_mean_mc():
+    d = vd.LogisticNormal(torch.zeros(3), torch.ones(1)).expand([2, 5])
+    assert d.batch_shape == (2, 5) and d.event_shape == (4,)
+    draws = d.sample((4000,))
+    assert draws.shape == (4000, 2, 5, 4)
+    # symmetric loc: the first three components are exchangeable
+    m = draws.mean((0, 1, 2))
+    assert torch.allclose(m[:3], m[:3].mean().expand(3), atol=0.02)
+    assert math.isfinite(float(d.log_prob(draws[0]).sum()))
+
+
+def test_select_state_matches_vindex():
+    x = torch.randn(5, 7, 4)
+    cases = [torch.arange(4).view(4, 1, 1), torch.arange(4).view(4, 1, 1, 1), torch.randint(0, 4, (5, 7)),
+             torch.randint(0, 4, (3, 5, 7)), torch.tensor([3, 2, 1, 0]).view(4, 1, 1)]
+    for k in cases:
+        a, b = select_state(x, k), Vindex(x)[..., k]
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_parallel_dirichlet_draws_gradients_and_seed(monkeypatch):
+    """The multi-threaded CPU sampler: right moments, torch's implicit gradient, reproducible by seed."""
+    from torch.distributions.dirichlet import _Dirichlet_backward
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # take the threaded path on any machine
+    c = torch.tensor([0.3, 1.0, 2.0, 0.1]).expand(100_000, 4).contiguous()
+    x = vd.SafeDirichlet(c).rsample()
+    a0 = c.sum(-1, keepdim=True)
+    assert torch.allclose(x.mean(0), (c / a0)[0], atol=3e-3)
+    assert torch.allclose(x.var(0), (c * (a0 - c) / (a0**2 * (a0 + 1)))[0], atol=2e-3)
+    torch.manual_seed(3)
+    x1 = vd.SafeDirichlet(c).rsample()
+    torch.manual_seed(3)
+    assert torch.equal(x1, vd.SafeDirichlet(c).rsample())
+    cc = (torch.rand(300, 200, 4) + 0.2).requires_grad_()
+    x = vd.SafeDirichlet(cc).rsample()
+    w = torch.randn_like(x)
+    (g,) = torch.autograd.grad((x * w).sum(), cc)
+    assert torch.allclose(g, _Dirichlet_backward(x.detach(), cc.detach(), w), atol=1e-6)
