@@ -8,6 +8,7 @@ Public names (loaded on first use, so ``import velopyro`` stays fast):
 - :mod:`velopyro.datasets`: the bundled pancreas data and the simulator
 - :mod:`velopyro.likelihoods`: observation models (Normal, Poisson, negative binomial)
 - :mod:`velopyro.kinetics`: the closed-form kinetics (seed eq. 1-12)
+- :mod:`velopyro.ppc` / :mod:`velopyro.convert`: posterior predictive checks and ``to_arviz``
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {"pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "model", "guide", "train", "posterior",
-               "nn", "api", "cli", "diagnostics"}
+               "nn", "api", "cli", "distributions", "ppc", "convert"}
 _ATTRS = {"VeloPyro": "api"}
 
 __all__ = ["VeloPyro", "pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "__version__"]

@@ -184,7 +184,8 @@ class SafeDirichlet(dist.Dirichlet):
         """
         conc = self.concentration.expand(self._extended_shape(sample_shape))
         n_threads = torch.get_num_threads()
-        if conc.device.type != "cpu" or n_threads < 2 or conc.numel() < _MIN_PARALLEL:
+        if (conc.device.type != "cpu" or n_threads < 2 or conc.numel() < _MIN_PARALLEL
+                or torch.jit.is_tracing()):  # JIT cannot trace work done on other threads
             return super().rsample(sample_shape).clamp_min(PI_FLOOR)
         return _ParallelDirichlet.apply(conc, n_threads).clamp_min(PI_FLOOR)
 
