@@ -98,25 +98,6 @@ class Dirichlet(dist.Dirichlet):
         return torch.xlogy(conc - 1.0, value).sum(-1) + log_norm
 
 
-class _FlooredRsample:
-    """Mixin: reparameterised draws floored at :data:`PI_FLOOR` (see above)."""
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
-        """Draw with the distribution's reparameterisation gradient, floored at :data:`PI_FLOOR`.
-
-        Parameters
-        ----------
-        sample_shape
-            Extra leading shape.
-
-        Returns
-        -------
-        torch.Tensor
-            Points on the simplex.
-        """
-        return super().rsample(sample_shape).clamp_min(PI_FLOOR)
-
-
 _POOL: ThreadPoolExecutor | None = None
 _MIN_PARALLEL = 1 << 15  # entries below which one thread is faster than handing work out
 
@@ -138,14 +119,12 @@ class _ParallelDirichlet(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, concentration: torch.Tensor, n_threads: int) -> torch.Tensor:  # noqa: D102
-        flat = concentration.reshape(-1, concentration.shape[-1])
-        chunks = flat.chunk(n_threads)
-        seeds = torch.randint(0, 2**62, (len(chunks),)).tolist()
+        seeds = torch.randint(0, 2**62, (n_threads,)).tolist()
 
-        def draw(i: int) -> torch.Tensor:
-            return torch._sample_dirichlet(chunks[i], generator=torch.Generator().manual_seed(seeds[i]))
+        def draw(i: int, c: torch.Tensor) -> torch.Tensor:  # block i always draws with seeds[i]
+            return torch._sample_dirichlet(c, generator=torch.Generator().manual_seed(seeds[i]))
 
-        x = torch.cat(list(_thread_pool(n_threads).map(draw, range(len(chunks))))).view_as(concentration)
+        x = _map_rows(draw, n_threads, concentration)
         ctx.save_for_backward(x, concentration)
         ctx.n_threads = n_threads
         return x
@@ -154,15 +133,17 @@ class _ParallelDirichlet(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
         x, concentration = ctx.saved_tensors
-        k = concentration.shape[-1]
         total = concentration.sum(-1, True).expand_as(concentration)
-        parts = [t.reshape(-1, k).chunk(ctx.n_threads) for t in (x, concentration, total)]
-
-        def grad(i: int) -> torch.Tensor:
-            return torch._dirichlet_grad(parts[0][i], parts[1][i], parts[2][i])
-
-        g = torch.cat(list(_thread_pool(ctx.n_threads).map(grad, range(len(parts[0]))))).view_as(concentration)
+        g = _map_rows(lambda _, *b: torch._dirichlet_grad(*b), ctx.n_threads, x, concentration, total)
         return g * (grad_output - (x * grad_output).sum(-1, True)), None
+
+
+def _map_rows(fn, n_threads: int, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(i, *blocks_i)`` on ``n_threads`` row blocks (rows: all but the last axis) in parallel, concatenated."""
+    k = tensors[0].shape[-1]
+    blocks = list(zip(*(t.reshape(-1, k).chunk(n_threads) for t in tensors), strict=True))
+    parts = list(_thread_pool(n_threads).map(lambda i: fn(i, *blocks[i]), range(len(blocks))))
+    return torch.cat(parts).view(tensors[0].shape)
 
 
 class SafeDirichlet(dist.Dirichlet):
