@@ -70,6 +70,25 @@ def test_subsets_options_and_method(tiny) -> None:
         convert.to_arviz(tiny, n_samples=10_000, max_gb=0.01)
 
 
+def test_log_likelihood_is_float64_because_psis_fails_on_float32_near_ties(tiny) -> None:
+    """The failure seen on the full pancreas Poisson fit: per-pair log-likelihoods that differ across draws
+    only by float32 rounding make ArviZ's PSIS divide by zero (elpd NaN); the same values in float64 do not."""
+    rng = np.random.default_rng(0)
+    base = np.float32(-0.05)
+    near_tied = (base + rng.integers(0, 6, (1, 100, 5)).astype(np.float32) * np.spacing(base)).astype(np.float32)
+    posterior = {"a": np.zeros((1, 100))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        elpd32, elpd64 = (az.loo(az.from_dict(posterior=posterior, log_likelihood={"obs": near_tied.astype(t)}))
+                          .elpd_loo for t in (np.float32, np.float64))
+    assert np.isnan(elpd32) and np.isfinite(elpd64)
+    for per_gene in (False, True):
+        idata = tiny.to_arviz(n_samples=4, per_gene_log_likelihood=per_gene, var_names=["z"],
+                              include_posterior_predictive=False)
+        assert idata.log_likelihood["obs"].dtype == np.float64
+    assert convert.estimate_nbytes(tiny, 4, ["z"], 10, 6, False, True) == 4 * 10 * (4 * 10 + 8 * 6)
+
+
 def test_log_likelihood_is_the_models(tiny) -> None:
     """With pi at its posterior draw the group equals VeloPyro.get_log_likelihood (same draws)."""
     idata = convert.to_arviz(tiny, n_samples=4, var_names=["z"], include_posterior_predictive=False,

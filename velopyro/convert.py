@@ -29,6 +29,13 @@ well specified or not (the known limit of PSIS-LOO with observation-level latent
 (cell, gene) pairs (``per_gene_log_likelihood=True``) changes ``z``'s posterior little per left-out pair
 and is the reliable choice for comparing likelihoods. Check ``loo.pareto_k`` either way.
 
+The log-likelihood is stored in float64, per pair too. It is computed in float32, and for a pair whose
+log-likelihood hardly varies across draws (a gene the cell barely expresses, with a near-constant rate)
+the draws differ by a few float32 units in the last place. ArviZ's PSIS exponentiates them in the
+input's precision: in float32 the tail exceedances ``exp(x) - exp(cutoff)`` round to zero, its
+generalised Pareto fit divides by zero and ``elpd_loo`` becomes NaN (seen on the full pancreas Poisson
+fit). In float64 the same values give finite exceedances.
+
 ArviZ 0.x (``InferenceData``, ``az.from_dict(posterior=..., ...)``) is the tested path. ArviZ 1.x
 (``xarray.DataTree``; needs Python >= 3.12) takes one nested ``{group: {var: array}}`` dict and
 ``sample_dims``; :func:`_build` has that branch, written against arviz-base's documented ``from_dict``
@@ -63,7 +70,9 @@ def estimate_nbytes(
     include_posterior_predictive: bool,
     per_gene_log_likelihood: bool,
 ) -> int:
-    """Bytes of float32 draws :func:`to_arviz` would hold (before xarray's own overhead).
+    """Bytes of draws :func:`to_arviz` would hold (before xarray's own overhead).
+
+    Draws are float32 except the log-likelihood, which is float64 (see the module docstring).
 
     Parameters
     ----------
@@ -88,8 +97,8 @@ def estimate_nbytes(
     per = {"z": model.config["n_latent"], "pi": 4 * n_genes, "state_probs": 4 * n_genes}
     floats = sum(per.get(v, n_genes) for v in var_names)
     floats += 2 * n_genes if include_posterior_predictive else 0
-    floats += n_genes if per_gene_log_likelihood else 1
-    return int(4 * n_samples * n_cells * floats)
+    doubles = n_genes if per_gene_log_likelihood else 1
+    return int(n_samples * n_cells * (4 * floats + 8 * doubles))
 
 
 def to_arviz(
@@ -222,11 +231,11 @@ def _draw(model: VeloPyro, names: list[str], n_samples: int, seed: int | None, i
         for n, x in batch.items():
             if cell_dims[n] and cell_dims[n][0] == "gene":
                 x = x.index_select(2, gsel)
-            if n == ppc._LOG_LIK and not per_gene:
-                x = x.double().sum(-1)
+            if n == ppc._LOG_LIK:  # float64, see the module docstring
+                x = x.double().sum(-1) if not per_gene else x.double()
             arr = x.cpu().numpy()
             if n not in out:
-                dtype = np.int8 if n == "k" else np.float32 if n != ppc._LOG_LIK or per_gene else np.float64
+                dtype = np.int8 if n == "k" else np.float64 if n == ppc._LOG_LIK else np.float32
                 out[n] = np.empty((n_samples, len(idx), *arr.shape[2:]), dtype=dtype)
             out[n][:, sl] = arr
     return out
