@@ -201,6 +201,21 @@ def fit_and_score(
     row["loglik_seconds"] = sw.seconds
     row["predicted_state_fractions"] = (np.bincount(sp.argmax(-1).ravel(), minlength=4) / sp[..., 0].size).tolist()
     arrays.update(velocity=v, latent_time=lt, state_probs=sp, rates=rates, validation_indices=val)
+    scores, umap = _score_readout(adata, v, lt, sp, rates, truth, direction, f"velocity_{_short(adapter)}")
+    row.update(scores)
+    if umap is not None:
+        arrays["velocity_umap"] = umap
+    # other read-outs of the same fit (velopyro: states weighted by pi instead of p(k | data))
+    for w in getattr(adapter, "alternative_readouts", ()):
+        alt = adapter.velocity(w), adapter.latent_time(w), adapter.state_probs(w)
+        row.setdefault("readouts", {})[w], _ = _score_readout(adata, *alt, rates, truth, direction,
+                                                              f"velocity_{_short(adapter)}_{w}")
+    return row, arrays
+
+
+def _score_readout(adata, v, lt, sp, rates, truth, direction: bool, vkey: str) -> tuple[dict, np.ndarray | None]:
+    """Ground-truth and direction scores of one read-out (velocity, latent time, state probabilities)."""
+    row: dict = {}
     if truth is not None:
         lts = metrics.latent_time_scores(lt, truth.time, truth.cell_time)
         row["latent_time_spearman"] = {k: lts[k] for k in ("gene_median", "gene_mean", "cell")}
@@ -209,15 +224,16 @@ def fit_and_score(
         row["gamma_over_beta"] = metrics.rate_ratio_scores(rates["beta"], rates["gamma"], truth.ratio)
         if truth.velocity is not None:
             row["velocity"] = metrics.velocity_sign_accuracy(v, truth.velocity)
+    umap = None
     if direction:
-        v_clip = np.maximum(v, -s)  # velovi's default clip, applied identically to both models
+        v_clip = np.maximum(v, -layer_array(adata, "Ms"))  # velovi's default clip, applied identically to both
         with Stopwatch() as sw:
-            d = metrics.direction_scores(adata, v_clip, lt, vkey=f"velocity_{_short(adapter)}")
+            d = metrics.direction_scores(adata, v_clip, lt, vkey=vkey)
         row["cbdir"] = d["cbdir"]
         row["icvcoh"] = d["icvcoh"]
         row["direction_seconds"] = sw.seconds
-        arrays["velocity_umap"] = d["velocity_umap"]
-    return row, arrays
+        umap = d["velocity_umap"]
+    return row, umap
 
 
 def _compare(rows: dict, val_sets: dict | None = None) -> dict:
@@ -577,9 +593,39 @@ def write_markdown(res: dict, path: Path) -> None:
                 f"{_fmt(r.get('seconds_per_epoch'))} | {r.get('error', '')} |"
             )
         L += ["", f"{_fmt(res['memory'].get('summary'))}"]
+    L += _readout_table(res)
     for name, err in res.get("errors", {}).items():
         L += ["", f"**section {name} failed**: {err}"]
     path.write_text("\n".join(L) + "\n")
+
+
+READOUT_FIELDS = [
+    ("CBDir mean", ("cbdir", "mean")),
+    ("ICVCoh mean", ("icvcoh", "mean")),
+    ("latent time Spearman, gene median", ("latent_time_spearman", "gene_median")),
+    ("latent time Spearman, cell level", ("latent_time_spearman", "cell")),
+    ("state accuracy (4 states)", ("state_accuracy", "four_state")),
+    ("velocity sign accuracy", ("velocity", "sign_accuracy")),
+]
+
+
+def _readout_table(res: dict) -> list[str]:
+    """velopyro's default read-out (states weighted by p(k | data)) next to pi weights, same fits."""
+    sections = [("pancreas", res.get("pancreas"))] + [(f"{k} sim", v) for k, v in res.get("truth", {}).items()]
+    rows = []
+    for label, sec in sections:
+        for model in ("velopyro", "velopyro_alt"):
+            row = (sec or {}).get("models", {}).get(model, {})
+            for alt in row.get("readouts", {}).values():
+                for name, path in READOUT_FIELDS:
+                    a, b = _get(row, *path), _get(alt, *path)
+                    if a is not None or b is not None:
+                        c = _get(sec, "models", "velovi", *path)
+                        rows.append(f"| {label} | {model} | {name} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} |")
+    if not rows:
+        return []
+    return ["", "## velopyro read-outs: state weights p(k | data) (default) vs pi, same fits", "",
+            "| data | model | measure | p(k given data) | pi | velovi |", "|---|---|---|---|---|---|", *rows]
 
 
 def make_plots(res: dict, plots: dict, out: Path) -> list[str]:

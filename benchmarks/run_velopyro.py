@@ -157,23 +157,34 @@ class VelopyroAdapter:
         return np.asarray(self.model.train_indices)
 
     # ---------------------------------------------------------------- outputs
-    def velocity(self) -> np.ndarray:
-        """Spliced velocity, expectation over states (velopyro's default weights), no clipping."""
+    #: Read-outs scored besides the default (``run_all`` reports them next to it): the same fit, with the
+    #: states weighted by pi itself (veloVI's read-out) instead of velopyro's default p(k | data).
+    alternative_readouts = ("pi",)
+
+    def velocity(self, state_weights: str | None = None) -> np.ndarray:
+        """Spliced velocity, expectation over states (velopyro's default weights unless given), no clipping."""
         return np.asarray(
             self.model.get_velocity(
-                n_samples=self.n_samples, statistic="mean", mode="spliced", batch_size=self.output_batch_size
+                n_samples=self.n_samples, statistic="mean", mode="spliced", batch_size=self.output_batch_size,
+                **self._weights(state_weights),
             )
         )
 
-    def latent_time(self) -> np.ndarray:
+    def latent_time(self, state_weights: str | None = None) -> np.ndarray:
         """Per-gene latent time (model units, [0, t_max])."""
-        return np.asarray(self.model.get_latent_time(n_samples=self.n_samples, batch_size=self.output_batch_size))
+        return np.asarray(self.model.get_latent_time(n_samples=self.n_samples, batch_size=self.output_batch_size,
+                                                     **self._weights(state_weights)))
 
-    def state_probs(self) -> np.ndarray:
+    def state_probs(self, state_weights: str | None = None) -> np.ndarray:
         """Cells x genes x 4 state probabilities (velopyro's default: posterior given the data)."""
         return np.asarray(
-            self.model.get_state_assignment(n_samples=self.n_samples, hard=False, batch_size=self.output_batch_size)
+            self.model.get_state_assignment(n_samples=self.n_samples, hard=False, batch_size=self.output_batch_size,
+                                            **self._weights(state_weights))
         )
+
+    @staticmethod
+    def _weights(state_weights: str | None) -> dict:
+        return {} if state_weights is None else {"state_weights": state_weights}
 
     def rates(self) -> dict:
         """Per-gene alpha, beta, gamma and switch time t_s."""
