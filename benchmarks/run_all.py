@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from benchmarks import data, metrics  # noqa: E402
 from benchmarks.common import BATCH_SIZE, N_THREADS, RESULTS_DIR, Stopwatch, layer_array, quiet  # noqa: E402
 from benchmarks.memory import measure as measure_memory  # noqa: E402
-from benchmarks.run_velopyro import VelopyroAdapter, velopyro_available  # noqa: E402
+from benchmarks.run_velopyro import VelopyroAdapter, _constructor_defaults, velopyro_available  # noqa: E402
 from benchmarks.run_velovi import VeloviAdapter  # noqa: E402
 
 PROFILES = {
@@ -149,8 +149,8 @@ def _alternative_guide_adapter(args, n_samples: int):
     choice of the default; it is not part of the targets)."""
     if args.skip_velopyro or not velopyro_available():
         return None
-    main = VelopyroAdapter(n_samples=n_samples, state_coupling=args.state_coupling, pi_guide=args.pi_guide)
-    other = "dirichlet" if main.pi_guide == "logistic_normal" else "logistic_normal"
+    benchmarked = args.pi_guide or _constructor_defaults()["pi_guide"]
+    other = "dirichlet" if benchmarked == "logistic_normal" else "logistic_normal"
     alt = VelopyroAdapter(n_samples=n_samples, state_coupling=args.state_coupling, pi_guide=other)
     alt.key = "velopyro_alt"
     return alt

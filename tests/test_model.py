@@ -153,3 +153,20 @@ def test_switch_targets_use_top_percentile_cells():
     us, ss = switch_targets(u, s)
     assert us[0] == pytest.approx(99.0)  # only the top 1% (one cell) qualifies
     assert ss[0] == pytest.approx(0.0)  # s of the same cell
+
+
+def test_per_gene_statistics_do_not_depend_on_the_chunking(monkeypatch):
+    """switch_targets and the Normal's sigma start are computed in gene chunks; tiny chunks change nothing."""
+    import velopyro._chunks
+    from velopyro.likelihoods import _column_std
+    from velopyro.model import switch_targets
+
+    rng = np.random.default_rng(0)
+    u, s = rng.gamma(1.0, size=(2, 300, 7)).astype(np.float32)
+    whole = switch_targets(u, s), _column_std(u)
+    monkeypatch.setattr(velopyro._chunks, "CHUNK_ENTRIES", 2 * 300)  # two genes per chunk, last one ragged
+    assert len(list(velopyro._chunks.gene_slices(300, 7))) == 4
+    chunked = switch_targets(u, s), _column_std(u)
+    for a, b in zip((*whole[0], whole[1]), (*chunked[0], chunked[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(whole[1], u.std(0), rtol=1e-5)

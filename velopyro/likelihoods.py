@@ -27,6 +27,7 @@ from torch import nn
 from torch.distributions import constraints, transform_to
 
 from . import distributions as vdist
+from ._chunks import gene_slices
 
 __all__ = [
     "Likelihood",
@@ -258,9 +259,8 @@ def _column_std(x: np.ndarray) -> np.ndarray:
     """Per-gene standard deviation, computed in chunks of genes so no full-size temporary is made."""
     n_cells, n_genes = x.shape
     out = np.empty(n_genes, dtype=np.float32)
-    step = max(1, 2**22 // max(n_cells, 1))
-    for g0 in range(0, n_genes, step):
-        out[g0:g0 + step] = np.asarray(x[:, g0:g0 + step], dtype=np.float64).std(0)
+    for sl in gene_slices(n_cells, n_genes):
+        out[sl] = np.asarray(x[:, sl], dtype=np.float64).std(0)
     return out
 
 

@@ -38,6 +38,7 @@ from torch.distributions import constraints, transform_to
 
 from . import distributions as vdist
 from . import kinetics
+from ._chunks import gene_slices
 from .likelihoods import Likelihood
 from .nn import TimeHeads
 
@@ -93,9 +94,7 @@ def switch_targets(u: np.ndarray, s: np.ndarray, quantile: float = 99.0) -> tupl
     n_cells, n_genes = u.shape
     u_star = np.empty(n_genes, dtype=np.float32)
     s_star = np.empty(n_genes, dtype=np.float32)
-    step = max(1, 2**22 // max(n_cells, 1))  # genes per chunk: temporaries stay ~100 MB at any size
-    for g0 in range(0, n_genes, step):
-        sl = slice(g0, g0 + step)
+    for sl in gene_slices(n_cells, n_genes):
         uc, sc = np.asarray(u[:, sl]), np.asarray(s[:, sl])
         thr = np.percentile(uc, quantile, axis=0)
         mask = uc >= thr[None, :]
