@@ -24,7 +24,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-__all__ = ["PI_FLOOR", "compact", "Normal", "Dirichlet", "SafeDirichlet", "LogisticNormal"]
+__all__ = ["PI_FLOOR", "compact", "Normal", "Dirichlet", "SafeDirichlet", "LogisticNormal", "parallel_dirichlet"]
 
 # Draws of pi are kept at or above this floor. A Gamma(a) variate with a small concentration underflows to
 # exactly 0 in float32 (probability ~0.4 for a = 0.01), and log(0) makes the Monte Carlo KL of pi
@@ -109,33 +109,55 @@ def _thread_pool(n: int) -> ThreadPoolExecutor:
     return _POOL
 
 
-class _ParallelDirichlet(torch.autograd.Function):
-    """torch's reparameterised Dirichlet draw (``_sample_dirichlet`` forward, ``_dirichlet_grad`` implicit
-    gradient backward) on CPU, with the rows split over ``torch.get_num_threads()`` threads.
+@torch.library.custom_op("velopyro::parallel_dirichlet", mutates_args=(), device_types="cpu")
+def parallel_dirichlet(concentration: torch.Tensor, n_threads: int) -> torch.Tensor:
+    """torch's reparameterised Dirichlet draw on CPU with the rows split over ``n_threads`` threads.
 
-    torch runs both kernels on one thread and the sampler holds the global generator's lock throughout, so
-    each chunk gets its own ``torch.Generator``, seeded from the global one (a seed still fixes the draws).
+    The forward pass is ``torch._sample_dirichlet`` and the backward pass torch's implicit gradient
+    ``torch._dirichlet_grad``, each run on row blocks in a thread pool: torch runs both kernels on one
+    thread, and its sampler holds the global generator's lock throughout, so each block gets its own
+    ``torch.Generator``, seeded from the global one (a seed still fixes the draws). It is a registered
+    torch operator (``torch.ops.velopyro.parallel_dirichlet``) rather than an ``autograd.Function`` so that
+    ``torch.jit.trace`` (``fit(jit=True)``) records it as one node and replays it, threads included.
+
+    Parameters
+    ----------
+    concentration
+        ``(..., K)`` positive concentrations.
+    n_threads
+        Row blocks (threads).
+
+    Returns
+    -------
+    torch.Tensor
+        A draw of the same shape.
     """
+    seeds = torch.randint(0, 2**62, (n_threads,)).tolist()
 
-    @staticmethod
-    def forward(ctx, concentration: torch.Tensor, n_threads: int) -> torch.Tensor:  # noqa: D102
-        seeds = torch.randint(0, 2**62, (n_threads,)).tolist()
+    def draw(i: int, c: torch.Tensor) -> torch.Tensor:  # block i always draws with seeds[i]
+        return torch._sample_dirichlet(c, generator=torch.Generator().manual_seed(seeds[i]))
 
-        def draw(i: int, c: torch.Tensor) -> torch.Tensor:  # block i always draws with seeds[i]
-            return torch._sample_dirichlet(c, generator=torch.Generator().manual_seed(seeds[i]))
+    return _map_rows(draw, n_threads, concentration)
 
-        x = _map_rows(draw, n_threads, concentration)
-        ctx.save_for_backward(x, concentration)
-        ctx.n_threads = n_threads
-        return x
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
-        x, concentration = ctx.saved_tensors
-        total = concentration.sum(-1, True).expand_as(concentration)
-        g = _map_rows(lambda _, *b: torch._dirichlet_grad(*b), ctx.n_threads, x, concentration, total)
-        return g * (grad_output - (x * grad_output).sum(-1, True)), None
+@parallel_dirichlet.register_fake
+def _(concentration: torch.Tensor, n_threads: int) -> torch.Tensor:
+    return torch.empty_like(concentration, memory_format=torch.contiguous_format)
+
+
+def _parallel_dirichlet_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    ctx.save_for_backward(output, inputs[0])
+    ctx.n_threads = inputs[1]
+
+
+def _parallel_dirichlet_backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+    x, concentration = ctx.saved_tensors
+    total = concentration.sum(-1, True).expand_as(concentration)
+    g = _map_rows(lambda _, *b: torch._dirichlet_grad(*b), ctx.n_threads, x, concentration, total)
+    return g * (grad_output - (x * grad_output).sum(-1, True)), None
+
+
+parallel_dirichlet.register_autograd(_parallel_dirichlet_backward, setup_context=_parallel_dirichlet_setup)
 
 
 def _map_rows(fn, n_threads: int, *tensors: torch.Tensor) -> torch.Tensor:
@@ -148,7 +170,7 @@ def _map_rows(fn, n_threads: int, *tensors: torch.Tensor) -> torch.Tensor:
 
 class SafeDirichlet(dist.Dirichlet):
     """Dirichlet whose reparameterised draws are floored at :data:`PI_FLOOR` and, on CPU, drawn (and
-    differentiated) on all of torch's threads (see :class:`_ParallelDirichlet`)."""
+    differentiated) on all of torch's threads (see :func:`parallel_dirichlet`)."""
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
         """Reparameterised draw, floored at :data:`PI_FLOOR`.
@@ -165,10 +187,9 @@ class SafeDirichlet(dist.Dirichlet):
         """
         conc = self.concentration.expand(self._extended_shape(sample_shape))
         n_threads = torch.get_num_threads()
-        if (conc.device.type != "cpu" or n_threads < 2 or conc.numel() < _MIN_PARALLEL
-                or torch.jit.is_tracing()):  # JIT cannot trace work done on other threads
+        if conc.device.type != "cpu" or n_threads < 2 or conc.numel() < _MIN_PARALLEL:
             return super().rsample(sample_shape).clamp_min(PI_FLOOR)
-        return _ParallelDirichlet.apply(conc, n_threads).clamp_min(PI_FLOOR)
+        return parallel_dirichlet(conc, n_threads).clamp_min(PI_FLOOR)
 
 
 class LogisticNormal(dist.TorchDistribution):
