@@ -82,10 +82,12 @@ def main(argv: list[str] | None = None) -> dict:
              "", "`python -m benchmarks.dirichlet_gradient`", "",
              f"Draw + backward, 256 x 364 x 4, one thread: dirichlet {t['dirichlet']:.1f} ms, "
              f"gamma {t['gamma']:.1f} ms.", "",
-             "| concentration | test | variance ratio gamma / dirichlet (per component) |", "|---|---|---|"]
+             "| concentration | test | mean gradient, dirichlet | mean gradient, gamma "
+             "| variance ratio gamma / dirichlet |", "|---|---|---|---|---|"]
     for r in res["variance"]:
         ratios = ", ".join(f"{x:.2f}" for x in r["variance_ratio_gamma_over_dirichlet"])
-        lines.append(f"| {r['concentration']} | {r['test']} | {ratios} |")
+        means = [", ".join(f"{x:.4f}" for x in r[n]["mean"]) for n in ("dirichlet", "gamma")]
+        lines.append(f"| {r['concentration']} | {r['test']} | {means[0]} | {means[1]} | {ratios} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return res
