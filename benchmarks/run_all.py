@@ -606,26 +606,29 @@ READOUT_FIELDS = [
     ("latent time Spearman, cell level", ("latent_time_spearman", "cell")),
     ("state accuracy (4 states)", ("state_accuracy", "four_state")),
     ("velocity sign accuracy", ("velocity", "sign_accuracy")),
+    ("velocity Pearson (gene median)", ("velocity", "gene_pearson_median")),
 ]
 
 
 def _readout_table(res: dict) -> list[str]:
-    """velopyro's default read-out (states weighted by p(k | data)) next to pi weights, same fits."""
+    """velopyro's outputs with every state weighting it offers (``readouts``), same fits, and velovi's."""
     sections = [("pancreas", res.get("pancreas"))] + [(f"{k} sim", v) for k, v in res.get("truth", {}).items()]
-    rows = []
+    rows, weights = [], []
     for label, sec in sections:
         for model in ("velopyro", "velopyro_alt"):
-            row = (sec or {}).get("models", {}).get(model, {})
-            for alt in row.get("readouts", {}).values():
-                for name, path in READOUT_FIELDS:
-                    a, b = _get(row, *path), _get(alt, *path)
-                    if a is not None or b is not None:
-                        c = _get(sec, "models", "velovi", *path)
-                        rows.append(f"| {label} | {model} | {name} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} |")
+            readouts = (sec or {}).get("models", {}).get(model, {}).get("readouts", {})
+            weights = weights or list(readouts)
+            for name, path in READOUT_FIELDS:
+                vals = [_get(readouts.get(w, {}), *path) for w in weights]
+                if any(v is not None for v in vals):
+                    c = _get(sec, "models", "velovi", *path)
+                    rows.append(f"| {label} | {model} | {name} | " + " | ".join(map(_fmt, vals)) + f" | {_fmt(c)} |")
     if not rows:
         return []
-    return ["", "## velopyro read-outs: state weights p(k | data) (default) vs pi, same fits", "",
-            "| data | model | measure | p(k given data) | pi | velovi |", "|---|---|---|---|---|---|", *rows]
+    return ["", "## velopyro read-outs: the states weighted by p(k | data) or by pi, same fits", "",
+            "velopyro's default: velocity by pi, latent time and states by p(k | data).", "",
+            "| data | model | measure | " + " | ".join(weights) + " | velovi |",
+            "|---|---|---|" + "---|" * (len(weights) + 1), *rows, ""]
 
 
 def make_plots(res: dict, plots: dict, out: Path) -> list[str]:

@@ -157,9 +157,10 @@ class VelopyroAdapter:
         return np.asarray(self.model.train_indices)
 
     # ---------------------------------------------------------------- outputs
-    #: Read-outs scored besides the default (``run_all`` reports them next to it): the same fit, with the
-    #: states weighted by pi itself (veloVI's read-out) instead of velopyro's default p(k | data).
-    alternative_readouts = ("pi",)
+    #: Read-outs scored besides the default (``run_all`` reports them side by side): the same fit, with every
+    #: output's states weighted by p(k | data) and by pi itself (veloVI's read-out). velopyro's default
+    #: weights velocity by pi and latent time and states by p(k | data).
+    alternative_readouts = ("posterior", "pi")
 
     def velocity(self, state_weights: str | None = None) -> np.ndarray:
         """Spliced velocity, expectation over states (velopyro's default weights unless given), no clipping."""

@@ -74,6 +74,17 @@ def test_write_to_adata_scvelo_keys(sim, fitted):
         assert key in out.var
     assert "latent_time" in out.obs and "X_velopyro" in out.obsm
     assert "velocity" not in sim.layers  # copy=True leaves the input alone
+    # the written keys are the getters' defaults: velocity weighted by pi, time and states by p(k | data)
+    assert out.uns["velopyro"]["state_weights"] == {"velocity": "pi", "latent_time": "posterior",
+                                                   "fit_state": "posterior"}
+    v_pi = fitted.get_velocity(n_samples=2, state_weights="pi")
+    np.testing.assert_allclose(out.layers["velocity"], fitted.get_velocity(n_samples=2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.layers["velocity"], v_pi, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(v_pi, fitted.get_velocity(n_samples=2, state_weights="posterior"), rtol=1e-3)
+    np.testing.assert_allclose(out.layers["fit_t"], fitted.get_latent_time(n_samples=2, state_weights="posterior"),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out.layers["fit_state"],
+                                  fitted.get_state_assignment(n_samples=2, state_weights="posterior").argmax(-1))
 
 
 def test_save_load_round_trip_exact(sim, fitted, tmp_path):

@@ -236,6 +236,11 @@ def test_ppc_figures(tmp_path) -> None:
     p = ppc.pit(counts, n_samples=10, indices=np.arange(100))
     fig = plp.pit_histogram(p, max_genes=2, save=tmp_path / "pit.png")
     assert "KS" in fig.axes[0].get_title() and (tmp_path / "pit.png").exists()
+    names = list(counts.adata.var_names)
+    fig = plp.pit_histogram(p, max_genes=2, gene_names=names)
+    assert fig.axes[1].get_title().split("\n")[0] in names  # panels titled by gene name, not position
+    with pytest.raises(ValueError, match="gene_names has 2 names"):
+        plp.pit_histogram(p, gene_names=names[:2])
     fig = plp.rootogram(counts, n_samples=3, max_genes=1, max_count=15, save=tmp_path / "root.png")
     assert (tmp_path / "root.png").exists() and len(fig.axes[0].patches) == 16
     import matplotlib.pyplot as plt

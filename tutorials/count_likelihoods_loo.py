@@ -137,6 +137,6 @@ for name, m in models.items():
     tails = np.mean((p < 0.1) | (p > 0.9))
     print(f"{name:>17}: PIT KS unspliced {ppc.ks_uniform(p[0]):.3f}, spliced {ppc.ks_uniform(p[1]):.3f}; "
           f"share in the outer 20%: {tails:.3f} (uniform: 0.200)")
-    velopyro.pl.pit_histogram(p[1], max_genes=2, save=OUT / f"pit_{name}.png")
+    velopyro.pl.pit_histogram(p[1], max_genes=2, gene_names=adata.var_names, save=OUT / f"pit_{name}.png")
     velopyro.pl.rootogram(m, n_samples=20, max_genes=2, max_count=30, save=OUT / f"rootogram_{name}.png")
 print("figures:", sorted(f.name for f in OUT.glob("*.png")))

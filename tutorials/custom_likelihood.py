@@ -131,7 +131,7 @@ for name, m in models.items():
     print(f"{name:>17}: replicated zeros {rep_zeros:.3f} (observed {zeros:.3f}); PIT KS {ppc.ks_uniform(p):.3f}; "
           f"elpd_loo {loo[name].elpd_loo:.1f} (se {loo[name].se:.1f}), Pareto k > 0.7: {100 * np.mean(k > 0.7):.1f}%")
     velopyro.pl.rootogram(m, n_samples=10, max_genes=2, max_count=25, save=OUT / f"rootogram_{name}.png")
-    velopyro.pl.pit_histogram(p, max_genes=2, save=OUT / f"pit_{name}.png")
+    velopyro.pl.pit_histogram(p, max_genes=2, gene_names=m.adata.var_names, save=OUT / f"pit_{name}.png")
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)

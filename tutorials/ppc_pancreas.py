@@ -93,8 +93,8 @@ for label, p in (("conditional", pit_c), ("marginal", pit_m)):
     tails = np.mean((p < 0.1) | (p > 0.9))
     print(f"PIT {label:>11}: KS unspliced {ppc.ks_uniform(p[0]):.3f}, spliced {ppc.ks_uniform(p[1]):.3f}; "
           f"outer 20% holds {tails:.3f} (uniform 0.200)")
-velopyro.pl.pit_histogram(pit_c[1], max_genes=5, save=OUT / "pit_conditional_spliced.png")
-velopyro.pl.pit_histogram(pit_m[1], max_genes=5, save=OUT / "pit_marginal_spliced.png")
+velopyro.pl.pit_histogram(pit_c[1], max_genes=5, gene_names=adata.var_names, save=OUT / "pit_conditional_spliced.png")
+velopyro.pl.pit_histogram(pit_m[1], max_genes=5, gene_names=adata.var_names, save=OUT / "pit_marginal_spliced.png")
 
 # %% [markdown]
 # ## 3. The genes the model fits worst

@@ -286,7 +286,7 @@ class VeloPyro:
         statistic: str = "mean",
         mode: str = "spliced",
         clip: bool = False,
-        state_weights: str = "posterior",
+        state_weights: str = posterior.VELOCITY_WEIGHTS,
         batch_size: int = 256,
         seed: int | None = 0,
     ) -> np.ndarray:
@@ -303,7 +303,8 @@ class VeloPyro:
         clip
             Clip spliced velocity at ``-s`` so one unit of time cannot take s below zero.
         state_weights
-            ``"posterior"`` (p(k | data)) or ``"pi"``.
+            ``"pi"`` (default: the states weighted by ``pi``, as veloVI) or ``"posterior"`` (by
+            p(k | data)); see :mod:`velopyro.posterior` for the benchmark behind the default.
         batch_size
             Cells per batch.
         seed
@@ -328,7 +329,7 @@ class VeloPyro:
         n_samples: int = 25,
         statistic: str = "mean",
         level: str = "gene",
-        state_weights: str = "posterior",
+        state_weights: str = posterior.TIME_WEIGHTS,
         batch_size: int = 256,
         seed: int | None = 0,
     ) -> np.ndarray:
@@ -373,7 +374,7 @@ class VeloPyro:
         self,
         n_samples: int = 25,
         hard: bool = False,
-        state_weights: str = "posterior",
+        state_weights: str = posterior.TIME_WEIGHTS,
         batch_size: int = 256,
         seed: int | None = 0,
     ) -> np.ndarray:
@@ -410,7 +411,7 @@ class VeloPyro:
     def get_expression_fit(
         self,
         n_samples: int = 25,
-        state_weights: str = "posterior",
+        state_weights: str = posterior.TIME_WEIGHTS,
         batch_size: int = 256,
         seed: int | None = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -561,10 +562,11 @@ class VeloPyro:
             adata = adata.copy()
         t_max = self.config["t_max"]
 
-        def fn(smp):
-            w = posterior.state_posterior(smp)  # computed once, used by every output
-            return {"v": posterior.velocity(smp, "mean", "spliced", w),
-                    "vu": posterior.velocity(smp, "mean", "unspliced", w),
+        def fn(smp):  # the defaults of get_velocity and get_latent_time / get_state_assignment
+            wv = posterior.state_weights(smp, posterior.VELOCITY_WEIGHTS)
+            w = posterior.state_weights(smp, posterior.TIME_WEIGHTS)
+            return {"v": posterior.velocity(smp, "mean", "spliced", wv),
+                    "vu": posterior.velocity(smp, "mean", "unspliced", wv),
                     "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"]}
 
         out = self._reduce(fn, n_samples, 256, seed)
@@ -586,6 +588,8 @@ class VeloPyro:
             "history": {k: np.asarray(self.history[k]) for k in ("epoch", "train_loss", "validation_loss")},
             "state_names": list(kinetics.STATE_NAMES),
             "n_samples": n_samples,
+            "state_weights": {"velocity": posterior.VELOCITY_WEIGHTS, "latent_time": posterior.TIME_WEIGHTS,
+                              "fit_state": posterior.TIME_WEIGHTS},
         }
         return adata if copy else None
 

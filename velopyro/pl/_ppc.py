@@ -161,6 +161,7 @@ def pit_histogram(
     randomized: bool = True,
     ncols: int = 3,
     save: str | os.PathLike | None = None,
+    gene_names: Sequence[Any] | None = None,
 ) -> Figure:
     """Histogram of PIT values, pooled and per gene, with the uniform reference and its 99% band.
 
@@ -192,6 +193,9 @@ def pit_histogram(
         Panels per row.
     save
         File to write the figure to.
+    gene_names
+        Names of a precomputed PIT array's columns for the panel titles (e.g. ``adata.var_names``);
+        positions are shown without them. A model supplies its own.
 
     Returns
     -------
@@ -202,7 +206,10 @@ def pit_histogram(
         values = np.asarray(model_or_pit, dtype=np.float64)
         if values.ndim == 1:
             values = values[:, None]
-        names = [str(j) for j in range(values.shape[1])]
+        names = [str(j) for j in range(values.shape[1])] if gene_names is None else [str(g) for g in gene_names]
+        if len(names) != values.shape[1]:
+            raise ValueError(f"gene_names has {len(names)} names but the PIT array has {values.shape[1]} genes "
+                             "(columns); pass the names of the genes the PIT was computed on.")
         gpos = np.arange(values.shape[1]) if genes is None else np.asarray(genes, dtype=int)
         explicit = genes is not None
     else:
