@@ -464,6 +464,7 @@ def evaluate_targets(res: dict) -> list[dict]:
         )
         not_worse(f"{sim} sim state accuracy (4 states)", "truth", sim, ("state_accuracy", "four_state"))
         not_worse(f"{sim} sim velocity sign accuracy", "truth", sim, ("velocity", "sign_accuracy"))
+        not_worse(f"{sim} sim velocity Pearson (gene median)", "truth", sim, ("velocity", "gene_pearson_median"))
         not_worse(f"{sim} sim gamma/beta Spearman", "truth", sim, ("gamma_over_beta", "spearman"))
         not_worse(f"{sim} sim held-out log-lik per cell", "truth", sim, ("heldout_loglik_per_cell",))
     return out
