@@ -524,13 +524,15 @@ class VeloPyro:
 
         Writes
 
-        - ``layers["velocity"]`` (spliced velocity, ds/dt), ``layers["velocity_u"]`` (du/dt),
-          ``layers["fit_t"]`` (latent time per cell and gene, model scale [0, t_max]),
-          ``layers["fit_state"]`` (most probable state, 0..3)
+        - ``layers["velocity"]`` (spliced velocity, ds/dt), ``layers["velocity_u"]`` (du/dt), both as
+          :meth:`get_velocity` (states weighted by pi),
+          ``layers["fit_t"]`` (latent time per cell and gene, model scale [0, t_max]) and
+          ``layers["fit_state"]`` (most probable state, 0..3), both as :meth:`get_latent_time` /
+          :meth:`get_state_assignment` (states weighted by p(k | data))
         - ``var["fit_alpha"]``, ``var["fit_beta"]``, ``var["fit_gamma"]``, ``var["fit_t_"]`` (switch time),
           ``var["fit_scaling"]`` (1.0), ``var["velocity_genes"]`` (True), ``var["fit_sigma_u"]`` etc.
         - ``obs["latent_time"]`` (cell-level, [0, 1]), ``obsm["X_velopyro"]`` (mean of q(z | u, s))
-        - ``uns["velopyro"]``: configuration, training history, layers used.
+        - ``uns["velopyro"]``: configuration, training history, layers used, state weights of each output.
 
         scVelo's ``scv.tl.velocity_graph`` and ``scv.pl.velocity_embedding_stream`` run on the result.
 
