@@ -61,7 +61,7 @@ __all__ = [
 POSTERIOR_VARIABLES: dict[str, tuple[str, ...]] = {
     "z": ("latent",),  # eq. 13, a draw of q(z | u, s)
     "pi": ("gene", "state"),  # eq. 14, a draw of q(pi | z)
-    "time": ("gene",),  # latent time weighted by p(k | data), as VeloPyro.get_latent_time
+    "time": ("gene",),  # latent time with the default state weights (p(k | data)), as VeloPyro.get_latent_time
     "t_ind": ("gene",),  # eq. 17
     "t_rep": ("gene",),  # eq. 19
     "state_probs": ("gene", "state"),  # p(k | u, s, z, pi)
@@ -203,7 +203,7 @@ def _variable(name: str, smp: posterior.PosteriorSample, model: VeloPyro,
     if name == "pi":
         return smp["pi"]
     if name == "time":
-        return posterior.latent_time(smp, "mean", "posterior", model.config["t_max"])
+        return posterior.latent_time(smp, "mean", posterior.TIME_WEIGHTS, model.config["t_max"])
     if name in ("t_ind", "t_rep"):
         return smp[name]
     if name == "state_probs":
