@@ -277,8 +277,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     steps.start(f"fitting ({model.n_cells} cells x {model.n_genes} genes, likelihood {args.likelihood})")
     model.fit(**_fit_kwargs(args))
     h = model.history
-    steps.done(f"{len(h['epoch'])} epochs, best epoch {h.get('best_epoch')}"
-               + (", stopped early" if h.get("stopped_early") else ""))
+    steps.done(_fit_summary(h))
 
     steps.start(f"posterior summaries ({args.n_samples} draws)")
     model.write_to_adata(n_samples=args.n_samples, seed=args.seed)
@@ -291,6 +290,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     steps.done()
     print(f"wrote {out_path}" + (f" and the model to {args.save_model}" if args.save_model else ""))
     return 0
+
+
+def _fit_summary(h: dict) -> str:
+    """One line on how training ended: converged by early stopping, or cut short at max_epochs."""
+    line = f"{len(h['epoch'])} epochs, best epoch {h.get('best_epoch')}"
+    if h.get("stopped_early"):
+        return line + ", converged (early stopping)"
+    if h.get("converged") is False:
+        return line + ", NOT converged: reached --max-epochs with the validation loss still improving"
+    return line
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -315,8 +324,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     model = VeloPyro(adata)
     model.fit(**_fit_kwargs(args))
     h = model.history
-    steps.done(f"{len(h['epoch'])} epochs, best epoch {h.get('best_epoch')}"
-               + (", stopped early" if h.get("stopped_early") else ""))
+    steps.done(_fit_summary(h))
 
     steps.start(f"posterior summaries ({args.n_samples} draws)")
     model.write_to_adata(n_samples=args.n_samples, seed=args.seed)

@@ -45,6 +45,7 @@ __all__ = [
     "velocity_embedding",
     "velocity_confidence",
     "gene_fit_r2",
+    "gene_time_consistency",
 ]
 
 # Edges processed per chunk: bounds memory at chunk x genes floats.
@@ -406,3 +407,68 @@ def gene_fit_r2(adata: Any) -> np.ndarray:
         out += np.divide(sse, var, out=np.full_like(sse, np.inf), where=var > 0)
     r2 = 1.0 - out / 2.0
     return np.where(np.isfinite(r2), r2, -np.inf)
+
+
+def gene_time_consistency(
+    adata: Any,
+    threshold: float = 0.0,
+    min_cells: int = 20,
+    exclude: bool = False,
+) -> None:
+    """Flag genes fitted backward: a gene's own time runs against the cells' shared latent time.
+
+    The classic failure of RNA velocity is a gene fitted in reverse (its induction read as repression),
+    which turns its velocity's sign around. In veloVI each gene's time is a function of the shared latent
+    z (seed eq. 16-19), so a gene's time heads can order the cells in the opposite direction to every
+    other gene and still fit its phase portrait equally well: the curve is the same point set traversed
+    either way. Its signature is therefore an ordering, not a worse fit. For each gene, this is the
+    Spearman correlation between its fitted time ``layers["fit_t"]`` and the cell-level
+    ``obs["latent_time"]`` (the median over genes), over the cells in one of the gene's transient states
+    (``layers["fit_state"]`` 0 induction or 2 repression; steady-state cells carry no order). A gene
+    whose correlation is below ``threshold`` runs backward against the consensus.
+
+    Parameters
+    ----------
+    adata
+        AnnData after :meth:`velopyro.VeloPyro.write_to_adata` (reads ``layers["fit_t"]``,
+        ``layers["fit_state"]``, ``obs["latent_time"]``).
+    threshold
+        Genes with a consistency below it are flagged (0: the gene orders the cells against the consensus).
+    min_cells
+        Genes with fewer transient cells get NaN and are not flagged.
+    exclude
+        Also set ``var["velocity_genes"]`` to False for the flagged genes, so that
+        :func:`velocity_graph` (and scVelo's ``scv.tl.velocity_graph``) leave them out.
+
+    Returns
+    -------
+    None
+        Writes ``var["fit_time_consistency"]`` (float in [-1, 1], NaN where undefined) and
+        ``var["fit_backward"]`` (bool); with ``exclude``, updates ``var["velocity_genes"]``.
+    """
+    from scipy.stats import rankdata
+
+    for key in ("fit_t", "fit_state"):
+        if key not in adata.layers:
+            raise VelopyroInputError(f"layers[{key!r}] not found; run model.write_to_adata(adata) first")
+    if "latent_time" not in adata.obs:
+        raise VelopyroInputError("obs['latent_time'] not found; run model.write_to_adata(adata) first")
+    t = _dense(adata.layers["fit_t"])
+    state = np.asarray(adata.layers["fit_state"])
+    cell_rank = rankdata(np.asarray(adata.obs["latent_time"], dtype=np.float64))
+    out = np.full(adata.n_vars, np.nan)
+    for g in range(adata.n_vars):
+        keep = (state[:, g] == 0) | (state[:, g] == 2)
+        if keep.sum() < max(min_cells, 3):
+            continue
+        a, b = rankdata(t[keep, g]), cell_rank[keep]
+        a, b = a - a.mean(), b - b.mean()
+        den = np.sqrt((a * a).sum() * (b * b).sum())
+        out[g] = (a * b).sum() / den if den > 0 else np.nan
+    backward = np.nan_to_num(out, nan=np.inf) < threshold
+    adata.var["fit_time_consistency"] = out
+    adata.var["fit_backward"] = backward
+    if exclude:
+        current = (np.asarray(adata.var["velocity_genes"], dtype=bool) if "velocity_genes" in adata.var
+                   else np.ones(adata.n_vars, dtype=bool))
+        adata.var["velocity_genes"] = current & ~backward

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -367,4 +368,12 @@ def train_svi(
     out = {k: list(v) for k, v in vars(hist).items()}
     out["best_epoch"] = best_epoch
     out["stopped_early"] = stopped
+    out["converged"] = stopped or not early_stopping
+    if early_stopping and not stopped and hist.epoch and hist.epoch[-1] >= max_epochs:
+        warnings.warn(
+            f"velopyro: training reached max_epochs={max_epochs} before early stopping (the validation loss was "
+            f"still improving: best epoch {best_epoch}); the fit may not have converged. Raise max_epochs "
+            "(e.g. fit(max_epochs=1000)) for a converged fit.",
+            UserWarning, stacklevel=2,
+        )
     return out

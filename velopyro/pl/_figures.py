@@ -579,6 +579,10 @@ def loss_curve(
         ax.plot(epoch, val, label="validation", color="#e6550d", lw=1.5)
         best = int(hist["best_epoch"]) if hist.get("best_epoch") else int(epoch[np.nanargmin(val)])
         ax.axvline(best, color="grey", ls="--", lw=1, label=f"best epoch ({best})")
+    if hist.get("stopped_early") is False and hist.get("converged") is False:
+        # the fit ended at max_epochs with the validation loss still improving: say so on the figure
+        ax.set_title(f"not converged: stopped at max_epochs ({int(epoch[-1])}) before early stopping",
+                     color="#b30000", fontsize=10)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (negative ELBO per cell)")
     if log_y:
