@@ -178,3 +178,15 @@ def test_validation_indices_are_held_out(sim):
         model.fit(max_epochs=1, progress_bar=False, validation_indices=[sim.n_obs + 3])
     with pytest.raises(VelopyroInputError, match="validation_indices"):
         model.fit(max_epochs=1, progress_bar=False, validation_indices=np.array([0.5, 1.5]))
+
+
+def test_fit_cut_short_at_max_epochs_warns_and_is_marked(sim):
+    model = VeloPyro(sim)
+    with pytest.warns(UserWarning, match="reached max_epochs=2 before early stopping"):
+        model.fit(max_epochs=2, batch_size=256, progress_bar=False, seed=0)
+    assert model.history["converged"] is False and model.history["stopped_early"] is False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = velopyro.pl.loss_curve(model)
+    assert "not converged" in fig.axes[0].get_title()

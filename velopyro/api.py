@@ -587,7 +587,9 @@ class VeloPyro:
         adata.obsm["X_velopyro"] = out["z"].astype(np.float32)
         adata.uns["velopyro"] = {
             "config": {k: v for k, v in self.config.items() if v is not None},
-            "history": {k: np.asarray(self.history[k]) for k in ("epoch", "train_loss", "validation_loss")},
+            "history": {**{k: np.asarray(self.history[k]) for k in ("epoch", "train_loss", "validation_loss")},
+                        **{k: self.history[k] for k in ("best_epoch", "stopped_early", "converged")
+                           if k in self.history}},
             "state_names": list(kinetics.STATE_NAMES),
             "n_samples": n_samples,
             "state_weights": {"velocity": posterior.VELOCITY_WEIGHTS, "latent_time": posterior.TIME_WEIGHTS,

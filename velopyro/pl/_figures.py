@@ -579,10 +579,6 @@ def loss_curve(
         ax.plot(epoch, val, label="validation", color="#e6550d", lw=1.5)
         best = int(hist["best_epoch"]) if hist.get("best_epoch") else int(epoch[np.nanargmin(val)])
         ax.axvline(best, color="grey", ls="--", lw=1, label=f"best epoch ({best})")
-    if hist.get("stopped_early") is False and hist.get("converged") is False:
-        # the fit ended at max_epochs with the validation loss still improving: say so on the figure
-        ax.set_title(f"not converged: stopped at max_epochs ({int(epoch[-1])}) before early stopping",
-                     color="#b30000", fontsize=10)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (negative ELBO per cell)")
     if log_y:
@@ -597,7 +593,13 @@ def loss_curve(
             lo, hi = float(tail.min()), float(late.max())
             pad = 0.05 * (hi - lo if hi > lo else abs(hi) + 1.0)
             ax.set_ylim(lo - pad, hi + pad)
-    ax.set_title("velopyro training")
+    converged = hist.get("converged")  # absent in histories from before it was recorded
+    if converged is not None and not bool(converged):
+        # the fit ended at max_epochs with the validation loss still improving: say so on the figure
+        ax.set_title(f"velopyro training: not converged (stopped at max_epochs = {int(epoch[-1])} "
+                     "before early stopping)", color="#b30000", fontsize=10)
+    else:
+        ax.set_title("velopyro training")
     ax.legend(frameon=False)
     fig.tight_layout()
     return _finish(fig, save)
