@@ -34,7 +34,7 @@ import torch
 from pyro import poutine
 
 from . import kinetics
-from .train import VeloData
+from .data import VeloData
 
 __all__ = ["PosteriorSample", "iterate_samples", "reduce_samples", "state_posterior", "velocity",
            "latent_time", "mixture_log_likelihood", "VELOCITY_WEIGHTS", "TIME_WEIGHTS"]
