@@ -18,6 +18,7 @@ import torch
 
 from . import kinetics, posterior
 from ._validation import VelopyroInputError, check_constant_genes, check_expression
+from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
 from .likelihoods import Likelihood, get_likelihood
 from .model import STATE_COUPLINGS, VeloVIModel, switch_targets
@@ -272,13 +273,21 @@ class VeloPyro:
         if not self.is_trained:
             raise RuntimeError("The model is not fitted yet: call .fit() first (or VeloPyro.load).")
 
-    def _reduce(self, fn, n_samples: int, batch_size: int, seed: int | None, indices=None,
-                use_mean: bool = False) -> dict[str, np.ndarray]:
+    @property
+    def fitted(self) -> FittedModel:
+        """The fitted pieces (model, guide, data, config, history, split) that :mod:`velopyro.ppc` and
+        :mod:`velopyro.convert` work on; raises ``RuntimeError`` before :meth:`fit`."""
+        self._check_trained()
+        return FittedModel(model=self.model, guide=self.guide, data=self.data, config=self.config,
+                           var_names=self.adata.var_names, obs_names=self.adata.obs_names, history=self.history,
+                           train_indices=self.train_indices, validation_indices=self.validation_indices,
+                           device=self.device)
+
+    def _reduce(self, fn, n_samples: int, batch_size: int, seed: int | None, indices=None) -> dict[str, np.ndarray]:
         self._check_trained()
         posterior.set_seed(seed)
         return posterior.reduce_samples(fn, self.model, self.guide, self.data, n_samples=n_samples,
-                                        batch_size=batch_size, device=self.device, indices=indices,
-                                        use_mean=use_mean)
+                                        batch_size=batch_size, device=self.device, indices=indices)
 
     def get_velocity(
         self,
