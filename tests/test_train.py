@@ -146,3 +146,17 @@ def test_history_keys_and_split() -> None:
     assert hist["epoch"] == [1, 2] and hist["kl_weight"] == [1.0, 1.0]
     tr, va = train.split_indices(100, 0.9, 3)
     assert len(tr) == 90 and len(va) == 10 and np.intersect1d(tr, va).size == 0
+
+
+def test_train_config_holds_every_option_and_fit_passes_them_through() -> None:
+    with pytest.raises(TypeError, match="unknown training option.*'max_epoch'.*max_epochs"):
+        train.TrainConfig.from_options(max_epoch=3)
+    cfg = train.TrainConfig.from_options(train.TrainConfig(lr=0.5), max_epochs=3)
+    assert (cfg.lr, cfg.max_epochs, cfg.batch_size) == (0.5, 3, 256)
+    vp = _tiny()
+    vp.fit(train.TrainConfig(max_epochs=5, batch_size=32), max_epochs=2, progress_bar=False, train_size=0.75)
+    assert vp.history["epoch"] == [1, 2] and len(vp.validation_indices) == 30
+    assert vp.history["settings"]["batch_size"] == 32
+    with pytest.raises(TypeError, match="unknown training option"):
+        vp.fit(max_epoch=2)
+

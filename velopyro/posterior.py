@@ -36,13 +36,15 @@ from . import kinetics
 from .data import VeloData
 
 __all__ = ["PosteriorSample", "iterate_samples", "reduce_samples", "state_posterior", "velocity",
-           "latent_time", "mixture_log_likelihood", "VELOCITY_WEIGHTS", "TIME_WEIGHTS"]
+           "latent_time", "mixture_log_likelihood", "VELOCITY_WEIGHTS", "TIME_WEIGHTS", "QUERY_BATCH_SIZE"]
 
 STATE_WEIGHTS = ("posterior", "pi")
 #: Default state weights of velocity (see the module docstring).
 VELOCITY_WEIGHTS = "pi"
 #: Default state weights of latent time, state assignment and expression fit (see the module docstring).
 TIME_WEIGHTS = "posterior"
+#: Default number of cells per batch of a posterior query (memory ``batch x genes x 4`` floats per draw).
+QUERY_BATCH_SIZE = 256
 
 
 class PosteriorSample(dict):
@@ -189,7 +191,7 @@ def iterate_samples(
     data: VeloData,
     *,
     n_samples: int = 1,
-    batch_size: int = 256,
+    batch_size: int = QUERY_BATCH_SIZE,
     device: torch.device | str = "cpu",
     indices: np.ndarray | None = None,
 ) -> Iterator[tuple[int, int, PosteriorSample]]:
@@ -241,7 +243,7 @@ def reduce_samples(
     data: VeloData,
     *,
     n_samples: int = 1,
-    batch_size: int = 256,
+    batch_size: int = QUERY_BATCH_SIZE,
     device: torch.device | str = "cpu",
     indices: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
