@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "velopyro"
 #: figures. A module may import a module of a lower layer or of its own top-level unit (``pl._figures``
 #: and ``pl._ppc`` are the unit ``pl``), never one of the same or a higher layer.
 LAYERS: list[set[str]] = [
-    {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data"},  # leaves, no velopyro import
+    # leaves, no velopyro import
+    {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "coupling"},
     {"pp", "likelihoods", "nn"},  # preprocessing; observation models and networks
     {"model", "guide", "datasets"},  # the Pyro program; the simulator draws from its parts
     {"train", "fitted"},  # SVI; the fitted pieces

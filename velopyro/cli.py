@@ -98,9 +98,9 @@ def _library_defaults() -> dict[str, Any]:
 
 def _choices() -> dict[str, list[str]]:
     """The registered names: likelihoods, state couplings and pi guides."""
+    from .coupling import STATE_COUPLINGS
     from .guide import PI_GUIDES
     from .likelihoods import LIKELIHOODS
-    from .model import STATE_COUPLINGS
 
     return {"likelihood": list(LIKELIHOODS), "state_coupling": list(STATE_COUPLINGS), "pi_guide": list(PI_GUIDES)}
 

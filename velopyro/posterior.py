@@ -33,6 +33,7 @@ import pyro
 import torch
 
 from . import kinetics
+from .coupling import StateCoupling, get_state_coupling
 from .data import VeloData
 
 __all__ = ["PosteriorSample", "iterate_samples", "reduce_samples", "state_posterior", "velocity",
@@ -98,7 +99,7 @@ def state_weights(sample: PosteriorSample, kind: str | torch.Tensor) -> torch.Te
     return state_posterior(sample) if kind == "posterior" else sample["pi"]
 
 
-def mixture_log_likelihood(sample: PosteriorSample, coupling: str) -> torch.Tensor:
+def mixture_log_likelihood(sample: PosteriorSample, coupling: str | StateCoupling) -> torch.Tensor:
     """Log-likelihood of the observations with the state marginalised, per cell and gene ``(B, G)``.
 
     ``"shared"``: ``log sum_k pi_k p(u | k) p(s | k)``; ``"independent"``:
@@ -109,7 +110,7 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str) -> torch.Tens
     sample
         One posterior draw.
     coupling
-        The model's state coupling.
+        The model's state coupling (:mod:`velopyro.coupling`), or its name.
 
     Returns
     -------
@@ -117,9 +118,7 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str) -> torch.Tens
         ``(B, G)``.
     """
     log_pi = torch.log(sample["pi"].clamp_min(1e-30))
-    if coupling == "shared":
-        return torch.logsumexp(log_pi + sample["ll_u"] + sample["ll_s"], dim=-1)
-    return torch.logsumexp(log_pi + sample["ll_u"], dim=-1) + torch.logsumexp(log_pi + sample["ll_s"], dim=-1)
+    return get_state_coupling(coupling).mixture_log_likelihood(log_pi, sample["ll_u"], sample["ll_s"])
 
 
 def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spliced",

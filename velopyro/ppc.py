@@ -38,6 +38,7 @@ from pyro import poutine
 from scipy import stats
 
 from . import kinetics, posterior
+from .coupling import StateCoupling, get_state_coupling
 from .fitted import FittedLike, FittedModel, as_fitted
 
 __all__ = [
@@ -130,7 +131,8 @@ def replicate(
     return tr.nodes["u"]["value"], tr.nodes["s"]["value"]
 
 
-def posterior_states(sample: posterior.PosteriorSample, coupling: str) -> dict[str, torch.Tensor]:
+def posterior_states(sample: posterior.PosteriorSample,
+                     coupling: str | StateCoupling) -> dict[str, torch.Tensor]:
     """Draws of the state sites from their posterior given the data, z and pi (eq. 15 enumerated).
 
     Shared coupling: ``k ~ p(k | u, s) ∝ pi_k p(u | k) p(s | k)``; independent coupling:
@@ -142,7 +144,7 @@ def posterior_states(sample: posterior.PosteriorSample, coupling: str) -> dict[s
     sample
         One posterior draw.
     coupling
-        The model's ``state_coupling``.
+        The model's state coupling (:mod:`velopyro.coupling`), or its name.
 
     Returns
     -------
@@ -150,11 +152,7 @@ def posterior_states(sample: posterior.PosteriorSample, coupling: str) -> dict[s
         ``{"k": ...}`` or ``{"k_u": ..., "k_s": ...}``, each ``(B, G)`` in 0..3.
     """
     log_pi = torch.log(sample["pi"].clamp_min(1e-30))
-    if coupling == "shared":
-        k = torch.distributions.Categorical(logits=log_pi + sample["ll_u"] + sample["ll_s"]).sample()
-        return {"k": k}
-    return {"k_u": torch.distributions.Categorical(logits=log_pi + sample["ll_u"]).sample(),
-            "k_s": torch.distributions.Categorical(logits=log_pi + sample["ll_s"]).sample()}
+    return get_state_coupling(coupling).posterior_states(log_pi, sample["ll_u"], sample["ll_s"])
 
 
 def pointwise_log_likelihood(model: FittedLike, sample: posterior.PosteriorSample, pi: str = "prior") -> torch.Tensor:
@@ -188,15 +186,8 @@ def pointwise_log_likelihood(model: FittedLike, sample: posterior.PosteriorSampl
         return posterior.mixture_log_likelihood(sample, coupling)
     if pi != "prior":
         raise ValueError(f"pi must be 'prior' or 'posterior', got {pi!r}.")
-    a = model.model.pi_prior.to(sample["ll_u"].dtype)
-    total = a.sum()
-    log_a = torch.log(a)
-    lu, ls = sample["ll_u"], sample["ll_s"]
-    if coupling == "shared":
-        return torch.logsumexp(log_a - torch.log(total) + lu + ls, dim=-1)
-    cross = torch.logsumexp(log_a + lu, -1) + torch.logsumexp(log_a + ls, -1)
-    diag = torch.logsumexp(log_a + lu + ls, -1)
-    return torch.logaddexp(cross, diag) - torch.log(total * (total + 1.0))
+    log_a = torch.log(model.model.pi_prior.to(sample["ll_u"].dtype))
+    return get_state_coupling(coupling).prior_log_likelihood(log_a, sample["ll_u"], sample["ll_s"])
 
 
 def _variable(name: str, smp: posterior.PosteriorSample, model: FittedModel,
