@@ -125,7 +125,9 @@ class VelopyroAdapter:
         if validation_indices is not None:
             val = np.sort(np.asarray(validation_indices))
             train = np.setdiff1d(np.arange(adata.n_obs), val)
-            if "validation_indices" in inspect.signature(self.model.fit).parameters:
+            options = getattr(getattr(velopyro, "train", None), "TrainConfig", None)
+            if ("validation_indices" in inspect.signature(self.model.fit).parameters
+                    or "validation_indices" in getattr(options, "__dataclass_fields__", {})):
                 kwargs["validation_indices"] = val
             elif hasattr(velopyro.api, "split_indices"):
                 split_patch = mock.patch.object(

@@ -123,3 +123,19 @@ def test_debug_env_reraises(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setitem(os.environ, "VELOPYRO_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
         main(["fit", str(tmp_path / "nope.h5ad"), "-o", str(tmp_path / "o.h5ad")])
+
+
+def test_choices_and_defaults_come_from_the_registries_and_train_config(capsys, monkeypatch) -> None:
+    from velopyro import cli
+    from velopyro.likelihoods import LIKELIHOODS, Normal
+    from velopyro.train import TrainConfig
+
+    monkeypatch.setitem(LIKELIHOODS, "my_normal", Normal)  # a newly registered likelihood is offered
+    code, out, _ = _run(capsys, "fit", "--help")
+    assert code == 0 and "my_normal" in out and "logistic_normal" in out
+    lib = cli._library_defaults()
+    cfg = TrainConfig()
+    assert (lib["max_epochs"], lib["batch_size"], lib["lr"], lib["seed"]) == (cfg.max_epochs, cfg.batch_size,
+                                                                               cfg.lr, cfg.seed)
+    assert f"(default: {cfg.batch_size})" in " ".join(out.split())
+

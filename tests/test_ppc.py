@@ -167,7 +167,7 @@ def test_posterior_predictive_summaries_and_draws() -> None:
 
 def test_memory_bound_shrinks_batches_without_changing_shapes() -> None:
     model = fit_model("negative_binomial", "negative_binomial")
-    batches = list(ppc._iterate_draws(model, ["pi", "s"], 4, 0, np.arange(50), 256, max_batch_floats=4 * 5 * 150))
+    batches = list(ppc.iterate_draws(model, ["pi", "s"], 4, 0, np.arange(50), 256, max_batch_floats=4 * 5 * 150))
     assert len(batches) == 10  # 5 cells per batch: 4 draws x 5 cells x (4 + 1) x 30 floats
     assert batches[0][1]["pi"].shape == (4, 5, N_GENES, 4)
 
@@ -198,6 +198,26 @@ def test_histograms_count_every_cell() -> None:
 
 
 # ---- the pi-integrated pointwise likelihood -------------------------------------------------------
+def test_a_fitted_model_object_gives_the_same_draws_as_velopyro() -> None:
+    """ppc and convert take the FittedModel pieces; VeloPyro is only one way to build them."""
+    from velopyro.fitted import FittedModel, as_fitted
+
+    model = fit_model("normal", "normal")
+    fitted = model.fitted
+    assert isinstance(fitted, FittedModel) and as_fitted(fitted) is fitted
+    assert (fitted.n_cells, fitted.n_genes) == (model.n_cells, model.n_genes)
+    assert list(fitted.var_names) == list(model.adata.var_names)
+    idx = np.arange(40)
+    a = ppc.pit(model, n_samples=5, seed=3, indices=idx)
+    b = ppc.pit(fitted, n_samples=5, seed=3, indices=idx)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ppc.resolve_genes(fitted, [model.adata.var_names[2]]), [2])
+    with pytest.raises(TypeError, match="FittedModel"):
+        ppc.pit(object())
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ppc.pit(velopyro.VeloPyro(simulated("normal"), n_hidden=16))
+
+
 @pytest.mark.parametrize("coupling", ["independent", "shared"])
 def test_pointwise_log_likelihood_integrates_pi_over_its_prior(coupling: str) -> None:
     """Closed form of E_{pi ~ Dir(0.25)}[p(u, s | pi)] against Monte Carlo over pi."""

@@ -19,7 +19,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {"pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "model", "guide", "train", "posterior",
-               "nn", "api", "cli", "distributions", "ppc", "convert"}
+               "nn", "api", "cli", "distributions", "ppc", "convert", "data", "fitted",
+               "coupling"}
 _ATTRS = {"VeloPyro": "api"}
 
 __all__ = ["VeloPyro", "pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "__version__"]

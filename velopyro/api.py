@@ -7,6 +7,7 @@ queries with :mod:`velopyro.posterior`. Results go back to AnnData under scVelo'
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -18,10 +19,11 @@ import torch
 
 from . import kinetics, posterior
 from ._validation import VelopyroInputError, check_constant_genes, check_expression
+from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
 from .likelihoods import Likelihood, get_likelihood
 from .model import STATE_COUPLINGS, VeloVIModel, switch_targets
-from .train import VeloData, resolve_device, split_indices, train_svi
+from .train import TrainConfig, VeloData, resolve_device, split_indices, train_svi
 
 __all__ = ["VeloPyro"]
 
@@ -168,73 +170,39 @@ class VeloPyro:
         return self.model.likelihood
 
     # ---- training ------------------------------------------------------------------------------------
-    def fit(
-        self,
-        max_epochs: int = 500,
-        batch_size: int = 256,
-        lr: float = 1e-2,
-        weight_decay: float = 1e-2,
-        train_size: float = 0.9,
-        early_stopping: bool = True,
-        patience: int = 45,
-        kl_warmup_epochs: int | None = None,
-        penalty_fade: bool = False,
-        jit: bool = False,
-        device: str = "auto",
-        preload: bool = False,
-        seed: int = 0,
-        progress_bar: bool = True,
-        clip_norm: float = 10.0,
-        validation_indices: Any | None = None,
-    ) -> VeloPyro:
+    def fit(self, config: TrainConfig | None = None, **train_kwargs: Any) -> VeloPyro:
         """Fit by SVI with ``TraceEnum_ELBO`` (see :func:`velopyro.train.train_svi`).
 
         Networks and parameters are re-initialised from ``seed`` so the same seed gives the same fit.
 
         Parameters
         ----------
-        max_epochs
-            Upper bound on epochs (500).
-        batch_size
-            Cells per minibatch (256).
-        lr, weight_decay
-            AdamW learning rate and weight decay of the network weights (1e-2 each).
-        train_size
-            Fraction of cells for training; the rest give the validation ELBO for early stopping.
-        early_stopping, patience
-            Stop after ``patience`` epochs without improvement of the validation loss; keep the best.
-        kl_warmup_epochs
-            Optional linear KL warm-up of z over this many epochs.
-        penalty_fade
-            Fade the switch penalty as ``lambda (1 - w)`` with the warm-up weight ``w`` (the reference).
-        jit
-            Use ``JitTraceEnum_ELBO``.
-        device
-            ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        preload
-            Move all data to the device once (only when it fits in device memory).
-        seed
-            Seed of initialisation, split, minibatches and Monte Carlo draws.
-        progress_bar
-            Show a tqdm progress bar.
-        clip_norm
-            Global gradient-norm clipping.
-        validation_indices
-            Integer positions of the cells to hold out for validation (e.g. to compare with another model
-            on the same cells); overrides ``train_size``. The other cells train.
+        config
+            A :class:`~velopyro.train.TrainConfig` (default: its defaults).
+        **train_kwargs
+            Training options replacing those of ``config``, each a field of
+            :class:`~velopyro.train.TrainConfig`, where they are documented with their defaults:
+            ``max_epochs`` (500), ``batch_size`` (256), ``lr``, ``weight_decay`` (1e-2 each), ``eps``,
+            ``clip_norm``, ``early_stopping``, ``patience`` (45), ``min_delta``, ``kl_warmup_epochs``,
+            ``penalty_fade``, ``jit``, ``device`` (``"auto"``), ``preload``, ``seed`` (0), ``progress_bar``,
+            ``train_size`` (0.9) and ``validation_indices`` (cell positions held out for validation, e.g.
+            to compare with another model on the same cells; overrides ``train_size``). An unknown name
+            raises ``TypeError``.
 
         Returns
         -------
         VeloPyro
             ``self``, fitted; the loss curves are in :attr:`history`.
         """
+        cfg = TrainConfig.from_options(config, **train_kwargs)
+        batch_size, seed, validation_indices = cfg.batch_size, cfg.seed, cfg.validation_indices
         if batch_size > self.n_cells:
             raise VelopyroInputError(
                 f"adata has {self.n_cells} cells, fewer than the minibatch size {batch_size}; lower batch_size."
             )
         self._build(get_likelihood(self._fresh_likelihood()), seed=seed)
         if validation_indices is None:
-            self.train_indices, self.validation_indices = split_indices(self.n_cells, train_size, seed)
+            self.train_indices, self.validation_indices = split_indices(self.n_cells, cfg.train_size, seed)
         else:
             val = np.unique(np.asarray(validation_indices))
             if val.size == 0 or not np.issubdtype(val.dtype, np.integer) or val[0] < 0 or val[-1] >= self.n_cells:
@@ -246,19 +214,17 @@ class VeloPyro:
             self.validation_indices = val
             if len(self.train_indices) < 2:
                 raise VelopyroInputError("validation_indices leaves fewer than 2 training cells; hold out fewer.")
-        self.device = resolve_device(device)
+        self.device = resolve_device(cfg.device)
         self.history = train_svi(
             self.model, self.guide, self.data, train_idx=self.train_indices,
-            validation_idx=self.validation_indices, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, clip_norm=clip_norm, early_stopping=early_stopping, patience=patience,
-            kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit, device=self.device,
-            preload=preload, seed=seed, progress_bar=progress_bar,
+            validation_idx=self.validation_indices, config=dataclasses.replace(cfg, device=self.device),
         )
-        self.history["settings"] = dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-                                        weight_decay=weight_decay,
-                                        train_size=train_size if validation_indices is None else
+        self.history["settings"] = dict(max_epochs=cfg.max_epochs, batch_size=batch_size, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay,
+                                        train_size=cfg.train_size if validation_indices is None else
                                         len(self.train_indices) / self.n_cells, seed=seed,
-                                        kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit)
+                                        kl_warmup_epochs=cfg.kl_warmup_epochs, penalty_fade=cfg.penalty_fade,
+                                        jit=cfg.jit)
         self.is_trained = True
         return self
 
@@ -272,13 +238,21 @@ class VeloPyro:
         if not self.is_trained:
             raise RuntimeError("The model is not fitted yet: call .fit() first (or VeloPyro.load).")
 
-    def _reduce(self, fn, n_samples: int, batch_size: int, seed: int | None, indices=None,
-                use_mean: bool = False) -> dict[str, np.ndarray]:
+    @property
+    def fitted(self) -> FittedModel:
+        """The fitted pieces (model, guide, data, config, history, split) that :mod:`velopyro.ppc` and
+        :mod:`velopyro.convert` work on; raises ``RuntimeError`` before :meth:`fit`."""
+        self._check_trained()
+        return FittedModel(model=self.model, guide=self.guide, data=self.data, config=self.config,
+                           var_names=self.adata.var_names, obs_names=self.adata.obs_names, history=self.history,
+                           train_indices=self.train_indices, validation_indices=self.validation_indices,
+                           device=self.device)
+
+    def _reduce(self, fn, n_samples: int, batch_size: int, seed: int | None, indices=None) -> dict[str, np.ndarray]:
         self._check_trained()
         posterior.set_seed(seed)
         return posterior.reduce_samples(fn, self.model, self.guide, self.data, n_samples=n_samples,
-                                        batch_size=batch_size, device=self.device, indices=indices,
-                                        use_mean=use_mean)
+                                        batch_size=batch_size, device=self.device, indices=indices)
 
     def get_velocity(
         self,
@@ -571,7 +545,7 @@ class VeloPyro:
                     "vu": posterior.velocity(smp, "mean", "unspliced", wv),
                     "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"]}
 
-        out = self._reduce(fn, n_samples, 256, seed)
+        out = self._reduce(fn, n_samples, posterior.QUERY_BATCH_SIZE, seed)
         adata.layers["velocity"] = out["v"].astype(np.float32)
         adata.layers["velocity_u"] = out["vu"].astype(np.float32)
         adata.layers["fit_t"] = out["t"].astype(np.float32)

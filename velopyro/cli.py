@@ -21,9 +21,6 @@ from typing import Any
 __all__ = ["main"]
 
 PROG = "velopyro"
-LIKELIHOODS = ("normal", "poisson", "negative_binomial")
-STATE_COUPLINGS = ("independent", "shared")
-PI_GUIDES = ("dirichlet", "logistic_normal")
 DEMO_FIGURES = ("phase_portraits.png", "latent_time_umap.png", "velocity_stream_umap.png", "loss_curve.png")
 DEMO_H5AD = "pancreas_velopyro.h5ad"
 
@@ -83,44 +80,47 @@ def _positive_float(text: str) -> float:
 
 
 def _library_defaults() -> dict[str, Any]:
-    """Defaults of ``VeloPyro.__init__`` and ``VeloPyro.fit``, read from the source without importing torch
-    (so ``--help`` stays fast and shows the library's current defaults); empty on any failure."""
-    import ast
+    """Defaults of every training option (:class:`velopyro.train.TrainConfig`), of ``VeloPyro``'s model
+    options and of ``write_to_adata``'s ``n_samples``: the library's current defaults, declared once."""
+    import dataclasses
+    import inspect
 
-    try:
-        tree = ast.parse((Path(__file__).with_name("api.py")).read_text())
-        out: dict[str, Any] = {}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef) and node.name in ("__init__", "fit"):
-                args = node.args
-                pos = args.args[len(args.args) - len(args.defaults):]
-                for arg, default in [*zip(pos, args.defaults, strict=True),
-                                    *zip(args.kwonlyargs, args.kw_defaults, strict=True)]:
-                    if default is not None:
-                        try:
-                            out.setdefault(arg.arg, ast.literal_eval(default))
-                        except ValueError:
-                            pass
-        return out
-    except (OSError, SyntaxError):  # pragma: no cover - an installed package always has api.py
-        return {}
+    from .api import VeloPyro
+    from .train import TrainConfig
+
+    out: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name, par in inspect.signature(VeloPyro.__init__).parameters.items():
+        if par.default is not inspect.Parameter.empty:
+            out[name] = par.default
+    out["n_samples"] = inspect.signature(VeloPyro.write_to_adata).parameters["n_samples"].default
+    return out
+
+
+def _choices() -> dict[str, list[str]]:
+    """The registered names: likelihoods, state couplings and pi guides."""
+    from .coupling import STATE_COUPLINGS
+    from .guide import PI_GUIDES
+    from .likelihoods import LIKELIHOODS
+
+    return {"likelihood": list(LIKELIHOODS), "state_coupling": list(STATE_COUPLINGS), "pi_guide": list(PI_GUIDES)}
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
     lib = _library_defaults()
+    choices = _choices()
 
     def d(name: str) -> str:
         return f" (default: {lib[name]})" if name in lib else ""
 
     g = p.add_argument_group("model and training (defaults: those of velopyro.VeloPyro)")
     if with_model:
-        g.add_argument("--likelihood", choices=LIKELIHOODS, default="normal",
-                       help="observation model (default: normal, on min-max scaled Ms/Mu; the count "
-                            "likelihoods use the raw counts)")
-        g.add_argument("--state-coupling", choices=STATE_COUPLINGS, default=None,
+        g.add_argument("--likelihood", choices=choices["likelihood"], default=lib["likelihood"],
+                       help=f"observation model (default: {lib['likelihood']}; normal is on min-max scaled "
+                            "Ms/Mu, the count likelihoods use the raw counts)")
+        g.add_argument("--state-coupling", choices=choices["state_coupling"], default=None,
                        help="one state mixture per modality (independent, the reference) or one shared "
                             "state" + d("state_coupling"))
-        g.add_argument("--pi-guide", choices=PI_GUIDES, default=None,
+        g.add_argument("--pi-guide", choices=choices["pi_guide"], default=None,
                        help="variational family of the state probabilities pi" + d("pi_guide"))
         g.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                        help="cells per minibatch" + d("batch_size"))
@@ -129,12 +129,12 @@ def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
     g.add_argument("--max-epochs", type=_positive_int, default=None, metavar="N",
                    help="upper bound on epochs; early stopping on the validation loss ends sooner"
                         + d("max_epochs"))
-    g.add_argument("--seed", type=int, default=0, metavar="INT",
-                   help="seed of initialisation, split and draws (default: 0)")
-    g.add_argument("--device", default="auto", metavar="DEVICE",
-                   help="cpu, cuda, cuda:N or auto (default: auto)")
-    g.add_argument("--n-samples", type=_positive_int, default=25, metavar="N",
-                   help="posterior draws averaged for the outputs (default: 25)")
+    g.add_argument("--seed", type=int, default=lib["seed"], metavar="INT",
+                   help="seed of initialisation, split and draws" + d("seed"))
+    g.add_argument("--device", default=lib["device"], metavar="DEVICE",
+                   help="cpu, cuda, cuda:N or auto" + d("device"))
+    g.add_argument("--n-samples", type=_positive_int, default=lib["n_samples"], metavar="N",
+                   help="posterior draws averaged for the outputs" + d("n_samples"))
 
 
 DEMO_MAX_EPOCHS = 150
@@ -241,8 +241,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from . import pp
     from ._validation import check_matrix, get_layer
     from .api import VeloPyro
+    from .likelihoods import LIKELIHOODS
 
-    count = args.likelihood != "normal"
+    count = LIKELIHOODS[args.likelihood].is_count
     out_path = _prepare_output(args.output)
     if args.save_model is not None:
         d = Path(args.save_model)

@@ -45,14 +45,12 @@ signature but not exercised by the tests here (only 0.x installs on Python 3.11)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import kinetics, ppc
-
-if TYPE_CHECKING:
-    from .api import VeloPyro
+from .fitted import FittedLike, FittedModel, as_fitted
 
 __all__ = ["to_arviz", "estimate_nbytes", "DEFAULT_VAR_NAMES"]
 
@@ -62,7 +60,7 @@ LOG_LIKELIHOOD_NAME = "obs"
 
 
 def estimate_nbytes(
-    model: VeloPyro,
+    model: FittedLike,
     n_samples: int,
     var_names: Sequence[str],
     n_cells: int,
@@ -102,7 +100,7 @@ def estimate_nbytes(
 
 
 def to_arviz(
-    model: VeloPyro,
+    model: FittedLike,
     n_samples: int = 100,
     per_gene_log_likelihood: bool = False,
     include_posterior_predictive: bool = True,
@@ -121,7 +119,7 @@ def to_arviz(
     Parameters
     ----------
     model
-        A fitted :class:`~velopyro.api.VeloPyro`.
+        A fitted :class:`~velopyro.api.VeloPyro` or :class:`~velopyro.fitted.FittedModel`.
     n_samples
         Draws of ``q(z, pi | u, s)`` (the ``draw`` dimension; ``chain`` has length 1).
     per_gene_log_likelihood
@@ -166,12 +164,12 @@ def to_arviz(
     >>> idata = velopyro.convert.to_arviz(model, n_samples=200, var_names=["z"])
     >>> az.loo(idata)
     """
-    ppc._check_trained(model)
+    model = as_fitted(model)
     var_names = list(DEFAULT_VAR_NAMES if var_names is None else var_names)
     unknown = [v for v in var_names if v not in ppc.POSTERIOR_VARIABLES]
     if unknown:
         raise ValueError(f"Unknown var_names {unknown}; choose from {sorted(ppc.POSTERIOR_VARIABLES)}.")
-    idx = ppc._resolve_indices(model, indices)
+    idx = ppc.resolve_indices(model, indices)
     gpos = ppc.resolve_genes(model, genes)
     nbytes = estimate_nbytes(model, n_samples, var_names, len(idx), len(gpos), include_posterior_predictive,
                              per_gene_log_likelihood)
@@ -182,7 +180,7 @@ def to_arviz(
             f"a smaller var_names (pi is 4 floats per cell, gene and draw), or raise max_gb."
         )
 
-    names = var_names + (["u", "s"] if include_posterior_predictive else []) + [ppc._LOG_LIK]
+    names = var_names + (["u", "s"] if include_posterior_predictive else []) + [ppc.LOG_LIKELIHOOD]
     draws = _draw(model, names, n_samples, seed, idx, gpos, batch_size, per_gene_log_likelihood, states,
                   log_likelihood_pi)
 
@@ -197,14 +195,14 @@ def to_arviz(
     data_s = model.data.s.numpy()[np.ix_(idx, gpos)]
     observed = {"u": data_u, "s": data_s}
     dims.update({"u": ["cell", "gene"], "s": ["cell", "gene"]})
-    log_lik = {LOG_LIKELIHOOD_NAME: draws[ppc._LOG_LIK][None]}
+    log_lik = {LOG_LIKELIHOOD_NAME: draws[ppc.LOG_LIKELIHOOD][None]}
     dims[LOG_LIKELIHOOD_NAME] = ["cell", "gene"] if per_gene_log_likelihood else ["cell"]
     constant = {"size_factor_u": model.data.size_factor_u.numpy()[idx, 0],
                 "size_factor_s": model.data.size_factor_s.numpy()[idx, 0]}
     dims.update({"size_factor_u": ["cell"], "size_factor_s": ["cell"]})
     coords = {
-        "cell": np.asarray([str(c) for c in model.adata.obs_names])[idx],
-        "gene": np.asarray([str(g) for g in model.adata.var_names])[gpos],
+        "cell": np.asarray([str(c) for c in model.obs_names])[idx],
+        "gene": np.asarray([str(g) for g in model.var_names])[gpos],
         "state": list(kinetics.STATE_NAMES),
         "latent": np.arange(model.config["n_latent"]),
     }
@@ -218,24 +216,24 @@ def to_arviz(
     return _build({k: v for k, v in groups.items() if v is not None}, coords, dims, attrs)
 
 
-def _draw(model: VeloPyro, names: list[str], n_samples: int, seed: int | None, idx: np.ndarray,
+def _draw(model: FittedModel, names: list[str], n_samples: int, seed: int | None, idx: np.ndarray,
           gpos: np.ndarray, batch_size: int, per_gene: bool, states: str, log_lik_pi: str) -> dict[str, np.ndarray]:
     """Draws ``(n_samples, cells, ...)`` of ``names``; the log-likelihood summed over ``gpos`` unless per gene."""
     import torch
 
     gsel = torch.as_tensor(gpos)
-    cell_dims = {**ppc.POSTERIOR_VARIABLES, **ppc.PREDICTIVE_VARIABLES, ppc._LOG_LIK: ("gene",)}
+    cell_dims = {**ppc.POSTERIOR_VARIABLES, **ppc.PREDICTIVE_VARIABLES, ppc.LOG_LIKELIHOOD: ("gene",)}
     out: dict[str, np.ndarray] = {}
-    for sl, batch in ppc._iterate_draws(model, names, n_samples, seed, idx, batch_size, states=states,
+    for sl, batch in ppc.iterate_draws(model, names, n_samples, seed, idx, batch_size, states=states,
                                         log_lik_pi=log_lik_pi):
         for n, x in batch.items():
             if cell_dims[n] and cell_dims[n][0] == "gene":
                 x = x.index_select(2, gsel)
-            if n == ppc._LOG_LIK:  # float64, see the module docstring
+            if n == ppc.LOG_LIKELIHOOD:  # float64, see the module docstring
                 x = x.double().sum(-1) if not per_gene else x.double()
             arr = x.cpu().numpy()
             if n not in out:
-                dtype = np.int8 if n == "k" else np.float64 if n == ppc._LOG_LIK else np.float32
+                dtype = np.int8 if n == "k" else np.float64 if n == ppc.LOG_LIKELIHOOD else np.float32
                 out[n] = np.empty((n_samples, len(idx), *arr.shape[2:]), dtype=dtype)
             out[n][:, sl] = arr
     return out

@@ -39,12 +39,14 @@ from torch.distributions import constraints, transform_to
 from . import distributions as vdist
 from . import kinetics
 from ._chunks import gene_slices
+from .coupling import STATE_COUPLINGS as COUPLINGS
+from .coupling import get_state_coupling
 from .likelihoods import Likelihood
 from .nn import TimeHeads
 
 __all__ = ["VeloVIModel", "switch_targets", "select_state", "STATE_COUPLINGS"]
 
-STATE_COUPLINGS = ("shared", "independent")
+STATE_COUPLINGS = tuple(COUPLINGS)  # the names registered in velopyro.coupling
 RATE_MAX = 50.0
 
 
@@ -148,8 +150,8 @@ class VeloVIModel(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if state_coupling not in STATE_COUPLINGS:
-            raise ValueError(f"state_coupling must be one of {STATE_COUPLINGS}, got {state_coupling!r}.")
+        self.coupling = get_state_coupling(state_coupling)
+        state_coupling = self.coupling.name
         self.n_genes, self.n_latent, self.t_max = n_genes, n_latent, float(t_max)
         self.switch_penalty, self.state_coupling = float(switch_penalty), state_coupling
         self.likelihood = likelihood
@@ -306,11 +308,6 @@ class VeloVIModel(nn.Module):
                 pi = pyro.sample("pi", vdist.Dirichlet(self.pi_prior))  # eq. 14
                 enum = {"enumerate": "parallel"}
                 lik = self.likelihood
-                if self.state_coupling == "shared":
-                    k = pyro.sample("k", dist.Categorical(pi), infer=enum)  # eq. 15
-                    k_u = k_s = k
-                else:
-                    k_u = pyro.sample("k_u", dist.Categorical(pi), infer=enum)  # eq. 23
-                    k_s = pyro.sample("k_s", dist.Categorical(pi), infer=enum)  # eq. 24
+                k_u, k_s = self.coupling.sample_states(pi, enum)  # eq. 15, or eq. 23-24
                 pyro.sample("u", lik.dist(select_state(u_bar, k_u), k_u, "u", size_factor_u), obs=u)  # eq. 20
                 pyro.sample("s", lik.dist(select_state(s_bar, k_s), k_s, "s", size_factor_s), obs=s)  # eq. 21

@@ -31,19 +31,21 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 
 from . import kinetics
-from .train import VeloData
+from .coupling import StateCoupling, get_state_coupling
+from .data import VeloData
 
 __all__ = ["PosteriorSample", "iterate_samples", "reduce_samples", "state_posterior", "velocity",
-           "latent_time", "mixture_log_likelihood", "VELOCITY_WEIGHTS", "TIME_WEIGHTS"]
+           "latent_time", "mixture_log_likelihood", "VELOCITY_WEIGHTS", "TIME_WEIGHTS", "QUERY_BATCH_SIZE"]
 
 STATE_WEIGHTS = ("posterior", "pi")
 #: Default state weights of velocity (see the module docstring).
 VELOCITY_WEIGHTS = "pi"
 #: Default state weights of latent time, state assignment and expression fit (see the module docstring).
 TIME_WEIGHTS = "posterior"
+#: Default number of cells per batch of a posterior query (memory ``batch x genes x 4`` floats per draw).
+QUERY_BATCH_SIZE = 256
 
 
 class PosteriorSample(dict):
@@ -97,7 +99,7 @@ def state_weights(sample: PosteriorSample, kind: str | torch.Tensor) -> torch.Te
     return state_posterior(sample) if kind == "posterior" else sample["pi"]
 
 
-def mixture_log_likelihood(sample: PosteriorSample, coupling: str) -> torch.Tensor:
+def mixture_log_likelihood(sample: PosteriorSample, coupling: str | StateCoupling) -> torch.Tensor:
     """Log-likelihood of the observations with the state marginalised, per cell and gene ``(B, G)``.
 
     ``"shared"``: ``log sum_k pi_k p(u | k) p(s | k)``; ``"independent"``:
@@ -108,7 +110,7 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str) -> torch.Tens
     sample
         One posterior draw.
     coupling
-        The model's state coupling.
+        The model's state coupling (:mod:`velopyro.coupling`), or its name.
 
     Returns
     -------
@@ -116,9 +118,7 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str) -> torch.Tens
         ``(B, G)``.
     """
     log_pi = torch.log(sample["pi"].clamp_min(1e-30))
-    if coupling == "shared":
-        return torch.logsumexp(log_pi + sample["ll_u"] + sample["ll_s"], dim=-1)
-    return torch.logsumexp(log_pi + sample["ll_u"], dim=-1) + torch.logsumexp(log_pi + sample["ll_s"], dim=-1)
+    return get_state_coupling(coupling).mixture_log_likelihood(log_pi, sample["ll_u"], sample["ll_s"])
 
 
 def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spliced",
@@ -190,10 +190,9 @@ def iterate_samples(
     data: VeloData,
     *,
     n_samples: int = 1,
-    batch_size: int = 256,
+    batch_size: int = QUERY_BATCH_SIZE,
     device: torch.device | str = "cpu",
     indices: np.ndarray | None = None,
-    use_mean: bool = False,
 ) -> Iterator[tuple[int, int, PosteriorSample]]:
     """Yield ``(batch_number, sample_number, PosteriorSample)`` over batches of cells and samples.
 
@@ -211,9 +210,6 @@ def iterate_samples(
         Where to compute.
     indices
         Cells to visit (all by default), in this order.
-    use_mean
-        Use the posterior mean of z (and of pi for the Dirichlet/logistic-normal: its mean) instead
-        of sampling: a single deterministic draw.
 
     Yields
     ------
@@ -230,21 +226,13 @@ def iterate_samples(
             b = torch.as_tensor(idx_all[start:start + batch_size])
             idx, u, s, sfu, sfs = data.batch(b, dev)
             z_loc, z_scale = guide.encode(u, s, sfu, sfs)
-            for sno in range(1 if use_mean else n_samples):
-                z = z_loc if use_mean else z_loc + z_scale * torch.randn_like(z_loc)
-                q_pi = guide.pi_head(z)
-                pi = _pi_point(q_pi) if use_mean else q_pi.sample()
+            for sno in range(n_samples):
+                z = z_loc + z_scale * torch.randn_like(z_loc)
+                pi = guide.pi_head(z).sample()
                 ks = model.kinetic_state(z, r)
                 ll_u, ll_s = model.state_log_likelihood(ks["u_bar"], ks["s_bar"], u, s, sfu, sfs)
                 yield bno, sno, PosteriorSample(idx=idx, u=u, s=s, size_factor_u=sfu, size_factor_s=sfs, z=z,
                                                 z_loc=z_loc, pi=pi, ll_u=ll_u, ll_s=ll_s, rates=r, **ks)
-
-
-def _pi_point(q: torch.distributions.Distribution) -> torch.Tensor:
-    """A point on the simplex for q(pi | z): the Dirichlet mean, or the logistic-normal's median."""
-    if isinstance(q, torch.distributions.Dirichlet):
-        return q.mean
-    return torch.distributions.transforms.StickBreakingTransform()(q.loc)
 
 
 def reduce_samples(
@@ -254,10 +242,9 @@ def reduce_samples(
     data: VeloData,
     *,
     n_samples: int = 1,
-    batch_size: int = 256,
+    batch_size: int = QUERY_BATCH_SIZE,
     device: torch.device | str = "cpu",
     indices: np.ndarray | None = None,
-    use_mean: bool = False,
 ) -> dict[str, np.ndarray]:
     """Average ``fn(sample)`` over posterior draws, batch by batch, and stack over cells.
 
@@ -265,7 +252,7 @@ def reduce_samples(
     ----------
     fn
         Maps a draw to a dict of tensors whose first axis is the batch's cells.
-    model, guide, data, n_samples, batch_size, device, indices, use_mean
+    model, guide, data, n_samples, batch_size, device, indices
         As :func:`iterate_samples`.
 
     Returns
@@ -284,7 +271,7 @@ def reduce_samples(
         acc.clear()
 
     for bno, _, sample in iterate_samples(model, guide, data, n_samples=n_samples, batch_size=batch_size,
-                                          device=device, indices=indices, use_mean=use_mean):
+                                          device=device, indices=indices):
         if bno != last_b:
             if acc:
                 flush()
@@ -295,36 +282,6 @@ def reduce_samples(
     if acc:
         flush()
     return {k: np.concatenate(v, axis=0) for k, v in out.items()}
-
-
-def predictive_sample(model: torch.nn.Module, guide: torch.nn.Module, sample: PosteriorSample,
-                      n_cells: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replicated ``(u, s)`` for one draw: the Pyro model run without observations, replaying the guide.
-
-    The guide is traced on the batch (drawing z and pi), then the model is replayed on that trace with
-    ``u = s = None``, so k is drawn from Categorical(pi) and u, s from the likelihood (eq. 15, 20-21).
-
-    Parameters
-    ----------
-    model, guide
-        Fitted modules.
-    sample
-        A draw from :func:`iterate_samples` (its cells and observations drive the guide).
-    n_cells
-        Size of the cells plate.
-
-    Returns
-    -------
-    tuple of torch.Tensor
-        Replicated u and s, each ``(B, G)``.
-    """
-    args = (sample["idx"], sample["u"], sample["s"], sample["size_factor_u"], sample["size_factor_s"])
-    with torch.no_grad():
-        g_tr = poutine.trace(guide).get_trace(*args, n_cells=n_cells)
-        blocked = poutine.block(model, hide=["switch_penalty"])
-        m_tr = poutine.trace(poutine.replay(blocked, trace=g_tr)).get_trace(
-            sample["idx"], None, None, sample["size_factor_u"], sample["size_factor_s"], n_cells=n_cells)
-    return m_tr.nodes["u"]["value"], m_tr.nodes["s"]["value"]
 
 
 def set_seed(seed: int | None) -> None:

@@ -1,6 +1,7 @@
 """Posterior sampling and posterior predictive checks (PPC), batched over cells with bounded memory.
 
-Every function here takes a fitted :class:`~velopyro.api.VeloPyro` and walks over the cells in batches
+Every function here takes a fitted :class:`~velopyro.api.VeloPyro` (or its
+:class:`~velopyro.fitted.FittedModel`) and walks over the cells in batches
 (:func:`velopyro.posterior.iterate_samples`). Within a batch it draws from the variational posterior
 ``q(z, pi | u, s)`` (seed eq. 22), maps each draw through the time heads and the kinetics
 (eq. 16-19, 1-12) and, for replicated data, runs the **Pyro model itself without observations** with
@@ -29,7 +30,7 @@ compared with the observation or binned, then dropped.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,13 +38,13 @@ from pyro import poutine
 from scipy import stats
 
 from . import kinetics, posterior
-
-if TYPE_CHECKING:
-    from .api import VeloPyro
+from .coupling import StateCoupling, get_state_coupling
+from .fitted import FittedLike, FittedModel, as_fitted
 
 __all__ = [
     "POSTERIOR_VARIABLES",
     "PREDICTIVE_VARIABLES",
+    "LOG_LIKELIHOOD",
     "sample_posterior",
     "posterior_predictive",
     "pit",
@@ -52,6 +53,8 @@ __all__ = [
     "histograms",
     "default_edges",
     "resolve_genes",
+    "resolve_indices",
+    "iterate_draws",
     "replicate",
     "posterior_states",
     "pointwise_log_likelihood",
@@ -69,7 +72,8 @@ POSTERIOR_VARIABLES: dict[str, tuple[str, ...]] = {
 }
 #: Replicated observations (posterior predictive).
 PREDICTIVE_VARIABLES: dict[str, tuple[str, ...]] = {"u": ("gene",), "s": ("gene",)}
-_LOG_LIK = "log_likelihood"
+#: Name of the pointwise log-likelihood variable (:func:`pointwise_log_likelihood`) in :func:`iterate_draws`.
+LOG_LIKELIHOOD = "log_likelihood"
 
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 #: How the replicated data get their state: from p(k | data, z, pi) or from Categorical(pi).
@@ -79,7 +83,7 @@ MAX_BATCH_FLOATS = 2**25  # 128 MiB of float32 per batch of draws
 
 # ---- the replicated data: the Pyro model without observations ---------------------------------------
 def replicate(
-    model: VeloPyro,
+    model: FittedLike,
     sample: posterior.PosteriorSample,
     states: str | dict[str, torch.Tensor] = "posterior",
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +104,7 @@ def replicate(
     Parameters
     ----------
     model
-        A fitted :class:`~velopyro.api.VeloPyro`.
+        A fitted :class:`~velopyro.api.VeloPyro` or :class:`~velopyro.fitted.FittedModel`.
     sample
         One draw from :func:`velopyro.posterior.iterate_samples`.
     states
@@ -111,6 +115,7 @@ def replicate(
     tuple of torch.Tensor
         Replicated unspliced and spliced, each ``(B, G)``.
     """
+    model = as_fitted(model)
     data = {"z": sample["z"].unsqueeze(-2), "pi": sample["pi"]}
     if isinstance(states, dict):
         data.update(states)
@@ -126,7 +131,8 @@ def replicate(
     return tr.nodes["u"]["value"], tr.nodes["s"]["value"]
 
 
-def posterior_states(sample: posterior.PosteriorSample, coupling: str) -> dict[str, torch.Tensor]:
+def posterior_states(sample: posterior.PosteriorSample,
+                     coupling: str | StateCoupling) -> dict[str, torch.Tensor]:
     """Draws of the state sites from their posterior given the data, z and pi (eq. 15 enumerated).
 
     Shared coupling: ``k ~ p(k | u, s) ∝ pi_k p(u | k) p(s | k)``; independent coupling:
@@ -138,7 +144,7 @@ def posterior_states(sample: posterior.PosteriorSample, coupling: str) -> dict[s
     sample
         One posterior draw.
     coupling
-        The model's ``state_coupling``.
+        The model's state coupling (:mod:`velopyro.coupling`), or its name.
 
     Returns
     -------
@@ -146,14 +152,10 @@ def posterior_states(sample: posterior.PosteriorSample, coupling: str) -> dict[s
         ``{"k": ...}`` or ``{"k_u": ..., "k_s": ...}``, each ``(B, G)`` in 0..3.
     """
     log_pi = torch.log(sample["pi"].clamp_min(1e-30))
-    if coupling == "shared":
-        k = torch.distributions.Categorical(logits=log_pi + sample["ll_u"] + sample["ll_s"]).sample()
-        return {"k": k}
-    return {"k_u": torch.distributions.Categorical(logits=log_pi + sample["ll_u"]).sample(),
-            "k_s": torch.distributions.Categorical(logits=log_pi + sample["ll_s"]).sample()}
+    return get_state_coupling(coupling).posterior_states(log_pi, sample["ll_u"], sample["ll_s"])
 
 
-def pointwise_log_likelihood(model: VeloPyro, sample: posterior.PosteriorSample, pi: str = "prior") -> torch.Tensor:
+def pointwise_log_likelihood(model: FittedLike, sample: posterior.PosteriorSample, pi: str = "prior") -> torch.Tensor:
     """Log-likelihood of each (cell, gene) pair's ``(u, s)`` for one posterior draw, the state summed out.
 
     - ``pi="prior"``: ``pi_ng`` integrated over its Dirichlet prior (eq. 14) as well, i.e. ``log p(u, s | z)``.
@@ -168,7 +170,7 @@ def pointwise_log_likelihood(model: VeloPyro, sample: posterior.PosteriorSample,
     Parameters
     ----------
     model
-        The fitted model.
+        The fitted model (only its ``config["state_coupling"]`` and ``model.pi_prior`` are read).
     sample
         One posterior draw.
     pi
@@ -184,18 +186,11 @@ def pointwise_log_likelihood(model: VeloPyro, sample: posterior.PosteriorSample,
         return posterior.mixture_log_likelihood(sample, coupling)
     if pi != "prior":
         raise ValueError(f"pi must be 'prior' or 'posterior', got {pi!r}.")
-    a = model.model.pi_prior.to(sample["ll_u"].dtype)
-    total = a.sum()
-    log_a = torch.log(a)
-    lu, ls = sample["ll_u"], sample["ll_s"]
-    if coupling == "shared":
-        return torch.logsumexp(log_a - torch.log(total) + lu + ls, dim=-1)
-    cross = torch.logsumexp(log_a + lu, -1) + torch.logsumexp(log_a + ls, -1)
-    diag = torch.logsumexp(log_a + lu + ls, -1)
-    return torch.logaddexp(cross, diag) - torch.log(total * (total + 1.0))
+    log_a = torch.log(model.model.pi_prior.to(sample["ll_u"].dtype))
+    return get_state_coupling(coupling).prior_log_likelihood(log_a, sample["ll_u"], sample["ll_s"])
 
 
-def _variable(name: str, smp: posterior.PosteriorSample, model: VeloPyro,
+def _variable(name: str, smp: posterior.PosteriorSample, model: FittedModel,
               rep: tuple[torch.Tensor, torch.Tensor] | None, log_lik_pi: str = "prior") -> torch.Tensor:
     """The value of ``name`` for one draw, cells first."""
     if name == "z":
@@ -214,22 +209,32 @@ def _variable(name: str, smp: posterior.PosteriorSample, model: VeloPyro,
         return rep[0]
     if name == "s":
         return rep[1]
-    if name == _LOG_LIK:
+    if name == LOG_LIKELIHOOD:
         return pointwise_log_likelihood(model, smp, log_lik_pi)
     raise ValueError(f"Unknown variable {name!r}; choose from {sorted(POSTERIOR_VARIABLES) + ['u', 's']}.")
 
 
-def _per_cell_size(name: str, model: VeloPyro) -> int:
+def _per_cell_size(name: str, model: FittedModel) -> int:
     g = model.n_genes
     return {"z": model.config["n_latent"], "pi": 4 * g, "state_probs": 4 * g}.get(name, g)
 
 
-def _check_trained(model: VeloPyro) -> None:
-    if not getattr(model, "is_trained", False):
-        raise RuntimeError("The model is not fitted yet: call .fit() first (or VeloPyro.load).")
+def resolve_indices(model: FittedLike, indices: np.ndarray | Sequence[int] | None) -> np.ndarray:
+    """Positions of the cells ``indices`` among the model's cells.
 
+    Parameters
+    ----------
+    model
+        The fitted model.
+    indices
+        None (all cells), integer positions, or a boolean mask over the cells.
 
-def _resolve_indices(model: VeloPyro, indices: np.ndarray | Sequence[int] | None) -> np.ndarray:
+    Returns
+    -------
+    numpy.ndarray
+        Integer positions.
+    """
+    model = as_fitted(model)
     if indices is None:
         return np.arange(model.n_cells)
     idx = np.asarray(indices)
@@ -240,7 +245,7 @@ def _resolve_indices(model: VeloPyro, indices: np.ndarray | Sequence[int] | None
     return idx.astype(np.int64)
 
 
-def resolve_genes(model: VeloPyro, genes: Sequence[Any] | np.ndarray | None) -> np.ndarray:
+def resolve_genes(model: FittedLike, genes: Sequence[Any] | np.ndarray | None) -> np.ndarray:
     """Positions of ``genes`` among the model's genes.
 
     Parameters
@@ -248,13 +253,14 @@ def resolve_genes(model: VeloPyro, genes: Sequence[Any] | np.ndarray | None) -> 
     model
         The fitted model.
     genes
-        None (all), gene names of ``model.adata.var_names``, integer positions, or a boolean mask.
+        None (all), gene names of ``model.var_names``, integer positions, or a boolean mask.
 
     Returns
     -------
     numpy.ndarray
         Integer positions.
     """
+    model = as_fitted(model)
     if genes is None:
         return np.arange(model.n_genes)
     if isinstance(genes, str):
@@ -266,7 +272,7 @@ def resolve_genes(model: VeloPyro, genes: Sequence[Any] | np.ndarray | None) -> 
         if arr.size and (arr.min() < 0 or arr.max() >= model.n_genes):
             raise ValueError(f"gene positions must lie in [0, {model.n_genes}).")
         return arr.astype(np.int64)
-    names = [str(v) for v in model.adata.var_names]
+    names = [str(v) for v in model.var_names]
     lookup = {n: i for i, n in enumerate(names)}
     missing = [str(g) for g in arr if str(g) not in lookup]
     if missing:
@@ -274,8 +280,8 @@ def resolve_genes(model: VeloPyro, genes: Sequence[Any] | np.ndarray | None) -> 
     return np.array([lookup[str(g)] for g in arr], dtype=np.int64)
 
 
-def _iterate_draws(
-    model: VeloPyro,
+def iterate_draws(
+    model: FittedLike,
     names: Sequence[str],
     n_samples: int,
     seed: int | None,
@@ -285,8 +291,36 @@ def _iterate_draws(
     states: str = "posterior",
     log_lik_pi: str = "prior",
 ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
-    """Yield ``(positions in indices, {name: (S, B, ...) tensor})`` batch by batch."""
-    _check_trained(model)
+    """Draw ``names`` for the cells ``indices``, batch by batch, holding one batch of draws at a time.
+
+    Parameters
+    ----------
+    model
+        The fitted model.
+    names
+        Variables of :data:`POSTERIOR_VARIABLES`, :data:`PREDICTIVE_VARIABLES` or ``"log_likelihood"``.
+    n_samples
+        Draws per cell.
+    seed
+        Seed of the draws (None: not reseeded).
+    indices
+        Cell positions (:func:`resolve_indices`).
+    batch_size
+        Largest number of cells per batch (shrunk to keep a batch under ``max_batch_floats``).
+    max_batch_floats
+        Memory bound of one batch of draws, in floats.
+    states
+        How replicates get their state (:func:`replicate`).
+    log_lik_pi
+        ``pi`` of :func:`pointwise_log_likelihood`.
+
+    Yields
+    ------
+    tuple
+        The batch's positions in ``indices`` (a slice) and ``{name: tensor}`` with the draws first
+        ``(S, B, ...)``.
+    """
+    model = as_fitted(model)
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
     per_cell = sum(_per_cell_size(n, model) for n in names)
@@ -317,7 +351,7 @@ def _summarise(x: torch.Tensor, quantiles: Sequence[float]) -> dict[str, np.ndar
 
 
 def _collect(
-    model: VeloPyro,
+    model: FittedLike,
     names: Sequence[str],
     n_samples: int,
     summaries: bool,
@@ -332,12 +366,13 @@ def _collect(
     """Draw ``names`` over all batches and keep summaries and/or draws (gene axis subset to ``genes``)."""
     if not summaries and not return_draws:
         raise ValueError("Nothing to return: set summaries=True and/or return_draws=True.")
-    idx = _resolve_indices(model, indices)
+    model = as_fitted(model)
+    idx = resolve_indices(model, indices)
     gpos = resolve_genes(model, genes)
     all_genes = len(gpos) == model.n_genes and np.array_equal(gpos, np.arange(model.n_genes))
     gsel = None if all_genes else torch.as_tensor(gpos)
     parts: dict[str, dict[str, list[np.ndarray]]] = {n: {} for n in names}
-    for _, batch in _iterate_draws(model, names, n_samples, seed, idx, batch_size, states=states):
+    for _, batch in iterate_draws(model, names, n_samples, seed, idx, batch_size, states=states):
         for n, x in batch.items():
             dims = {**POSTERIOR_VARIABLES, **PREDICTIVE_VARIABLES}.get(n, ("gene",))
             if gsel is not None and dims and dims[0] == "gene":
@@ -358,7 +393,7 @@ def _collect(
 
 
 def sample_posterior(
-    model: VeloPyro,
+    model: FittedLike,
     n_samples: int = 100,
     variables: Sequence[str] = ("z", "pi", "time", "state_probs"),
     summaries: bool = True,
@@ -375,7 +410,7 @@ def sample_posterior(
     Parameters
     ----------
     model
-        A fitted :class:`~velopyro.api.VeloPyro`.
+        A fitted :class:`~velopyro.api.VeloPyro` or :class:`~velopyro.fitted.FittedModel`.
     n_samples
         Draws of ``q(z, pi | u, s)`` per cell.
     variables
@@ -411,7 +446,7 @@ def sample_posterior(
 
 
 def posterior_predictive(
-    model: VeloPyro,
+    model: FittedLike,
     n_samples: int = 100,
     summaries: bool = True,
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
@@ -433,7 +468,7 @@ def posterior_predictive(
     Parameters
     ----------
     model
-        A fitted :class:`~velopyro.api.VeloPyro`.
+        A fitted :class:`~velopyro.api.VeloPyro` or :class:`~velopyro.fitted.FittedModel`.
     n_samples
         Replicates per cell.
     summaries
@@ -464,7 +499,7 @@ def posterior_predictive(
 
 
 def pit(
-    model: VeloPyro,
+    model: FittedLike,
     n_samples: int = 100,
     seed: int | None = 0,
     randomized: bool = True,
@@ -500,7 +535,7 @@ def pit(
     Parameters
     ----------
     model
-        A fitted :class:`~velopyro.api.VeloPyro`.
+        A fitted :class:`~velopyro.api.VeloPyro` or :class:`~velopyro.fitted.FittedModel`.
     n_samples
         Replicates per observation.
     seed
@@ -527,8 +562,8 @@ def pit(
         raise ValueError(f"modality must be 'u', 's' or 'both', got {modality!r}.")
     if predictive not in ("conditional", "marginal"):
         raise ValueError(f"predictive must be 'conditional' or 'marginal', got {predictive!r}.")
-    _check_trained(model)
-    idx = _resolve_indices(model, indices)
+    model = as_fitted(model)
+    idx = resolve_indices(model, indices)
     mods = ("u", "s") if modality == "both" else (modality,)
     out = np.empty((len(mods), len(idx), model.n_genes), dtype=np.float32)
     coupling = model.config["state_coupling"]
@@ -554,7 +589,7 @@ def pit(
     return out if modality == "both" else out[0]
 
 
-def _count_ranks(model: VeloPyro, smp: posterior.PosteriorSample, states: str | dict[str, torch.Tensor],
+def _count_ranks(model: FittedModel, smp: posterior.PosteriorSample, states: str | dict[str, torch.Tensor],
                  mods: Sequence[str], less: list, equal: list) -> None:
     """Add one replicate's ``rep < obs`` and ``rep == obs`` indicators to the running counts."""
     rep = dict(zip(("u", "s"), replicate(model, smp, states), strict=True))
@@ -602,7 +637,7 @@ def ks_per_gene(pit_values: np.ndarray) -> np.ndarray:
 
 
 def histograms(
-    model: VeloPyro,
+    model: FittedLike,
     edges: np.ndarray | Sequence[float] | None = None,
     n_samples: int = 20,
     modality: str = "s",
@@ -621,7 +656,7 @@ def histograms(
     Parameters
     ----------
     model
-        A fitted :class:`~velopyro.api.VeloPyro`.
+        A fitted :class:`~velopyro.api.VeloPyro` or :class:`~velopyro.fitted.FittedModel`.
     edges
         Bin edges (increasing). Default: for count likelihoods the integers ``-0.5, 0.5, ...`` up to the
         99.5th percentile of the observed counts (at most 60 bins, the last one collecting the tail), else
@@ -651,9 +686,9 @@ def histograms(
     """
     if modality not in ("u", "s"):
         raise ValueError(f"modality must be 'u' or 's', got {modality!r}.")
-    _check_trained(model)
+    model = as_fitted(model)
     gpos = resolve_genes(model, genes)
-    idx = _resolve_indices(model, indices)
+    idx = resolve_indices(model, indices)
     obs_all = (model.data.u if modality == "u" else model.data.s)[torch.as_tensor(idx)]
     if edges is None:
         edges = default_edges(obs_all.numpy(), model.likelihood.is_count)
@@ -676,7 +711,7 @@ def histograms(
 
     rep_g = torch.zeros(n_samples, n_g, nb, dtype=torch.float64)
     rep_p = torch.zeros(n_samples, nb, dtype=torch.float64)
-    for _, batch in _iterate_draws(model, [modality], n_samples, seed, idx, batch_size, states=states):
+    for _, batch in iterate_draws(model, [modality], n_samples, seed, idx, batch_size, states=states):
         x = batch[modality].cpu()
         for d in range(x.shape[0]):
             rep_g[d] += per_gene(x[d].index_select(1, gsel))

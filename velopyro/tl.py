@@ -397,7 +397,7 @@ def gene_fit_r2(adata: Any) -> np.ndarray:
     numpy.ndarray
         ``(genes,)``; ``-inf`` for genes with NaN parameters.
     """
-    from .pl._figures import _phase_data
+    from ._phase import _phase_data
 
     obs_u, obs_s, fit_u, fit_s = _phase_data(adata, np.arange(adata.n_vars))
     out = np.zeros(adata.n_vars)

@@ -17,7 +17,8 @@ import copy
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pyro
@@ -25,68 +26,110 @@ import torch
 from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
 from tqdm.auto import tqdm
 
-__all__ = ["VeloData", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices", "elbo_per_cell"]
+from .data import VeloData  # re-exported: VeloData used to live here
+
+__all__ = ["VeloData", "TrainConfig", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices",
+           "elbo_per_cell"]
 
 
 class TrainingDivergedError(RuntimeError):
     """Raised when the loss becomes NaN or infinite during training."""
 
 
-@dataclass
-class VeloData:
-    """Model inputs on the host: observations and per-cell size factors.
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training option of velopyro with its default: the one place they are declared.
+
+    :func:`train_svi` and :meth:`VeloPyro.fit <velopyro.api.VeloPyro.fit>` take these as keyword arguments
+    (or a ``TrainConfig``); the command line reads its defaults from here.
 
     Attributes
     ----------
-    u, s
-        Unspliced and spliced, ``(N, G)`` float32.
-    size_factor_u, size_factor_s
-        ``(N, 1)`` float32 (ones for the Normal likelihood).
+    max_epochs
+        Upper bound on epochs (500).
+    batch_size
+        Cells per minibatch (256).
+    lr, weight_decay
+        AdamW learning rate and weight decay of the network weights (1e-2 each; kinetic and likelihood
+        ``raw_*`` parameters are not decayed).
+    eps
+        AdamW epsilon (0.01).
+    clip_norm
+        Global gradient-norm clipping (10).
+    early_stopping, patience, min_delta
+        Stop when the validation loss has not improved by ``min_delta`` (0) for ``patience`` (45) epochs;
+        the best state is kept either way.
+    kl_warmup_epochs
+        If set, the z site is scaled by ``w = min(1, epoch / kl_warmup_epochs)`` (``poutine.scale``).
+    penalty_fade
+        Multiply the switch penalty by ``1 - w`` (the reference's schedule; needs ``kl_warmup_epochs``).
+    jit
+        Use ``JitTraceEnum_ELBO`` (static shapes: the ragged last minibatch is dropped).
+    device
+        ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"auto"`` (CUDA when available).
+    preload
+        Move all data to the device once instead of per minibatch (only when it fits in device memory).
+    seed
+        Seed of initialisation, split, minibatch order and Monte Carlo draws (0).
+    progress_bar
+        Show a tqdm bar with the epoch and losses.
+    train_size
+        Fraction of cells for training; the rest give the validation loss (0.9). Used by
+        :meth:`VeloPyro.fit <velopyro.api.VeloPyro.fit>`, which makes the split.
+    validation_indices
+        Integer positions of the cells to hold out for validation; overrides ``train_size``. Used by
+        :meth:`VeloPyro.fit <velopyro.api.VeloPyro.fit>`.
     """
 
-    u: torch.Tensor
-    s: torch.Tensor
-    size_factor_u: torch.Tensor
-    size_factor_s: torch.Tensor
+    max_epochs: int = 500
+    batch_size: int = 256
+    lr: float = 1e-2
+    weight_decay: float = 1e-2
+    eps: float = 0.01
+    clip_norm: float = 10.0
+    early_stopping: bool = True
+    patience: int = 45
+    min_delta: float = 0.0
+    kl_warmup_epochs: int | None = None
+    penalty_fade: bool = False
+    jit: bool = False
+    device: str | torch.device = "auto"
+    preload: bool = False
+    seed: int = 0
+    progress_bar: bool = True
+    train_size: float = 0.9
+    validation_indices: Any | None = None
 
-    @property
-    def n_cells(self) -> int:
-        """Number of cells N."""
-        return self.u.shape[0]
-
-    def batch(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """The model's positional arguments for the cells ``idx`` on ``device``.
-
-        Parameters
-        ----------
-        idx
-            Cell indices (on the host).
-        device
-            Target device.
-
-        Returns
-        -------
-        tuple of torch.Tensor
-            ``(idx, u, s, size_factor_u, size_factor_s)``.
-        """
-        nb = device.type != "cpu"
-        return tuple(t.to(device, non_blocking=nb) for t in
-                     (idx, self.u[idx], self.s[idx], self.size_factor_u[idx], self.size_factor_s[idx]))
-
-    def to(self, device: torch.device) -> VeloData:
-        """Return a copy with every tensor on ``device`` (``preload``).
+    @classmethod
+    def from_options(cls, config: TrainConfig | None = None, **options: Any) -> TrainConfig:
+        """``config`` (default: all defaults) with ``options`` replacing its fields.
 
         Parameters
         ----------
-        device
-            Target device.
+        config
+            A starting configuration.
+        **options
+            Field values, by name.
 
         Returns
         -------
-        VeloData
-            The moved data.
+        TrainConfig
+            The configuration.
+
+        Raises
+        ------
+        TypeError
+            For a name that is not a training option (the message lists the valid ones).
         """
-        return VeloData(*(t.to(device) for t in (self.u, self.s, self.size_factor_u, self.size_factor_s)))
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise TypeError(f"unknown training option(s) {', '.join(map(repr, unknown))}; the options are "
+                            f"{', '.join(names)} (see velopyro.train.TrainConfig).")
+        if config is not None and not isinstance(config, cls):
+            raise TypeError(f"config must be a velopyro.train.TrainConfig, got {type(config).__name__}.")
+        base = asdict(config) if config is not None else {}
+        return cls(**{**base, **options})
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -221,22 +264,8 @@ def train_svi(
     *,
     train_idx: np.ndarray,
     validation_idx: np.ndarray,
-    max_epochs: int = 500,
-    batch_size: int = 256,
-    lr: float = 1e-2,
-    weight_decay: float = 1e-2,
-    eps: float = 0.01,
-    clip_norm: float = 10.0,
-    early_stopping: bool = True,
-    patience: int = 45,
-    min_delta: float = 0.0,
-    kl_warmup_epochs: int | None = None,
-    penalty_fade: bool = False,
-    jit: bool = False,
-    device: str | torch.device = "cpu",
-    preload: bool = False,
-    seed: int = 0,
-    progress_bar: bool = True,
+    config: TrainConfig | None = None,
+    **options: Any,
 ) -> dict[str, list]:
     """Fit model and guide by SVI with ``TraceEnum_ELBO``; the best state (by validation loss) is kept.
 
@@ -248,24 +277,14 @@ def train_svi(
         Inputs on the host.
     train_idx, validation_idx
         Cell indices of the split (validation may be empty: then the training loss decides).
-    max_epochs, batch_size, lr, weight_decay, eps, clip_norm
-        Optimisation settings (AdamW; global gradient-norm clipping).
-    early_stopping, patience, min_delta
-        Stop when the validation loss has not improved by ``min_delta`` for ``patience`` epochs.
-    kl_warmup_epochs
-        If set, the z site is scaled by ``w = min(1, epoch / kl_warmup_epochs)`` (``poutine.scale``).
-    penalty_fade
-        Multiply the switch penalty by ``1 - w`` (the reference's schedule; needs ``kl_warmup_epochs``).
-    jit
-        Use ``JitTraceEnum_ELBO`` (static shapes: the ragged last minibatch is dropped).
-    device
-        ``"cpu"``, ``"cuda"`` or ``"auto"``.
-    preload
-        Move all data to the device once instead of per minibatch.
-    seed
-        Seeds torch, numpy and Pyro (the minibatch order and all Monte Carlo draws).
-    progress_bar
-        Show a tqdm bar with the epoch and losses.
+    config
+        Training options (default: :class:`TrainConfig`'s defaults); its ``train_size`` and
+        ``validation_indices`` are not used here (the split is given).
+    **options
+        Fields of :class:`TrainConfig` replacing those of ``config`` (``max_epochs``, ``batch_size``, ``lr``,
+        ``weight_decay``, ``eps``, ``clip_norm``, ``early_stopping``, ``patience``, ``min_delta``,
+        ``kl_warmup_epochs``, ``penalty_fade``, ``jit``, ``device``, ``preload``, ``seed`` (seeds torch,
+        numpy and Pyro: the minibatch order and all Monte Carlo draws), ``progress_bar``).
 
     Returns
     -------
@@ -273,6 +292,12 @@ def train_svi(
         ``epoch``, ``train_loss``, ``validation_loss`` (negative ELBO per cell), ``seconds`` (wall time
         per epoch), ``kl_weight``; also ``best_epoch`` and ``stopped_early``.
     """
+    cfg = TrainConfig.from_options(config, **options)
+    max_epochs, batch_size, lr, weight_decay, eps, clip_norm = (cfg.max_epochs, cfg.batch_size, cfg.lr,
+                                                                cfg.weight_decay, cfg.eps, cfg.clip_norm)
+    early_stopping, patience, min_delta = cfg.early_stopping, cfg.patience, cfg.min_delta
+    kl_warmup_epochs, penalty_fade, jit = cfg.kl_warmup_epochs, cfg.penalty_fade, cfg.jit
+    device, preload, seed, progress_bar = cfg.device, cfg.preload, cfg.seed, cfg.progress_bar
     if penalty_fade and not kl_warmup_epochs:
         raise ValueError("penalty_fade=True fades the penalty with the KL warm-up; set kl_warmup_epochs too.")
     dev = resolve_device(device)

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import ppc
+from ..fitted import FittedLike, FittedModel, as_fitted
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from ..api import VeloPyro
 
 __all__ = ["ppc_density", "pit_histogram", "rootogram"]
 
@@ -52,7 +51,7 @@ def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
     return fig
 
 
-def _default_genes(model: VeloPyro, genes: Sequence[Any] | np.ndarray | None, max_genes: int) -> np.ndarray:
+def _default_genes(model: FittedModel, genes: Sequence[Any] | np.ndarray | None, max_genes: int) -> np.ndarray:
     """The first ``max_genes`` genes by variance of the spliced observations, unless given."""
     if genes is not None:
         return ppc.resolve_genes(model, genes)
@@ -60,12 +59,12 @@ def _default_genes(model: VeloPyro, genes: Sequence[Any] | np.ndarray | None, ma
     return np.sort(np.argsort(-var)[:max_genes])
 
 
-def _gene_name(model: VeloPyro, g: int) -> str:
-    return str(model.adata.var_names[g])
+def _gene_name(model: FittedModel, g: int) -> str:
+    return str(model.var_names[g])
 
 
 def ppc_density(
-    model: VeloPyro,
+    model: FittedLike,
     genes: Sequence[Any] | np.ndarray | None = None,
     modality: str = "s",
     kind: str = "density",
@@ -118,8 +117,9 @@ def ppc_density(
     """
     if kind not in ("density", "ecdf"):
         raise ValueError(f"kind must be 'density' or 'ecdf', got {kind!r}.")
+    model = as_fitted(model)
     gpos = _default_genes(model, genes, max_genes)
-    idx = ppc._resolve_indices(model, indices)
+    idx = ppc.resolve_indices(model, indices)
     obs = (model.data.u if modality == "u" else model.data.s).numpy()[idx]
     edges = ppc.default_edges(obs, model.likelihood.is_count, n_bins=n_bins)
     h = ppc.histograms(model, edges, n_samples=n_samples, modality=modality, genes=gpos, indices=idx, seed=seed)
@@ -151,7 +151,7 @@ def ppc_density(
 
 
 def pit_histogram(
-    model_or_pit: VeloPyro | np.ndarray,
+    model_or_pit: FittedLike | np.ndarray,
     n_samples: int = 100,
     modality: str = "s",
     genes: Sequence[Any] | np.ndarray | None = None,
@@ -213,9 +213,9 @@ def pit_histogram(
         gpos = np.arange(values.shape[1]) if genes is None else np.asarray(genes, dtype=int)
         explicit = genes is not None
     else:
-        model = model_or_pit
+        model = as_fitted(model_or_pit)
         values = ppc.pit(model, n_samples=n_samples, seed=seed, randomized=randomized, modality=modality)
-        names = [str(v) for v in model.adata.var_names]
+        names = [str(v) for v in model.var_names]
         explicit = genes is not None
         gpos = ppc.resolve_genes(model, genes) if explicit else np.arange(values.shape[1])
     if not explicit:
@@ -242,7 +242,7 @@ def pit_histogram(
 
 
 def rootogram(
-    model: VeloPyro,
+    model: FittedLike,
     genes: Sequence[Any] | np.ndarray | None = None,
     modality: str = "s",
     n_samples: int = 50,
@@ -290,8 +290,9 @@ def rootogram(
     matplotlib.figure.Figure
         The figure.
     """
+    model = as_fitted(model)
     gpos = _default_genes(model, genes, max_genes)
-    idx = ppc._resolve_indices(model, indices)
+    idx = ppc.resolve_indices(model, indices)
     obs = (model.data.u if modality == "u" else model.data.s).numpy()[idx]
     edges = (np.arange(-0.5, max_count + 1.0, 1.0) if max_count is not None
              else ppc.default_edges(obs, is_count=True))

@@ -1,0 +1,117 @@
+"""Read a fitted AnnData back for the phase portraits: observed and fitted (u, s) per cell and gene.
+
+What :meth:`velopyro.VeloPyro.write_to_adata` wrote (``var['fit_*']``, ``layers['fit_t']``,
+``layers['fit_state']``) is turned into the kinetic trajectory (seed eq. 1-12) on the scale drawn.
+Used by :func:`velopyro.tl.gene_fit_r2` and :mod:`velopyro.pl`; it sits below both so that neither
+imports the other for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._validation import VelopyroInputError
+
+_FIT_KEYS = ("fit_alpha", "fit_beta", "fit_gamma", "fit_t_")
+
+
+def _config(adata: Any) -> dict[str, Any]:
+    return dict(adata.uns.get("velopyro", {}).get("config", {}))
+
+
+def _require_fit(adata: Any, what: str) -> None:
+    missing = [k for k in _FIT_KEYS if k not in adata.var]
+    missing += [k for k in ("fit_t", "fit_state") if k not in adata.layers]
+    if missing:
+        raise VelopyroInputError(
+            f"{what} needs a fitted AnnData, but {', '.join(missing)} are missing; run "
+            "model.write_to_adata() after model.fit()"
+        )
+
+
+def _dense_cols(x: Any, idx: np.ndarray) -> np.ndarray:
+    x = x[:, idx]
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+
+def _size_factors(adata: Any, cfg: dict[str, Any], layer: str) -> np.ndarray:
+    """The model's size factors: an obs column, or total counts over the genes / their median."""
+    key = cfg.get("size_factor_key")
+    if key:
+        return np.asarray(adata.obs[key], dtype=np.float64)
+    x = adata.X if layer == "X" else adata.layers[layer]
+    tot = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    return tot / np.median(tot)
+
+
+def _is_count(adata: Any) -> bool:
+    return _config(adata).get("likelihood", "normal") in ("poisson", "negative_binomial") or (
+        "fit_scale_s" in adata.var and "fit_sigma_s" not in adata.var)
+
+
+def _gene_rates(adata: Any, idx: np.ndarray) -> dict[str, np.ndarray]:
+    out = {k: np.asarray(adata.var[k], dtype=np.float64)[idx] for k in _FIT_KEYS}
+    for m in ("u", "s"):
+        out[f"scale_{m}"] = (np.asarray(adata.var[f"fit_scale_{m}"], dtype=np.float64)[idx]
+                             if f"fit_scale_{m}" in adata.var else np.ones(len(idx)))
+        out[f"background_{m}"] = (np.asarray(adata.var[f"fit_background_{m}"], dtype=np.float64)[idx]
+                                  if f"fit_background_{m}" in adata.var else np.zeros(len(idx)))
+    return out
+
+
+def _layers(adata: Any) -> tuple[str, str]:
+    cfg = _config(adata)
+    count = _is_count(adata)
+    s = cfg.get("spliced_layer", "spliced" if count else "Ms")
+    u = cfg.get("unspliced_layer", "unspliced" if count else "Mu")
+    return s, u
+
+
+def _observed(adata: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Observed (u, s) of the genes ``idx`` on the scale drawn: the layers, or counts / size factor."""
+    s_key, u_key = _layers(adata)
+    out = []
+    for key in (u_key, s_key):
+        if key != "X" and key not in adata.layers:
+            raise VelopyroInputError(
+                f"layer {key!r} (the fitted layer recorded in uns['velopyro']['config']) not found in adata"
+            )
+        x = _dense_cols(adata.X if key == "X" else adata.layers[key], idx)
+        if _is_count(adata):
+            x = x / _size_factors(adata, _config(adata), key)[:, None]
+        out.append(x)
+    return out[0], out[1]
+
+
+def _curve(rates: dict[str, np.ndarray], t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fitted mean (u, s) at absolute times ``t`` (shape ``(..., genes)``), on the scale drawn."""
+    import torch
+
+    from . import kinetics
+
+    tt = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64))  # noqa: E731
+    u, s = kinetics.trajectory(tt(t), tt(rates["fit_alpha"]), tt(rates["fit_beta"]), tt(rates["fit_gamma"]),
+                               tt(rates["fit_t_"]))
+    u = u.numpy() * rates["scale_u"] + rates["background_u"]
+    s = s.numpy() * rates["scale_s"] + rates["background_s"]
+    return u, s
+
+
+def _phase_data(adata: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Observed and fitted (per cell, at its time and state) u and s for the genes ``idx``."""
+    _require_fit(adata, "the phase portrait")
+    idx = np.asarray(idx)
+    obs_u, obs_s = _observed(adata, idx)
+    rates = _gene_rates(adata, idx)
+    t = _dense_cols(adata.layers["fit_t"], idx)
+    state = _dense_cols(adata.layers["fit_state"], idx).astype(int)
+    fit_u, fit_s = _curve(rates, t)
+    a, b, g = rates["fit_alpha"], rates["fit_beta"], rates["fit_gamma"]
+    ss_u = (a / b) * rates["scale_u"] + rates["background_u"]
+    ss_s = (a / g) * rates["scale_s"] + rates["background_s"]
+    fit_u = np.where(state == 1, ss_u, np.where(state == 3, rates["background_u"], fit_u))
+    fit_s = np.where(state == 1, ss_s, np.where(state == 3, rates["background_s"], fit_s))
+    return obs_u, obs_s, fit_u, fit_s
