@@ -23,7 +23,7 @@ __all__ = ["main"]
 PROG = "velopyro"
 LIKELIHOODS = ("normal", "poisson", "negative_binomial")
 STATE_COUPLINGS = ("independent", "shared")
-PI_GUIDES = ("dirichlet", "logistic_normal")
+PI_GUIDES = ("dirichlet", "logistic_normal", "collapsed")
 DEMO_FIGURES = ("phase_portraits.png", "latent_time_umap.png", "velocity_stream_umap.png", "loss_curve.png")
 DEMO_H5AD = "pancreas_velopyro.h5ad"
 

@@ -29,7 +29,9 @@ The posterior of pi given the data (and z) is a mixture of Dirichlets, ``p(pi | 
     independent:  E[pi | u, s, z] = (a + p(k_u | u, s, z) + p(k_s | u, s, z)) / (A + 2)
 
 with ``p(k_u, k_s | u, s, z) ∝ p(k_u, k_s) p(u | k_u) p(s | k_s)``. The velocity read-out with
-``state_weights="pi"`` uses this mean (:func:`pi_posterior_mean`).
+``state_weights="pi"`` uses this mean (:func:`pi_posterior_mean`). A *new* state pair drawn given the data
+(the posterior predictive of ``states="pi"`` in :mod:`velopyro.ppc`) has ``E[pi_i pi_j | u, s, z]``
+(:func:`pair_predictive`), the second moment of that mixture of Dirichlets.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["pair_prior", "conditional_prior", "log_marginal", "pair_posterior", "pi_posterior_mean",
-           "shared_state_log_prior"]
+           "pair_predictive", "shared_state_log_prior"]
 
 
 def pair_prior(alpha: torch.Tensor) -> torch.Tensor:
@@ -142,6 +144,34 @@ def pi_posterior_mean(ll_u: torch.Tensor, ll_s: torch.Tensor, alpha: torch.Tenso
         return (alpha + w) / (total + 1.0)
     joint = pair_posterior(ll_u, ll_s, alpha)
     return (alpha + joint.sum(-1) + joint.sum(-2)) / (total + 2.0)
+
+
+def pair_predictive(ll_u: torch.Tensor, ll_s: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``E[pi_i pi_j | u, s, z]`` (independent coupling): the distribution of a new pair ``(k_u, k_s)``.
+
+    Given ``(k_u, k_s)``, pi is ``Dirichlet(b)`` with ``b = alpha + c``, ``c = e_{k_u} + e_{k_s}``, ``B = A + 2``,
+    and ``E[pi_i pi_j | b] = (b_i b_j + [i = j] b_i) / (B (B + 1))``; averaging over the exact pair posterior
+    ``P`` needs ``E[c] = P_u + P_s`` and ``E[c c^T] = diag(P_u) + diag(P_s) + P + P^T``.
+
+    Parameters
+    ----------
+    ll_u, ll_s
+        Per-state log-likelihoods, ``(..., K)``.
+    alpha
+        Prior concentrations, ``(K,)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., K, K)``, summing to 1 over the last two axes.
+    """
+    joint = pair_posterior(ll_u, ll_s, alpha)
+    p_u, p_s = joint.sum(-1), joint.sum(-2)
+    m = p_u + p_s
+    ecc = torch.diag_embed(m) + joint + joint.transpose(-1, -2)
+    ebb = torch.outer(alpha, alpha) + alpha.unsqueeze(-1) * m.unsqueeze(-2) + m.unsqueeze(-1) * alpha + ecc
+    big = alpha.sum() + 2.0
+    return (ebb + torch.diag_embed(alpha + m)) / (big * (big + 1.0))
 
 
 def shared_state_log_prior(alpha: torch.Tensor, coupling: str) -> torch.Tensor:
