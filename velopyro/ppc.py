@@ -207,14 +207,7 @@ def pointwise_log_likelihood(model: VeloPyro, sample: posterior.PosteriorSample,
     if pi != "prior":
         raise ValueError(f"pi must be 'prior' or 'posterior', got {pi!r}.")
     a = model.model.pi_prior.to(sample["ll_u"].dtype)
-    total = a.sum()
-    log_a = torch.log(a)
-    lu, ls = sample["ll_u"], sample["ll_s"]
-    if coupling == "shared":
-        return torch.logsumexp(log_a - torch.log(total) + lu + ls, dim=-1)
-    cross = torch.logsumexp(log_a + lu, -1) + torch.logsumexp(log_a + ls, -1)
-    diag = torch.logsumexp(log_a + lu + ls, -1)
-    return torch.logaddexp(cross, diag) - torch.log(total * (total + 1.0))
+    return collapsed.log_marginal(sample["ll_u"], sample["ll_s"], a, coupling)  # the collapsed model's marginal
 
 
 def _variable(name: str, smp: posterior.PosteriorSample, model: VeloPyro,
