@@ -169,3 +169,41 @@ def test_jit_fit_with_the_threaded_dirichlet_guide(monkeypatch):
         losses.append(np.asarray(m.history["train_loss"]))
     assert np.isfinite(losses[0]).all() and losses[0][-1] < losses[0][0]
     np.testing.assert_array_equal(losses[0], losses[1])
+
+
+@pytest.mark.parametrize("expand", [False, True])
+def test_count_log_probs_match_torch_under_enumeration(expand):
+    """Poisson and NB log_prob (data-only terms once per minibatch) equal torch's, values and gradients,
+    for an enumerated rate (4, B, G) scored against counts (B, G), and after Pyro's ``expand``."""
+    torch.manual_seed(0)
+    b, g = 7, 5
+    x = torch.poisson(torch.rand(b, g) * 20.0)
+    x[0, 0] = 0.0
+    rate = (torch.rand(4, b, g) * 30.0 + 1e-3).requires_grad_()
+    theta = (torch.rand(g) * 20.0 + 0.05).requires_grad_()
+
+    def make(kind, lib):
+        if kind == "poisson":
+            d = lib.Poisson(rate)
+        else:
+            d = lib.NegativeBinomial(total_count=theta, logits=torch.log(rate) - torch.log(theta))
+        return d.expand([2, 4, b, g]) if expand else d
+
+    for kind in ("poisson", "nb"):
+        ours, ref = make(kind, vd), make(kind, torch.distributions)
+        assert type(ours) is (vd.Poisson if kind == "poisson" else vd.NegativeBinomial)
+        a, r = ours.log_prob(x), ref.log_prob(x)
+        assert a.shape == r.shape == ((2, 4, b, g) if expand else (4, b, g))
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
+        params = (rate,) if kind == "poisson" else (rate, theta)
+        ga = torch.autograd.grad(a.sum(), params)
+        gr = torch.autograd.grad(make(kind, torch.distributions).log_prob(x).sum(), params)
+        for g1, g2 in zip(ga, gr, strict=True):
+            torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-3)
+    # small and large dispersions and counts, far from the test's typical values
+    theta2 = torch.tensor([1e-3, 0.5, 1e3, 1e5])
+    x2 = torch.tensor([[0.0, 3.0, 500.0, 2e4]])
+    lg = torch.log(torch.tensor([[0.1, 7.0, 400.0, 1e4]])) - torch.log(theta2)
+    torch.testing.assert_close(vd.NegativeBinomial(theta2, logits=lg).log_prob(x2),
+                               torch.distributions.NegativeBinomial(theta2, logits=lg).log_prob(x2),
+                               rtol=1e-5, atol=1e-3)

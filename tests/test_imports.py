@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "velopyro"
 LAYERS: list[set[str]] = [
     # leaves, no velopyro import
     {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "coupling"},
-    {"pp", "likelihoods", "nn"},  # preprocessing; observation models and networks
+    {"pp", "likelihoods", "nn", "collapsed"},  # preprocessing; observation models, networks; pi integrated out
     {"model", "guide", "datasets"},  # the Pyro program; the simulator draws from its parts
     {"train", "fitted"},  # SVI; the fitted pieces
     {"posterior"},  # queries of the fitted posterior

@@ -54,7 +54,9 @@ class VeloPyro:
     pi_guide
         ``"dirichlet"`` (default; eq. 22 as in the seed) or ``"logistic_normal"`` (a softmax of a Gaussian:
         about 30% less time per step on CPU, but a looser ELBO and less accurate latent time in
-        ``benchmarks/``: it cannot match the Dirichlet(0.25) prior where the data say little about pi).
+        ``benchmarks/``: it cannot match the Dirichlet(0.25) prior where the data say little about pi) or
+        ``"collapsed"`` (pi integrated out of the model exactly, eq. 14-15: no q(pi | z), no pi KL;
+        read-outs weighted by ``"pi"`` use the exact posterior mean ``E[pi | u, s, z]``).
     n_latent
         d, the dimension of z (10).
     n_hidden, n_layers, dropout_rate
@@ -158,7 +160,7 @@ class VeloPyro:
         self.model = VeloVIModel(
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
             n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
-            state_coupling=cfg["state_coupling"], seed=seed,
+            state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=cfg["pi_guide"] == "collapsed",
         )
         self.guide = VeloVIGuide(self.n_genes, cfg["n_latent"], lik, pi_guide=cfg["pi_guide"],
                                  n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],

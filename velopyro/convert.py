@@ -3,7 +3,8 @@
 :func:`to_arviz` is the one place where velopyro talks to ArviZ. It draws from the variational
 posterior batch by batch (:mod:`velopyro.ppc`), then builds the groups
 
-- ``posterior``: ``z`` (cell, latent; eq. 13), ``pi`` (cell, gene, state; eq. 14), ``time`` (cell, gene;
+- ``posterior``: ``z`` (cell, latent; eq. 13), ``pi`` (cell, gene, state; eq. 14; with
+  ``pi_guide="collapsed"`` the exact ``E[pi | u, s, z]`` of each draw of z), ``time`` (cell, gene;
   latent time weighted by ``p(k | data)``), and the per-gene point estimates ``alpha``, ``beta``,
   ``gamma``, ``t_s`` and the likelihood's parameters (e.g. ``sigma_u``), repeated over draws;
 - ``posterior_predictive``: replicated ``u`` and ``s`` (cell, gene): the Pyro model without observations

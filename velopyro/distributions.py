@@ -8,6 +8,10 @@ evaluate such terms on the parameters' distinct values only (:func:`compact`), t
 drop-in subclasses of Pyro's distributions (same constructor, ``expand``, ``rsample``, support).
 
 - :class:`Normal`: the Normal likelihood of eq. 20-21.
+- :class:`Poisson`, :class:`NegativeBinomial`: the count likelihoods. Under enumeration the rate has the
+  state axis, ``(4, B, G)``, but the data-only terms (``lgamma(x + 1)``; for the negative binomial also
+  ``lgamma(theta + x)`` and ``lgamma(theta)``, which do not depend on the state) are evaluated once on
+  ``(B, G)`` and broadcast, where torch evaluates them on all ``4 B G`` entries.
 - :class:`Dirichlet`: the prior of eq. 14.
 - :class:`SafeDirichlet`: q(pi | z) of eq. 22, draws floored at :data:`PI_FLOOR`.
 - :class:`LogisticNormal`: the cheaper reparameterised q(pi | z): ``pi = softmax(y, 0)`` with
@@ -24,7 +28,8 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-__all__ = ["PI_FLOOR", "compact", "Normal", "Dirichlet", "SafeDirichlet", "LogisticNormal", "parallel_dirichlet"]
+__all__ = ["PI_FLOOR", "compact", "Normal", "Poisson", "NegativeBinomial", "Dirichlet", "SafeDirichlet",
+           "LogisticNormal", "parallel_dirichlet"]
 
 # Draws of pi are kept at or above this floor. A Gamma(a) variate with a small concentration underflows to
 # exactly 0 in float32 (probability ~0.4 for a = 0.01), and log(0) makes the Monte Carlo KL of pi
@@ -75,6 +80,53 @@ class Normal(dist.Normal):
         """
         scale = compact(self.scale)
         return -0.5 * ((value - self.loc) / scale) ** 2 - (scale.log() + _HALF_LOG_2PI)
+
+
+class Poisson(dist.Poisson):
+    """``pyro.distributions.Poisson`` whose ``log_prob`` evaluates ``lgamma(x + 1)`` on the data's shape only."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-mass, as ``torch.distributions.Poisson.log_prob``.
+
+        Parameters
+        ----------
+        value
+            Counts; broadcast against the batch shape (e.g. ``(B, G)`` against ``(4, B, G)``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``x log(rate) - rate - lgamma(x + 1)``.
+        """
+        return torch.xlogy(value, self.rate) - self.rate - torch.lgamma(value + 1.0)
+
+
+class NegativeBinomial(dist.NegativeBinomial):
+    """``pyro.distributions.NegativeBinomial`` (``total_count`` and ``logits``) with a leaner ``log_prob``.
+
+    The normaliser ``lgamma(r + x) - lgamma(x + 1) - lgamma(r)`` is computed on the distinct values of
+    ``r`` (:func:`compact`) and ``x``, and one ``logsigmoid`` is taken instead of two:
+    ``log p = r logsigmoid(-l) + x logsigmoid(l) = (r + x) logsigmoid(-l) + x l``.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-mass, as ``torch.distributions.NegativeBinomial.log_prob``.
+
+        Parameters
+        ----------
+        value
+            Counts; broadcast against the batch shape.
+
+        Returns
+        -------
+        torch.Tensor
+            ``lgamma(r + x) - lgamma(x + 1) - lgamma(r) + r logsigmoid(-l) + x logsigmoid(l)``.
+        """
+        r = compact(self.total_count)
+        rx = r + value
+        log_norm = torch.lgamma(rx) - torch.lgamma(value + 1.0) - torch.lgamma(r)
+        log_norm = log_norm.masked_fill(rx == 0.0, 0.0)  # r = x = 0 has probability 1, as torch
+        return rx * torch.nn.functional.logsigmoid(-self.logits) + value * self.logits + log_norm
 
 
 class Dirichlet(dist.Dirichlet):

@@ -5,6 +5,9 @@ The state k is enumerated out in the model and never appears here. Shapes for a 
     x = concat(u, s)  (B, 2G)   encoder input (after the likelihood's encoder transform)
     z                 (B, 1, d) Normal(loc(x), scale(x))
     pi                (B, G, 4) Dirichlet(conc(z)) or LogisticNormal(loc(z), scale(z))
+
+With ``pi_guide="collapsed"`` the model integrates pi out (:mod:`velopyro.collapsed`) and the guide is
+q(z | u, s) alone: no pi site, no q(pi | z) network.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from .nn import DirichletHead, Encoder, LogisticNormalHead
 
 __all__ = ["VeloVIGuide", "PI_GUIDES"]
 
-PI_GUIDES = {"dirichlet": DirichletHead, "logistic_normal": LogisticNormalHead}
+#: q(pi | z) families by name; ``"collapsed"`` has none (pi is integrated out of the model).
+PI_GUIDES = {"dirichlet": DirichletHead, "logistic_normal": LogisticNormalHead, "collapsed": None}
 
 
 class VeloVIGuide(nn.Module):
@@ -33,7 +37,8 @@ class VeloVIGuide(nn.Module):
     likelihood
         The model's likelihood; only its :meth:`~velopyro.likelihoods.Likelihood.encoder_input` is used.
     pi_guide
-        ``"dirichlet"`` (the seed's family) or ``"logistic_normal"`` (cheaper to sample).
+        ``"dirichlet"`` (the seed's family), ``"logistic_normal"`` (cheaper to sample) or ``"collapsed"``
+        (no q(pi | z): the model must be built with ``collapse_pi=True``).
     n_hidden, n_layers, dropout_rate
         Network shape (reference: 256, 1, 0.1).
     """
@@ -53,7 +58,8 @@ class VeloVIGuide(nn.Module):
             raise ValueError(f"pi_guide must be one of {sorted(PI_GUIDES)}, got {pi_guide!r}.")
         self.n_genes, self.pi_guide = n_genes, pi_guide
         self.encoder = Encoder(n_genes, n_latent, n_hidden, n_layers, dropout_rate)
-        self.pi_head = PI_GUIDES[pi_guide](n_latent, n_genes, n_hidden, n_layers)
+        head = PI_GUIDES[pi_guide]
+        self.pi_head = None if head is None else head(n_latent, n_genes, n_hidden, n_layers)
         self._encoder_input = likelihood.encoder_input  # a function, not a submodule
         self._pyro_name: str | None = None
 
@@ -92,7 +98,7 @@ class VeloVIGuide(nn.Module):
         penalty_weight: float | torch.Tensor = 1.0,
         n_cells: int | None = None,
     ) -> None:
-        """Sample z and pi for the cells ``idx``; same signature as the model.
+        """Sample z and pi (unless collapsed) for the cells ``idx``; same signature as the model.
 
         Parameters
         ----------
@@ -108,5 +114,6 @@ class VeloVIGuide(nn.Module):
             loc, scale = self.encode(u, s, size_factor_u, size_factor_s)
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", dist.Normal(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1))
-            with pyro.plate("genes", self.n_genes, dim=-1):
-                pyro.sample("pi", self.pi_head(z.squeeze(-2)))
+            if self.pi_head is not None:
+                with pyro.plate("genes", self.n_genes, dim=-1):
+                    pyro.sample("pi", self.pi_head(z.squeeze(-2)))

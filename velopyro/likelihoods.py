@@ -278,7 +278,7 @@ class Poisson(_CountLikelihood):
     name = "poisson"
 
     def dist(self, mean, state, modality, size_factor=None):  # noqa: D102 - documented in base class
-        return dist.Poisson(self.rate(mean, modality, size_factor))
+        return vdist.Poisson(self.rate(mean, modality, size_factor))
 
 
 class NegativeBinomial(_CountLikelihood):
@@ -300,7 +300,7 @@ class NegativeBinomial(_CountLikelihood):
     def dist(self, mean, state, modality, size_factor=None):  # noqa: D102 - documented in base class
         mu = self.rate(mean, modality, size_factor)
         theta = _positive(getattr(self, f"raw_theta_{modality}"))
-        return dist.NegativeBinomial(total_count=theta, logits=torch.log(mu) - torch.log(theta))
+        return vdist.NegativeBinomial(total_count=theta, logits=torch.log(mu) - torch.log(theta))
 
     def gene_params(self) -> dict[str, torch.Tensor]:
         """Scale, background and ``theta`` per modality."""

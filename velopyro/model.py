@@ -7,7 +7,7 @@ Shapes inside a minibatch of B cells and G genes (E: the enumeration dimension o
     rho_ind/rep  (B, G)        eq. 16, 18
     t_ind/t_rep  (B, G)        eq. 17, 19
     u_bar/s_bar  (B, G, 4)     eq. 1-12 (all four states, from velopyro.kinetics)
-    pi           (B, G, 4)     eq. 14   Dirichlet(0.25, 0.25, 0.25, 0.25)
+    pi           (B, G, 4)     eq. 14   Dirichlet(0.25, 0.25, 0.25, 0.25)   (absent when collapsed)
     k            (E, 1, 1)     eq. 15   Categorical(pi), enumerated in parallel, never sampled
     u, s         (E, B, G)     eq. 20-21 through the likelihood component
 
@@ -18,6 +18,11 @@ State coupling:
 - ``"independent"``: separate states ``k_u``, ``k_s`` for u and for s; the marginal is
   ``log sum_k pi_k p(u | k) + log sum_k pi_k p(s | k)``, the mixtures of eq. 23-24 that the reference
   optimises.
+
+With ``collapse_pi=True`` (``pi_guide="collapsed"``) pi is integrated out exactly (see
+:mod:`velopyro.collapsed`): ``k ~ Categorical(0.25 each)`` (shared), or ``k_u ~ Categorical(0.25 each)`` and
+``k_s | k_u ~ Categorical((0.25 + e_{k_u}) / 2)`` (independent; the Dirichlet-multinomial pair of the same pi).
+There is no pi site.
 
 Switch penalty (eq. 25, 27): the seed writes ``L_velo = L_elbo + lambda L_switch`` with lambda = 0.2
 and the veloVI reference applies it to the per-cell mean of the ELBO. velopyro keeps that meaning: the
@@ -39,6 +44,7 @@ from torch.distributions import constraints, transform_to
 from . import distributions as vdist
 from . import kinetics
 from ._chunks import gene_slices
+from .collapsed import conditional_prior
 from .coupling import STATE_COUPLINGS as COUPLINGS
 from .coupling import get_state_coupling
 from .likelihoods import Likelihood
@@ -130,6 +136,8 @@ class VeloVIModel(nn.Module):
         Shared initial values of the splicing and degradation rates and the switch time.
     seed
         Seed of the small jitter on the switch time's initial value.
+    collapse_pi
+        Integrate pi out (no pi site; see the module docstring and :mod:`velopyro.collapsed`).
     """
 
     def __init__(
@@ -148,6 +156,7 @@ class VeloVIModel(nn.Module):
         gamma_init: float = 0.31,
         t_s_init: float = 7.0,
         seed: int = 0,
+        collapse_pi: bool = False,
     ) -> None:
         super().__init__()
         self.coupling = get_state_coupling(state_coupling)
@@ -159,6 +168,10 @@ class VeloVIModel(nn.Module):
         self.register_buffer("u_star", torch.as_tensor(u_star, dtype=torch.float32))
         self.register_buffer("s_star", torch.as_tensor(s_star, dtype=torch.float32))
         self.register_buffer("pi_prior", torch.full((kinetics.N_STATES,), 0.25))  # eq. 14
+        self.collapse_pi = bool(collapse_pi)
+        if self.collapse_pi:  # not saved with the state dict: a function of pi_prior
+            self.register_buffer("k_prior", self.pi_prior / self.pi_prior.sum(), persistent=False)
+            self.register_buffer("k_s_given_k_u", conditional_prior(self.pi_prior), persistent=False)
         rate = transform_to(constraints.interval(0.0, RATE_MAX))
         switch = transform_to(constraints.interval(0.0, self.t_max))
         gen = torch.Generator().manual_seed(seed)
@@ -305,9 +318,22 @@ class VeloVIModel(nn.Module):
             ks = self.kinetic_state(z.squeeze(-2), r)  # eq. 16-19, 1-12
             u_bar, s_bar = ks["u_bar"], ks["s_bar"]
             with pyro.plate("genes", self.n_genes, dim=-1):
-                pi = pyro.sample("pi", vdist.Dirichlet(self.pi_prior))  # eq. 14
                 enum = {"enumerate": "parallel"}
                 lik = self.likelihood
-                k_u, k_s = self.coupling.sample_states(pi, enum)  # eq. 15, or eq. 23-24
+                if self.collapse_pi:
+                    k_u, k_s = self._collapsed_states(enum)  # pi integrated out (velopyro.collapsed)
+                else:
+                    pi = pyro.sample("pi", vdist.Dirichlet(self.pi_prior))  # eq. 14
+                    k_u, k_s = self.coupling.sample_states(pi, enum)  # eq. 15, or eq. 23-24
                 pyro.sample("u", lik.dist(select_state(u_bar, k_u), k_u, "u", size_factor_u), obs=u)  # eq. 20
                 pyro.sample("s", lik.dist(select_state(s_bar, k_s), k_s, "s", size_factor_s), obs=s)  # eq. 21
+
+    def _collapsed_states(self, enum: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state sites with pi integrated out (eq. 14-15, 23-24; :mod:`velopyro.collapsed`)."""
+        if self.state_coupling == "shared":
+            k = pyro.sample("k", dist.Categorical(self.k_prior), infer=enum)  # E[pi] = 0.25 each
+            return k, k
+        k_u = pyro.sample("k_u", dist.Categorical(self.k_prior), infer=enum)
+        # p(k_s | k_u) = E[pi_ku pi_ks] / E[pi_ku]: (0.25 + [k_s = k_u]) / 2
+        k_s = pyro.sample("k_s", dist.Categorical(Vindex(self.k_s_given_k_u)[..., k_u, :]), infer=enum)
+        return k_u, k_s

@@ -10,6 +10,13 @@ the posterior of the state given the data, ``p(k | u, s, z, pi) ∝ pi_k p(u | k
 enumerated posterior of eq. 15, 20-21; ``"posterior"``), or by ``pi`` itself (``"pi"``, as the veloVI
 reference does).
 
+With ``pi_guide="collapsed"`` pi is integrated out of the model (:mod:`velopyro.collapsed`). A draw then
+has no pi of its own: ``pi`` is the exact posterior mean ``E[pi | u, s, z]`` (a mixture of
+``Dirichlet(0.25 + e_k)`` over the exact state posterior), and the state posterior weighs the states by
+their prior, ``p(k | u, s, z) ∝ p(u | k) p(s | k)`` (the exact posterior of the shared state; with
+independent coupling, that of the state given that u and s share it). :func:`log_state_prior` is the one
+place that reads pi for the state posterior.
+
 Defaults, chosen by the benchmarks (``python -m benchmarks.run_all``, read-out table of
 ``benchmarks/results/results.md``, the same fits scored both ways):
 
@@ -32,11 +39,11 @@ import numpy as np
 import pyro
 import torch
 
-from . import kinetics
+from . import collapsed, kinetics
 from .coupling import StateCoupling, get_state_coupling
 from .data import VeloData
 
-__all__ = ["PosteriorSample", "iterate_samples", "reduce_samples", "state_posterior", "velocity",
+__all__ = ["PosteriorSample", "iterate_samples", "reduce_samples", "log_state_prior", "state_posterior", "velocity",
            "latent_time", "mixture_log_likelihood", "VELOCITY_WEIGHTS", "TIME_WEIGHTS", "QUERY_BATCH_SIZE"]
 
 STATE_WEIGHTS = ("posterior", "pi")
@@ -54,14 +61,34 @@ class PosteriorSample(dict):
     Keys: ``idx`` (B,), ``u``, ``s`` (B, G) observed, ``size_factor_u``/``_s`` (B, 1), ``z`` (B, d),
     ``z_loc`` (B, d), ``pi`` (B, G, 4), ``rho_ind``, ``rho_rep``, ``t_ind``, ``t_rep`` (B, G),
     ``u_bar``, ``s_bar`` (B, G, 4), ``ll_u``, ``ll_s`` (B, G, 4) per-state log-likelihoods,
-    ``rates`` (dict of (G,)).
+    ``rates`` (dict of (G,)); for a collapsed model also ``pi_prior`` (4,), the Dirichlet concentrations
+    pi was integrated over, and ``log_state_prior`` (4,) (see :func:`log_state_prior`).
     """
 
     __getattr__ = dict.__getitem__
 
 
+def log_state_prior(sample: PosteriorSample) -> torch.Tensor:
+    """Log weights of the states in the state posterior: ``log pi`` of the draw, or, for a collapsed model,
+    the prior weight of the shared state (:func:`velopyro.collapsed.shared_state_log_prior`).
+
+    Parameters
+    ----------
+    sample
+        One posterior draw.
+
+    Returns
+    -------
+    torch.Tensor
+        Broadcastable to ``(B, G, 4)``.
+    """
+    if "log_state_prior" in sample:
+        return sample["log_state_prior"]
+    return torch.log(sample["pi"].clamp_min(1e-30))
+
+
 def state_posterior(sample: PosteriorSample) -> torch.Tensor:
-    """``p(k | u, s, z, pi) ∝ pi_k p(u | k) p(s | k)``, shape ``(B, G, 4)``.
+    """``p(k | u, s, z, pi) ∝ pi_k p(u | k) p(s | k)``, shape ``(B, G, 4)`` (``pi_k``: :func:`log_state_prior`).
 
     Parameters
     ----------
@@ -73,7 +100,7 @@ def state_posterior(sample: PosteriorSample) -> torch.Tensor:
     torch.Tensor
         Probabilities over the four states.
     """
-    logits = torch.log(sample["pi"].clamp_min(1e-30)) + sample["ll_u"] + sample["ll_s"]
+    logits = log_state_prior(sample) + sample["ll_u"] + sample["ll_s"]
     return torch.softmax(logits, dim=-1)
 
 
@@ -103,7 +130,8 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str | StateCouplin
     """Log-likelihood of the observations with the state marginalised, per cell and gene ``(B, G)``.
 
     ``"shared"``: ``log sum_k pi_k p(u | k) p(s | k)``; ``"independent"``:
-    ``log sum_k pi_k p(u | k) + log sum_k pi_k p(s | k)`` (eq. 23-24).
+    ``log sum_k pi_k p(u | k) + log sum_k pi_k p(s | k)`` (eq. 23-24). For a collapsed model, the model's
+    own marginal with pi integrated over its prior (:func:`velopyro.collapsed.log_marginal`).
 
     Parameters
     ----------
@@ -117,6 +145,8 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str | StateCouplin
     torch.Tensor
         ``(B, G)``.
     """
+    if "pi_prior" in sample:
+        return collapsed.log_marginal(sample["ll_u"], sample["ll_s"], sample["pi_prior"], coupling)
     log_pi = torch.log(sample["pi"].clamp_min(1e-30))
     return get_state_coupling(coupling).mixture_log_likelihood(log_pi, sample["ll_u"], sample["ll_s"])
 
@@ -228,11 +258,22 @@ def iterate_samples(
             z_loc, z_scale = guide.encode(u, s, sfu, sfs)
             for sno in range(n_samples):
                 z = z_loc + z_scale * torch.randn_like(z_loc)
-                pi = guide.pi_head(z).sample()
                 ks = model.kinetic_state(z, r)
                 ll_u, ll_s = model.state_log_likelihood(ks["u_bar"], ks["s_bar"], u, s, sfu, sfs)
                 yield bno, sno, PosteriorSample(idx=idx, u=u, s=s, size_factor_u=sfu, size_factor_s=sfs, z=z,
-                                                z_loc=z_loc, pi=pi, ll_u=ll_u, ll_s=ll_s, rates=r, **ks)
+                                                z_loc=z_loc, ll_u=ll_u, ll_s=ll_s, rates=r,
+                                                **_pi_fields(model, guide, z, ll_u, ll_s), **ks)
+
+
+def _pi_fields(model: torch.nn.Module, guide: torch.nn.Module, z: torch.Tensor, ll_u: torch.Tensor,
+               ll_s: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``pi`` of a draw: from q(pi | z), or for a collapsed model ``E[pi | u, s, z]`` and the state prior."""
+    if guide.pi_head is None:
+        alpha, coupling = model.pi_prior, model.state_coupling
+        return {"pi": collapsed.pi_posterior_mean(ll_u, ll_s, alpha, coupling), "pi_prior": alpha,
+                "log_state_prior": collapsed.shared_state_log_prior(alpha, coupling)}
+    q_pi = guide.pi_head(z)
+    return {"pi": q_pi.sample()}
 
 
 def reduce_samples(

@@ -15,7 +15,9 @@ The state ``k`` (eq. 15) is enumerated out in training and never sampled by the 
 ``infer_discrete(temperature=1)`` samples): :func:`sample_posterior` returns it as ``"state_probs"``
 and draws from it as ``"k"``. Replicates take their state from it by default (``states="posterior"``:
 every latent variable from the posterior) or draw a new one from ``Categorical(pi)``
-(``states="pi"``, the model run as is).
+(``states="pi"``, the model run as is). With ``pi_guide="collapsed"`` (pi integrated out,
+:mod:`velopyro.collapsed`) the posterior states are drawn from the exact state posterior and
+``states="pi"`` draws new states from ``E[pi | u, s, z]`` (a pair from ``E[pi_i pi_j | u, s, z]``).
 
 Memory: only a batch of draws is held at a time (``n_samples x batch x genes`` floats per variable; the
 batch is shrunk so that this stays under :data:`MAX_BATCH_FLOATS`). By default only summaries (mean,
@@ -37,7 +39,7 @@ import torch
 from pyro import poutine
 from scipy import stats
 
-from . import kinetics, posterior
+from . import collapsed, kinetics, posterior
 from .coupling import StateCoupling, get_state_coupling
 from .fitted import FittedLike, FittedModel, as_fitted
 
@@ -121,6 +123,8 @@ def replicate(
         data.update(states)
     elif states == "posterior":
         data.update(posterior_states(sample, model.config["state_coupling"]))
+    elif states == "pi" and "pi_prior" in sample:
+        data.update(_collapsed_new_states(sample, model.config["state_coupling"]))
     elif states != "pi":
         raise ValueError(f"states must be one of {STATES} or a dict of state tensors, got {states!r}.")
     pyro_model = poutine.block(model.model, hide=["switch_penalty"])
@@ -151,8 +155,26 @@ def posterior_states(sample: posterior.PosteriorSample,
     dict of str to torch.Tensor
         ``{"k": ...}`` or ``{"k_u": ..., "k_s": ...}``, each ``(B, G)`` in 0..3.
     """
-    log_pi = torch.log(sample["pi"].clamp_min(1e-30))
+    if "pi_prior" in sample and coupling == "independent":  # pi integrated out: the exact pair posterior
+        joint = collapsed.pair_posterior(sample["ll_u"], sample["ll_s"], sample["pi_prior"])
+        return _pair_draw(joint)
+    log_pi = posterior.log_state_prior(sample)
     return get_state_coupling(coupling).posterior_states(log_pi, sample["ll_u"], sample["ll_s"])
+
+
+def _pair_draw(joint: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``k_u``, ``k_s`` drawn from a joint ``(..., 4, 4)`` table."""
+    flat = torch.distributions.Categorical(probs=joint.flatten(-2)).sample()
+    n = joint.shape[-1]
+    return {"k_u": flat // n, "k_s": flat % n}
+
+
+def _collapsed_new_states(sample: posterior.PosteriorSample, coupling: str) -> dict[str, torch.Tensor]:
+    """New states given the data when pi is integrated out (``states="pi"``): ``k ~ E[pi | u, s, z]``, or a
+    pair from ``E[pi_i pi_j | u, s, z]`` (:func:`velopyro.collapsed.pair_predictive`)."""
+    if coupling == "shared":
+        return {"k": torch.distributions.Categorical(probs=sample["pi"]).sample()}
+    return _pair_draw(collapsed.pair_predictive(sample["ll_u"], sample["ll_s"], sample["pi_prior"]))
 
 
 def pointwise_log_likelihood(model: FittedLike, sample: posterior.PosteriorSample, pi: str = "prior") -> torch.Tensor:

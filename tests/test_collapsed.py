@@ -1,0 +1,206 @@
+"""pi integrated out (pi_guide="collapsed"): the exact marginal, the posterior of pi, the read-outs."""
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO
+
+from velopyro import VeloPyro, collapsed, posterior
+from velopyro.cli import _build_parser
+from velopyro.datasets import simulate
+from velopyro.guide import VeloVIGuide
+from velopyro.likelihoods import Normal
+from velopyro.model import VeloVIModel, switch_targets
+
+N, G, D = 6, 3, 10
+ALPHA = torch.full((4,), 0.25, dtype=torch.float64)
+
+
+def _models(coupling):
+    """Collapsed and uncollapsed models with the same parameters, no switch penalty, and fixed z."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    u = rng.random((N, G)).astype(np.float32)
+    s = rng.random((N, G)).astype(np.float32)
+    lik = Normal()
+    lik.setup(u, s, np.ones(N, np.float32), np.ones(N, np.float32))
+    us, ss = switch_targets(u, s)
+    kw = dict(n_hidden=16, state_coupling=coupling, switch_penalty=0.0)
+    m_c = VeloVIModel(G, lik, us, ss, collapse_pi=True, **kw)
+    m_u = VeloVIModel(G, lik, us, ss, **kw)
+    m_u.load_state_dict(m_c.state_dict())
+    for m in (m_c, m_u):
+        m.eval()
+    z = torch.randn(N, 1, D)
+    return m_c, m_u, torch.from_numpy(u), torch.from_numpy(s), z
+
+
+def _z_guide(z, pi=None):
+    """A guide that fixes z (and pi) and whose log-density cancels the model's prior term of each."""
+
+    def guide(idx, u, s, sfu, sfs, kl_weight=1.0, penalty_weight=1.0, n_cells=None):
+        with pyro.plate("cells", N, dim=-2):
+            pyro.sample("z", dist.Delta(z, log_density=dist.Normal(0.0, 1.0).log_prob(z).sum(-1), event_dim=1))
+            if pi is not None:
+                with pyro.plate("genes", G, dim=-1):
+                    log_prior = dist.Dirichlet(torch.full((4,), 0.25)).log_prob(pi)
+                    pyro.sample("pi", dist.Delta(pi, log_density=log_prior, event_dim=1))
+
+    return guide
+
+
+def _pair_log_lik(ll_u, ll_s, log_pi, coupling):
+    """The uncollapsed model's log p(u, s | z, pi) per (cell, gene), the state(s) summed out."""
+    if coupling == "shared":
+        return torch.logsumexp(log_pi + ll_u + ll_s, -1)
+    return torch.logsumexp(log_pi + ll_u, -1) + torch.logsumexp(log_pi + ll_s, -1)
+
+
+@pytest.mark.parametrize("coupling", ["shared", "independent"])
+def test_collapsed_marginal_equals_monte_carlo_over_pi(coupling):
+    """Pyro's enumerated marginal of the collapsed model = log E_{pi ~ Dirichlet(0.25)} p(u, s | z, pi) of the
+    uncollapsed model, per (cell, gene) pair, within Monte Carlo error."""
+    m_c, m_u, u, s, z = _models(coupling)
+    ones = torch.ones(N, 1)
+    args = (torch.arange(N), u, s, ones, ones)
+    elbo = TraceEnum_ELBO(max_plate_nesting=2)
+    log_p_collapsed = -elbo.loss(m_c, _z_guide(z), *args)  # the z terms cancel: log p(u, s | z)
+    with torch.no_grad():
+        ks = m_u.kinetic_state(z.squeeze(-2))
+        ll_u, ll_s = (x.double() for x in m_u.state_log_likelihood(ks["u_bar"], ks["s_bar"], u, s))
+    gen = torch.Generator().manual_seed(1)
+    # the hand formula is the uncollapsed Pyro model's marginal for a fixed pi (away from the simplex's edges,
+    # where the float32 prior terms that cancel between model and guide lose digits)
+    pi1 = torch.distributions.Dirichlet(torch.full((N, G, 4), 2.0)).sample()
+    assert -elbo.loss(m_u, _z_guide(z, pi1), *args) == pytest.approx(
+        _pair_log_lik(ll_u, ll_s, pi1.double().log(), coupling).sum().item(), rel=1e-5)
+    # Monte Carlo over pi ~ Dirichlet(0.25): gamma draws from a local generator, normalised
+    m = 100_000
+    gam = torch._standard_gamma(torch.full((m, N, G, 4), 0.25, dtype=torch.float64), generator=gen)
+    log_pi = torch.log(gam.clamp_min(1e-300)) - torch.log(gam.sum(-1, keepdim=True))
+    lp = _pair_log_lik(ll_u, ll_s, log_pi, coupling)  # (m, N, G)
+    top = lp.amax(0)
+    w = torch.exp(lp - top)
+    est = torch.log(w.mean(0)) + top
+    se = (w.std(0) / (w.mean(0) * m**0.5)).square().sum().sqrt().item()  # delta method, summed pairs
+    assert se < 0.05
+    assert log_p_collapsed == pytest.approx(est.sum().item(), abs=4 * se + 1e-3)
+    # the algebra of velopyro.collapsed gives the same number
+    assert collapsed.log_marginal(ll_u, ll_s, ALPHA, coupling).sum().item() == pytest.approx(log_p_collapsed, abs=1e-3)
+    if coupling == "independent":
+        # the factorised mixtures at E[pi] (the same pi is NOT shared then) are measurably wrong
+        naive = _pair_log_lik(ll_u, ll_s, torch.log(ALPHA), coupling).sum().item()
+        assert abs(naive - est.sum().item()) > 10 * se
+
+
+def test_pair_prior_is_the_dirichlet_second_moment():
+    joint = collapsed.pair_prior(ALPHA)
+    assert torch.allclose(torch.diagonal(joint), torch.full((4,), 0.15625, dtype=torch.float64))
+    assert torch.allclose(joint[0, 1:], torch.full((3,), 0.03125, dtype=torch.float64))
+    assert joint.sum().item() == pytest.approx(1.0)
+    cond = collapsed.conditional_prior(ALPHA)
+    assert torch.allclose(cond, joint / joint.sum(-1, keepdim=True))
+    assert cond[2, 2].item() == pytest.approx(0.625) and cond[2, 0].item() == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("coupling", ["shared", "independent"])
+def test_pi_posterior_mean_matches_importance_sampling(coupling):
+    """E[pi | u, s, z] in closed form = the self-normalised importance estimate with the prior as proposal."""
+    gen = torch.Generator().manual_seed(2)
+    ll_u = torch.randn(5, 4, generator=gen, dtype=torch.float64) * 2.0
+    ll_s = torch.randn(5, 4, generator=gen, dtype=torch.float64) * 2.0
+    m = 200_000
+    gam = torch._standard_gamma(torch.full((m, 5, 4), 0.25, dtype=torch.float64), generator=gen)
+    pi = gam / gam.sum(-1, keepdim=True)
+    w = torch.softmax(_pair_log_lik(ll_u, ll_s, torch.log(pi.clamp_min(1e-300)), coupling), dim=0)
+    est = (w.unsqueeze(-1) * pi).sum(0)
+    exact = collapsed.pi_posterior_mean(ll_u, ll_s, ALPHA, coupling)
+    torch.testing.assert_close(exact.sum(-1), torch.ones(5, dtype=torch.float64))
+    torch.testing.assert_close(exact, est, atol=0.01, rtol=0)
+    assert (exact - ALPHA).abs().max() > 0.1  # the data moved pi away from its prior mean
+    if coupling == "independent":  # a new pair (k_u, k_s) given the data: E[pi_i pi_j | u, s, z]
+        pair = collapsed.pair_predictive(ll_u, ll_s, ALPHA)
+        est2 = (w[..., None, None] * pi.unsqueeze(-1) * pi.unsqueeze(-2)).sum(0)
+        torch.testing.assert_close(pair.sum((-1, -2)), torch.ones(5, dtype=torch.float64))
+        torch.testing.assert_close(pair, est2, atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("coupling", ["shared", "independent"])
+def test_collapsed_model_and_guide_have_no_pi_site(coupling):
+    m_c, _, u, s, _ = _models(coupling)
+    guide = VeloVIGuide(G, D, m_c.likelihood, pi_guide="collapsed", n_hidden=16).eval()
+    assert guide.pi_head is None
+    ones = torch.ones(N, 1)
+    args = (torch.arange(N), u, s, ones, ones)
+    g_tr = poutine.trace(guide).get_trace(*args)
+    tr = poutine.trace(poutine.replay(poutine.enum(m_c, first_available_dim=-3), g_tr)).get_trace(*args)
+    assert "pi" not in g_tr.nodes and "pi" not in tr.nodes
+    names = ["k"] if coupling == "shared" else ["k_u", "k_s"]
+    assert all(tr.nodes[n]["value"].numel() == 4 for n in names)  # enumerated, never sampled
+    if coupling == "independent":
+        # k_s | k_u: (0.25 + [k_s = k_u]) / 2, a (4, 4) table over the two enumeration dims
+        probs = tr.nodes["k_s"]["fn"].probs.reshape(4, -1, 4)[:, 0]  # same for every cell and gene
+        torch.testing.assert_close(probs, collapsed.conditional_prior(m_c.pi_prior))
+    loss = TraceEnum_ELBO(max_plate_nesting=2).loss(m_c, guide, *args)
+    assert np.isfinite(loss)
+    # without observations the model draws the states and the data (posterior predictive)
+    tr2 = poutine.trace(poutine.replay(m_c, g_tr)).get_trace(torch.arange(N), None, None, ones, ones)
+    assert tr2.nodes["u"]["value"].shape == (N, G) and tr2.nodes[names[-1]]["value"].shape == (N, G)
+
+
+@pytest.fixture(scope="module")
+def fitted_collapsed():
+    sim = simulate(n_cells=200, n_genes=6, seed=3)
+    model = VeloPyro(sim, pi_guide="collapsed")
+    model.fit(max_epochs=5, batch_size=64, progress_bar=False, seed=0)
+    return model
+
+
+def test_collapsed_read_outs_use_the_exact_posterior_of_pi(fitted_collapsed):
+    model = fitted_collapsed
+    assert "pi" not in model.guide.state_dict() and model.guide.pi_head is None
+    smp = next(posterior.iterate_samples(model.model, model.guide, model.data, batch_size=50))[2]
+    torch.testing.assert_close(smp["pi"], collapsed.pi_posterior_mean(smp["ll_u"], smp["ll_s"],
+                                                                       model.model.pi_prior, "independent"))
+    # state posterior: uniform prior weight of the shared state, p(k) ∝ p(u | k) p(s | k)
+    torch.testing.assert_close(posterior.state_posterior(smp), torch.softmax(smp["ll_u"] + smp["ll_s"], -1))
+    torch.testing.assert_close(posterior.mixture_log_likelihood(smp, "independent"),
+                               collapsed.log_marginal(smp["ll_u"], smp["ll_s"], model.model.pi_prior,
+                                                      "independent"))
+    v_pi = model.get_velocity(n_samples=2, state_weights="pi")
+    v_post = model.get_velocity(n_samples=2, state_weights="posterior")
+    assert v_pi.shape == (200, 6) and np.isfinite(v_pi).all() and not np.allclose(v_pi, v_post)
+    p = model.get_state_assignment(n_samples=2, state_weights="pi")
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
+    t = model.get_latent_time(n_samples=2)
+    assert np.isfinite(t).all() and (t >= 0).all()
+    assert np.isfinite(model.get_log_likelihood()).all()
+
+
+def test_collapsed_save_load_and_cli_choice(fitted_collapsed, tmp_path):
+    fitted_collapsed.save(tmp_path / "m")
+    loaded = VeloPyro.load(tmp_path / "m", fitted_collapsed.adata)
+    assert loaded.config["pi_guide"] == "collapsed" and loaded.model.collapse_pi
+    np.testing.assert_array_equal(loaded.get_velocity(n_samples=2), fitted_collapsed.get_velocity(n_samples=2))
+    args = _build_parser().parse_args(["fit", "in.h5ad", "-o", "out.h5ad", "--pi-guide", "collapsed"])
+    assert args.pi_guide == "collapsed"
+
+
+def test_collapsed_replicates_and_state_draws(fitted_collapsed):
+    from velopyro import ppc
+
+    model = fitted_collapsed
+    smp = next(posterior.iterate_samples(model.model, model.guide, model.data, batch_size=50))[2]
+    for states in ("posterior", "pi"):
+        u_rep, s_rep = ppc.replicate(model, smp, states)
+        assert u_rep.shape == (50, 6) and torch.isfinite(s_rep).all()
+    # pair draws follow their (k_u, k_s) table
+    table = torch.tensor([[0.4, 0.1, 0.0, 0.0], [0.0, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.3], [0.0] * 4])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        d = ppc._pair_draw(table.expand(20_000, 4, 4))
+    freq = torch.zeros(4, 4).index_put_((d["k_u"], d["k_s"]), torch.ones(20_000), accumulate=True) / 20_000
+    torch.testing.assert_close(freq, table, atol=0.015, rtol=0)
