@@ -531,6 +531,13 @@ class VeloPyro:
           :meth:`get_state_assignment` (states weighted by p(k | data))
         - ``var["fit_alpha"]``, ``var["fit_beta"]``, ``var["fit_gamma"]``, ``var["fit_t_"]`` (switch time),
           ``var["fit_scaling"]`` (1.0), ``var["velocity_genes"]`` (True), ``var["fit_sigma_u"]`` etc.
+        - for scVelo's dynamical-model tools (``scv.tl.latent_time``, ``rank_dynamical_genes``):
+          ``var["fit_likelihood"]`` (scVelo's gene likelihood of the standardised residuals of the
+          posterior mean fit), ``var["fit_log_likelihood"]`` (the model's marginal log-likelihood per
+          cell, averaged over cells), ``var["fit_std_u"]``/``["fit_std_s"]``, ``var["fit_u0"]``/
+          ``["fit_s0"]`` (0: no basal transcription), ``layers["fit_tau"]``/``["fit_tau_"]`` (time on the
+          induction branch; time since the switch on the repression branch) and
+          ``uns["recover_dynamics"]``; see :mod:`velopyro._scvelo`
         - ``obs["latent_time"]`` (cell-level, [0, 1]), ``obsm["X_velopyro"]`` (mean of q(z | u, s))
         - ``uns["velopyro"]``: configuration, training history, layers used, state weights of each output.
 
@@ -569,7 +576,11 @@ class VeloPyro:
             w = posterior.state_weights(smp, posterior.TIME_WEIGHTS)
             return {"v": posterior.velocity(smp, "mean", "spliced", wv),
                     "vu": posterior.velocity(smp, "mean", "unspliced", wv),
-                    "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"]}
+                    "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"],
+                    # scVelo's dynamical keys: expression fit, per-branch times, marginal log-likelihood
+                    "fu": (smp["u_bar"] * w).sum(-1), "fs": (smp["s_bar"] * w).sum(-1),
+                    "tau": smp["t_ind"], "tau_": smp["t_rep"] - smp["rates"]["t_s"],
+                    "ll": posterior.mixture_log_likelihood(smp, self.config["state_coupling"])}
 
         out = self._reduce(fn, n_samples, 256, seed)
         adata.layers["velocity"] = out["v"].astype(np.float32)
@@ -581,6 +592,7 @@ class VeloPyro:
             adata.var["fit_t_" if k == "t_s" else f"fit_{k}"] = v
         adata.var["fit_scaling"] = 1.0
         adata.var["velocity_genes"] = True
+        self._write_scvelo_dynamics(adata, out)
         c = np.median(out["t"], axis=1)
         span = c.max() - c.min()
         adata.obs["latent_time"] = (c - c.min()) / span if span > 0 else 0.0
@@ -594,6 +606,20 @@ class VeloPyro:
                               "fit_state": posterior.TIME_WEIGHTS},
         }
         return adata if copy else None
+
+    def _write_scvelo_dynamics(self, adata: Any, out: dict[str, np.ndarray]) -> None:
+        """The keys scVelo's dynamical-model tools read (see :mod:`velopyro._scvelo`)."""
+        from . import _scvelo
+
+        stats = _scvelo.standardised_fit_stats(self._kinetic[0], self._kinetic[1], out["fu"], out["fs"])
+        adata.var["fit_likelihood"] = stats["likelihood"]
+        adata.var["fit_log_likelihood"] = out["ll"].mean(0)
+        adata.var["fit_std_u"], adata.var["fit_std_s"] = stats["std_u"], stats["std_s"]
+        adata.var["fit_u0"] = 0.0
+        adata.var["fit_s0"] = 0.0
+        adata.layers["fit_tau"] = out["tau"].astype(np.float32)
+        adata.layers["fit_tau_"] = out["tau_"].astype(np.float32)
+        adata.uns["recover_dynamics"] = dict(_scvelo.RECOVER_DYNAMICS)
 
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
