@@ -114,3 +114,35 @@ def test_permutation_score_finds_a_cell_type_without_kinetics() -> None:
     is_b = np.broadcast_to(scores.columns.to_numpy() == "b", scores.shape).ravel()
     assert roc_auc_score(is_b, -scores.to_numpy().ravel()) >= 0.9
     assert scores["b"].median() < 0.5 * scores.drop(columns="b").median().min()
+
+
+def test_figures_show_the_data(small) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    adata, model = small
+    model.get_directional_uncertainty(n_samples=3)
+    model.get_permutation_scores("type", n_samples=2)
+    adata.obsm["X_umap"] = adata.layers["Ms"][:, :2].astype(np.float64)
+    fig, ax = plt.subplots()
+    out = velopyro.pl.uncertainty(adata, color="directional_cosine_sim_mean", ax=ax, show=False)
+    assert out is fig
+    pts = ax.collections[0]
+    val = adata.obs["directional_cosine_sim_mean"].to_numpy()
+    np.testing.assert_allclose(np.sort(pts.get_array().data), np.sort(val), rtol=1e-6)
+    assert pts.get_offsets().shape == (adata.n_obs, 2)
+    fig2 = velopyro.pl.permutation_scores(adata, color="tab:red", show=False)
+    ax2 = fig2.axes[0]
+    medians = [line.get_ydata()[0] for line in ax2.lines if len(line.get_xdata()) == 2
+               and line.get_color() != "0.5" and line.get_linestyle() == "-"]
+    expected = np.median(adata.varm["permutation_scores"], axis=0)
+    assert all(any(np.isclose(m, e) for m in medians) for e in expected)
+    assert [t.get_text() for t in ax2.get_xticklabels()] == ["early", "late"]
+    assert len(ax2.patches) == 2
+    with pytest.raises(VelopyroInputError, match="one per type"):
+        velopyro.pl.permutation_scores(adata, color=["r", "g", "b"])
+    with pytest.raises(VelopyroInputError, match="get_directional_uncertainty"):
+        velopyro.pl.uncertainty(adata, color="nope")
+    plt.close("all")
