@@ -35,12 +35,27 @@ def test_velocity_points_to_known_neighbour() -> None:
     assert v[0] > 0.5  # towards cell 1 (+x)
     assert abs(v[1]) < 1e-6  # the two perpendicular neighbours cancel
 
-    corr = adata.obsp["velocity_graph"].toarray()[0]
+    corr = tl.signed_velocity_graph(adata).toarray()[0]
     assert corr[1] == pytest.approx(1.0)
     assert corr[2] == pytest.approx(-1.0)
     assert corr[3] == pytest.approx(0.0, abs=1e-9)
     assert corr[4] == pytest.approx(0.0, abs=1e-9)
     assert np.argmax(tl.transition_matrix(adata).toarray()[0]) == 1
+
+
+def test_graph_in_scvelo_layout() -> None:
+    """Positive part under velocity_graph, negative part under velocity_graph_neg, in obsp and uns."""
+    adata = _star()
+    tl.velocity_graph(adata)
+    pos, neg = adata.obsp["velocity_graph"], adata.obsp["velocity_graph_neg"]
+    assert pos.data.min() >= 0 and neg.data.max() < 0
+    assert neg.toarray()[0, 2] == pytest.approx(-1.0) and pos.toarray()[0, 2] == 0
+    assert pos.toarray()[0, 1] == pytest.approx(1.0) and neg.toarray()[0, 1] == 0
+    assert adata.uns["velocity_graph"] is pos and adata.uns["velocity_graph_neg"] is neg
+    signed = tl.signed_velocity_graph(adata)
+    # every kNN edge is kept (zeros as 1e-12), so the transitions see all four neighbours of cell 0
+    assert signed.getnnz(axis=1)[0] == 4
+    np.testing.assert_allclose(signed.toarray(), (pos + neg).toarray())
 
 
 def test_transition_rows_sum_to_one_and_sigma() -> None:

@@ -19,7 +19,9 @@ Keys written
 =====================================  ============================================================
 key                                    content
 =====================================  ============================================================
-``obsp["<vkey>_graph"]``               CSR, correlation of velocity and displacement per kNN edge
+``obsp["<vkey>_graph"]``               CSR, positive part of the correlation of velocity and displacement
+                                       per kNN edge (scVelo's layout; also in ``uns``)
+``obsp["<vkey>_graph_neg"]``           CSR, the negative correlations (negative values; also in ``uns``)
 ``uns["<vkey>_graph_params"]``         the settings of :func:`velocity_graph` (xkey, graph, genes)
 ``obsm["<vkey>_<basis>"]``             velocity projected into the embedding (e.g. ``velocity_umap``)
 ``obs["<vkey>_length"]``               Euclidean norm of the gene-space velocity per cell
@@ -41,6 +43,7 @@ from ._validation import VelopyroInputError, get_layer
 
 __all__ = [
     "velocity_graph",
+    "signed_velocity_graph",
     "transition_matrix",
     "velocity_embedding",
     "velocity_confidence",
@@ -144,9 +147,54 @@ def _edge_correlation(x: np.ndarray, vc: np.ndarray, rows: np.ndarray, cols: np.
     return np.clip(out, -1.0, 1.0)
 
 
+def _split_signed(g: sp.csr_matrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The positive (and ``1e-12`` placeholder) and the negative entries of ``g`` as two CSR matrices."""
+    neg_mask = g.data < 0
+    pos = sp.csr_matrix((np.where(neg_mask, 0.0, g.data), g.indices.copy(), g.indptr.copy()), shape=g.shape)
+    neg = sp.csr_matrix((np.where(neg_mask, g.data, 0.0), g.indices.copy(), g.indptr.copy()), shape=g.shape)
+    pos.eliminate_zeros()
+    neg.eliminate_zeros()
+    return pos, neg
+
+
 # --------------------------------------------------------------------------------------------------
 # public tools
 # --------------------------------------------------------------------------------------------------
+
+
+def signed_velocity_graph(adata: Any, vkey: str = "velocity") -> sp.csr_matrix:
+    """The full signed velocity graph: ``obsp["<vkey>_graph"] + obsp["<vkey>_graph_neg"]``.
+
+    :func:`velocity_graph` stores the correlations in scVelo's layout (positive part and negative part
+    apart); this puts them back together.
+
+    Parameters
+    ----------
+    adata
+        AnnData after :func:`velocity_graph` (or ``scv.tl.velocity_graph``).
+    vkey
+        Velocity layer the graph was computed from.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        ``(cells, cells)`` float64, correlations in [-1, 1] on the kNN edges.
+
+    Raises
+    ------
+    VelopyroInputError
+        If the graph is missing.
+    """
+    key, key_neg = f"{vkey}_graph", f"{vkey}_graph_neg"
+    stores = [st for st in (adata.obsp, adata.uns) if key in st]
+    if not stores:
+        raise VelopyroInputError(f"obsp[{key!r}] not found; run velopyro.tl.velocity_graph(adata, vkey={vkey!r})")
+    store = stores[0]
+    g = sp.csr_matrix(store[key], dtype=np.float64, copy=True)
+    if key_neg in store:
+        g = g + sp.csr_matrix(store[key_neg], dtype=np.float64)
+    g.sort_indices()
+    return g
 
 
 def velocity_graph(
@@ -182,9 +230,12 @@ def velocity_graph(
     Returns
     -------
     AnnData or None
-        The copy if ``copy`` else None. Writes ``obsp[f"{vkey}_graph"]`` (CSR, correlations on the
-        graph's sparsity pattern; exact zeros are stored as ``1e-12`` so the pattern is kept) and
-        ``uns[f"{vkey}_graph_params"]``.
+        The copy if ``copy`` else None. Writes, in scVelo's layout, ``obsp[f"{vkey}_graph"]`` (CSR,
+        the positive correlations; exact zeros are stored as ``1e-12`` so the neighbours are kept) and
+        ``obsp[f"{vkey}_graph_neg"]`` (the negative correlations, as negative values), the same two
+        matrices under ``uns`` (where scVelo 0.3.4's ``transition_matrix``, ``terminal_states`` and
+        ``velocity_pseudotime`` look for them), and ``uns[f"{vkey}_graph_params"]``.
+        :func:`signed_velocity_graph` adds the two parts back together.
 
     Raises
     ------
@@ -201,7 +252,12 @@ def velocity_graph(
     rows, cols = _edge_rows(g), g.indices
     corr = _edge_correlation(x, _centre_rows(v), rows, cols)
     corr[corr == 0] = 1e-12  # keep the sparsity pattern (neighbours) through eliminate_zeros elsewhere
-    adata.obsp[f"{vkey}_graph"] = sp.csr_matrix((corr, cols.copy(), g.indptr.copy()), shape=g.shape)
+    pos, neg = _split_signed(sp.csr_matrix((corr, cols.copy(), g.indptr.copy()), shape=g.shape))
+    # scVelo's layout: the positive part under "<vkey>_graph", the negative part (negative values) under
+    # "<vkey>_graph_neg"; scVelo 0.3.4 requires the uns keys and reads the positive part from obsp first
+    for store in (adata.obsp, adata.uns):
+        store[f"{vkey}_graph"] = pos
+        store[f"{vkey}_graph_neg"] = neg
     adata.uns[f"{vkey}_graph_params"] = {"xkey": xkey, "graph_key": graph_key,
                                          "n_neighbors": -1 if n_neighbors is None else int(n_neighbors),
                                          "n_genes": int(genes.sum())}
@@ -240,7 +296,7 @@ def transition_matrix(
     key = f"{vkey}_graph"
     if key not in adata.obsp:
         velocity_graph(adata, vkey=vkey)
-    g = sp.csr_matrix(adata.obsp[key], dtype=np.float64, copy=True)
+    g = signed_velocity_graph(adata, vkey)
     if self_transitions:
         g = g + sp.identity(g.shape[0], format="csr") * 1e-12
         g.sort_indices()

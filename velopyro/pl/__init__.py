@@ -7,6 +7,8 @@ Every function takes the AnnData first (:func:`loss_curve` also takes a model), 
 - :func:`latent_time`: an embedding coloured by ``obs["latent_time"]``
 - :func:`velocity_stream`: velocity streamlines on an embedding over the clusters
 - :func:`loss_curve`: training and validation loss per epoch
+- :func:`uncertainty`: an embedding coloured by a per-cell uncertainty; :func:`permutation_scores`: the
+  permutation scores per cell type (both take ``ax=``, ``show=``, ``save=``, ``color=``)
 - posterior predictive checks ``ppc_density``, ``pit_histogram``, ``rootogram`` (from
   ``velopyro.pl._ppc``, loaded on first use)
 
@@ -19,8 +21,9 @@ import importlib
 from typing import Any
 
 from ._figures import latent_time, loss_curve, phase_portraits, velocity_stream
+from ._uncertainty import permutation_scores, uncertainty
 
-__all__ = ["phase_portraits", "latent_time", "velocity_stream", "loss_curve"]
+__all__ = ["phase_portraits", "latent_time", "velocity_stream", "loss_curve", "uncertainty", "permutation_scores"]
 
 _PPC_NAMES = ("ppc_density", "pit_histogram", "rootogram")
 

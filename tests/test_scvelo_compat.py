@@ -1,0 +1,99 @@
+"""scVelo's tools on velopyro's output, without glue (skipped when scvelo is absent).
+
+A tiny fitted simulation: velopyro.write_to_adata + velopyro.tl.velocity_graph, then scVelo 0.3.4's
+terminal_states, velocity_pseudotime, latent_time and rank_dynamical_genes, checked against the truth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.stats import spearmanr
+
+import velopyro
+from velopyro import _scvelo
+
+# the fixture fits 200 epochs (a shorter fit points the velocity graph forward on only 58% of the edges)
+slow = pytest.mark.slow
+
+
+def test_standardised_fit_stats_scvelo_definition() -> None:
+    """A perfect fit has the highest likelihood; std over positive cells below the 99th percentile."""
+    rng = np.random.default_rng(0)
+    u = rng.uniform(0.1, 1.0, (200, 3))
+    s = rng.uniform(0.1, 1.0, (200, 3))
+    u[:50, 1] = 0.0  # cells with u == 0 are left out of the std
+    noise = np.array([0.0, 0.05, 0.3])
+    fu = u + noise * rng.standard_normal(u.shape)
+    fs = s + noise * rng.standard_normal(s.shape)
+    out = _scvelo.standardised_fit_stats(u, s, fu, fs)
+    ok = (u[:, 1] > 0) & (u[:, 1] <= np.percentile(u[50:, 1], 99)) & (s[:, 1] <= np.percentile(s[50:, 1], 99))
+    assert out["std_u"][1] == pytest.approx(u[ok, 1].std())
+    assert out["likelihood"][1] > out["likelihood"][2]  # less noise, higher likelihood
+    # scVelo's formula: residuals in units of the data's std, their signed variance, a Gaussian
+    du, ds = (fu[:, 2] - u[:, 2]) / out["std_u"][2], (fs[:, 2] - s[:, 2]) / out["std_s"][2]
+    d2 = du**2 + ds**2
+    varx = d2.mean() - (np.sign(ds) * np.sqrt(d2)).mean() ** 2
+    expected = np.exp(-0.5 * d2.mean() / varx - 0.5 * np.log(2 * np.pi * varx))
+    assert out["likelihood"][2] == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def scvelo_ready():
+    scv = pytest.importorskip("scvelo")
+    sc = pytest.importorskip("scanpy")
+    sim = velopyro.datasets.simulate(n_cells=600, n_genes=20, seed=0)
+    # the first 60% of the clock: expression rises and partly falls, but does not loop back to the start
+    # (after every gene's repression, late cells sit near the earliest ones and the end points blur)
+    adata = sim[sim.obs["true_t"] < 12].copy()
+    model = velopyro.VeloPyro(adata)
+    model.fit(max_epochs=200, batch_size=128, progress_bar=False, seed=0)
+    model.write_to_adata(n_samples=3)
+    sc.pp.pca(adata, n_comps=10, random_state=0)
+    sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
+    adata.obs["clusters"] = np.digitize(adata.obs["true_t"], [4, 8]).astype(str)
+    adata.obs["clusters"] = adata.obs["clusters"].astype("category")
+    velopyro.tl.velocity_graph(adata)
+    scv.settings.verbosity = 0
+    return scv, adata
+
+
+@slow
+def test_keys_scvelo_reads(scvelo_ready) -> None:
+    _, adata = scvelo_ready
+    for key in ("fit_likelihood", "fit_log_likelihood", "fit_std_u", "fit_std_s", "fit_u0", "fit_s0"):
+        assert np.isfinite(adata.var[key]).all(), key
+    assert (adata.var["fit_std_u"] > 0).all() and (adata.var["fit_likelihood"] > 0).all()
+    assert set(adata.uns["recover_dynamics"]) >= {"use_raw", "fit_connected_states"}
+    # fit_tau is the induction time (<= switch), fit_tau_ the time since the switch (>= 0)
+    assert (adata.layers["fit_tau"] <= adata.var["fit_t_"].to_numpy()[None, :] + 1e-4).all()
+    assert (adata.layers["fit_tau_"] >= -1e-4).all()
+
+
+@slow
+def test_scvelo_transitions_are_stochastic(scvelo_ready) -> None:
+    """The bug this layout fixes: a signed obsp graph gave scVelo rows summing to 0.29-1."""
+    scv, adata = scvelo_ready
+    t = scv.tl.transition_matrix(adata)
+    np.testing.assert_allclose(np.asarray(sp.csr_matrix(t).sum(1)).ravel(), 1.0, rtol=1e-6)
+
+
+@slow
+def test_scvelo_dynamical_tools_run_and_are_sane(scvelo_ready) -> None:
+    scv, adata = scvelo_ready
+    true_t = adata.obs["true_t"].to_numpy()
+    scv.tl.terminal_states(adata)
+    assert adata.obs["root_cells"].max() > 0.99  # found a root region
+    # measured (200 epochs): roots -0.85, end points 0.25, velocity pseudotime 0.68, latent time 0.88
+    assert spearmanr(adata.obs["root_cells"], true_t)[0] < -0.5  # roots are early cells
+    assert spearmanr(adata.obs["end_points"], true_t)[0] > 0.1  # end points later ones
+    scv.tl.velocity_pseudotime(adata)
+    vpt = adata.obs["velocity_pseudotime"].to_numpy()
+    assert np.isfinite(vpt).all() and spearmanr(vpt, true_t)[0] > 0.5
+    scv.tl.latent_time(adata)
+    assert spearmanr(adata.obs["latent_time"], true_t)[0] > 0.7
+    scv.tl.rank_dynamical_genes(adata, groupby="clusters")
+    names = adata.uns["rank_dynamical_genes"]["names"]
+    assert set(names.dtype.names) == set(adata.obs["clusters"].cat.categories)
+    assert set(np.asarray(names[names.dtype.names[0]])) <= set(adata.var_names)
