@@ -18,6 +18,7 @@ import torch
 
 from . import kinetics, posterior
 from ._validation import VelopyroInputError, check_constant_genes, check_expression
+from .checkpoint import checkpoint_path, load_checkpoint
 from .guide import PI_GUIDES, VeloVIGuide
 from .likelihoods import Likelihood, get_likelihood
 from .model import STATE_COUPLINGS, VeloVIModel, switch_targets
@@ -186,6 +187,9 @@ class VeloPyro:
         progress_bar: bool = True,
         clip_norm: float = 10.0,
         validation_indices: Any | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 1,
+        resume: str | os.PathLike | None = None,
     ) -> VeloPyro:
         """Fit by SVI with ``TraceEnum_ELBO`` (see :func:`velopyro.train.train_svi`).
 
@@ -222,6 +226,16 @@ class VeloPyro:
         validation_indices
             Integer positions of the cells to hold out for validation (e.g. to compare with another model
             on the same cells); overrides ``train_size``. The other cells train.
+        checkpoint_dir
+            Save the whole training state (parameters, optimiser, random states, early stopping, history)
+            to ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` epochs, atomically.
+        checkpoint_every
+            Epochs between checkpoints (1).
+        resume
+            A ``checkpoint_dir`` (or its ``checkpoint.pt``) of an earlier fit on the same data: continue it
+            exactly where it stopped, as if it had never been interrupted. Pass the same settings as that
+            fit (``max_epochs`` may differ); checkpoints continue into the same directory unless
+            ``checkpoint_dir`` says otherwise.
 
         Returns
         -------
@@ -231,6 +245,18 @@ class VeloPyro:
         if batch_size > self.n_cells:
             raise VelopyroInputError(
                 f"adata has {self.n_cells} cells, fewer than the minibatch size {batch_size}; lower batch_size."
+            )
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            raise VelopyroInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
+        state = None if resume is None else load_checkpoint(resume)
+        if state is not None:
+            self._check_checkpoint(state, resume)
+            if checkpoint_dir is None:
+                checkpoint_dir = checkpoint_path(resume).parent
+        elif checkpoint_dir is not None and checkpoint_path(checkpoint_dir).is_file():
+            raise VelopyroInputError(
+                f"{str(checkpoint_dir)!r} already holds a checkpoint; pass resume={str(checkpoint_dir)!r} to "
+                "continue that fit, or choose an empty checkpoint_dir."
             )
         self._build(get_likelihood(self._fresh_likelihood()), seed=seed)
         if validation_indices is None:
@@ -246,6 +272,18 @@ class VeloPyro:
             self.validation_indices = val
             if len(self.train_indices) < 2:
                 raise VelopyroInputError("validation_indices leaves fewer than 2 training cells; hold out fewer.")
+        if state is not None:
+            saved = state["meta"]
+            if not (np.array_equal(saved["train_indices"].numpy(), self.train_indices)
+                    and np.array_equal(saved["validation_indices"].numpy(), self.validation_indices)):
+                raise VelopyroInputError(
+                    "The checkpoint's train/validation split differs from this fit's; resume with the same "
+                    "seed and train_size (or validation_indices) as the interrupted fit."
+                )
+        meta = {"config": dict(self.config), "n_cells": self.n_cells,
+                "var_names": [str(v) for v in self.adata.var_names],
+                "train_indices": torch.as_tensor(self.train_indices),
+                "validation_indices": torch.as_tensor(self.validation_indices)}
         self.device = resolve_device(device)
         self.history = train_svi(
             self.model, self.guide, self.data, train_idx=self.train_indices,
@@ -253,6 +291,8 @@ class VeloPyro:
             weight_decay=weight_decay, clip_norm=clip_norm, early_stopping=early_stopping, patience=patience,
             kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit, device=self.device,
             preload=preload, seed=seed, progress_bar=progress_bar,
+            checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+            checkpoint_every=checkpoint_every, resume_state=state, checkpoint_meta=meta,
         )
         self.history["settings"] = dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
                                         weight_decay=weight_decay,
@@ -261,6 +301,22 @@ class VeloPyro:
                                         kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit)
         self.is_trained = True
         return self
+
+    def _check_checkpoint(self, state: dict[str, Any], path: Any) -> None:
+        """Raise unless the checkpoint was written for this data and model configuration."""
+        meta = state.get("meta", {})
+        if meta.get("n_cells") != self.n_cells or meta.get("var_names") != [str(v) for v in self.adata.var_names]:
+            raise VelopyroInputError(
+                f"The checkpoint {str(path)!r} was written for {meta.get('n_cells')} cells x "
+                f"{len(meta.get('var_names', []))} genes, not this AnnData ({self.n_cells} x {self.n_genes}); "
+                "resume on the data the interrupted fit used."
+            )
+        for key, value in meta.get("config", {}).items():
+            if self.config.get(key) != value:
+                raise VelopyroInputError(
+                    f"The checkpoint {str(path)!r} was written with {key}={value!r} but this model has "
+                    f"{key}={self.config.get(key)!r}; build VeloPyro with the interrupted fit's settings."
+                )
 
     def _fresh_likelihood(self) -> Likelihood:
         """A new likelihood of the configured kind (a user's instance is re-used as it is)."""

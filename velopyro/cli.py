@@ -176,6 +176,14 @@ def _build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--no-preprocess", dest="preprocess", action="store_const", const=False,
                      help="never preprocess: fit the layers as they are")
     _add_training_args(fit, with_model=True)
+    ck = fit.add_argument_group("checkpoints")
+    ck.add_argument("--checkpoint-dir", metavar="DIR", default=None,
+                    help="save the training state to DIR/checkpoint.pt as the fit runs (atomically)")
+    ck.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
+                    help="epochs between checkpoints (default: 1)")
+    ck.add_argument("--resume", metavar="DIR", default=None,
+                    help="continue the interrupted fit whose checkpoint is in DIR, exactly where it stopped "
+                         "(same input and options; checkpoints continue into DIR)")
     out = fit.add_argument_group("output")
     out.add_argument("--save-model", metavar="DIR", default=None,
                      help="also save the fitted model to this (new or empty) directory "
@@ -208,10 +216,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {"seed": args.seed, "device": args.device, "progress_bar": not args.quiet}
-    for name in ("max_epochs", "batch_size", "lr"):
+    for name in ("max_epochs", "batch_size", "lr", "checkpoint_dir", "resume"):
         value = getattr(args, name, None)
         if value is not None:
             kw[name] = value
+    if getattr(args, "checkpoint_dir", None) is not None or getattr(args, "resume", None) is not None:
+        kw["checkpoint_every"] = args.checkpoint_every
     return kw
 
 

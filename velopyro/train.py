@@ -24,6 +24,8 @@ import torch
 from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt
+
 __all__ = ["VeloData", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices", "elbo_per_cell"]
 
 
@@ -236,6 +238,10 @@ def train_svi(
     preload: bool = False,
     seed: int = 0,
     progress_bar: bool = True,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 1,
+    resume_state: dict | None = None,
+    checkpoint_meta: dict | None = None,
 ) -> dict[str, list]:
     """Fit model and guide by SVI with ``TraceEnum_ELBO``; the best state (by validation loss) is kept.
 
@@ -265,6 +271,16 @@ def train_svi(
         Seeds torch, numpy and Pyro (the minibatch order and all Monte Carlo draws).
     progress_bar
         Show a tqdm bar with the epoch and losses.
+    checkpoint_dir
+        If set, save the training state to ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every``
+        epochs and at the last epoch (:mod:`velopyro.checkpoint`).
+    checkpoint_every
+        Epochs between checkpoints.
+    resume_state
+        A checkpoint from :func:`velopyro.checkpoint.load_checkpoint`: continue that fit exactly where it
+        stopped (the settings that change the updates must be the saved ones).
+    checkpoint_meta
+        Stored in each checkpoint as given (the caller's description of the data and model).
 
     Returns
     -------
@@ -295,8 +311,17 @@ def train_svi(
     train_t = torch.as_tensor(train_idx)
     hist = _History()
     best, best_state, best_epoch, bad_epochs, stopped = math.inf, None, 0, 0, False
-    bar = tqdm(range(1, max_epochs + 1), desc="velopyro", unit="epoch", disable=not progress_bar,
-               dynamic_ncols=True, leave=True)
+    settings = dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=eps, clip_norm=clip_norm,
+                    early_stopping=early_stopping, patience=patience, min_delta=min_delta,
+                    kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit, seed=seed)
+    last_epoch = 0
+    if resume_state is not None:  # after seeding: the saved random states replace the seeded ones
+        last_epoch, h, es = ckpt.restore_training(resume_state, model, guide, optim, gen, settings)
+        hist = _History(**h)
+        best, best_state, best_epoch, bad_epochs, stopped = (es["best"], es["best_state"], es["best_epoch"],
+                                                             es["bad_epochs"], es["stopped"])
+    bar = tqdm(range(last_epoch + 1, max_epochs + 1) if not stopped else [], desc="velopyro", unit="epoch",
+               disable=not progress_bar, dynamic_ncols=True, leave=True)
     try:
         for epoch in bar:
             t0 = time.perf_counter()
@@ -353,9 +378,14 @@ def train_svi(
                 best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict()))
             elif w >= 1.0:
                 bad_epochs += 1
-                if early_stopping and bad_epochs >= patience:
-                    stopped = True
-                    break
+                stopped = early_stopping and bad_epochs >= patience
+            if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or stopped or epoch == max_epochs):
+                es = dict(best=best, best_state=best_state, best_epoch=best_epoch, bad_epochs=bad_epochs,
+                          stopped=stopped)
+                ckpt.save_checkpoint(checkpoint_dir, ckpt.training_state(
+                    epoch, model, guide, optim, gen, vars(hist), es, settings, checkpoint_meta))
+            if stopped:
+                break
     finally:
         bar.close()
         model._pyro_name = guide._pyro_name = None
