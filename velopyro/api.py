@@ -190,6 +190,10 @@ class VeloPyro:
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
         resume: str | os.PathLike | None = None,
+        accelerator: str | None = None,
+        devices: int | str | list[int] | None = None,
+        strategy: str | None = None,
+        num_nodes: int = 1,
     ) -> VeloPyro:
         """Fit by SVI with ``TraceEnum_ELBO`` (see :func:`velopyro.train.train_svi`).
 
@@ -236,6 +240,15 @@ class VeloPyro:
             exactly where it stopped, as if it had never been interrupted. Pass the same settings as that
             fit (``max_epochs`` may differ); checkpoints continue into the same directory unless
             ``checkpoint_dir`` says otherwise.
+        accelerator, devices, strategy
+            Data-parallel training through PyTorch Lightning (``pip install 'velopyro[scale]'``; see
+            :mod:`velopyro.lightning`), used when ``devices`` is more than one or a ``strategy`` is given,
+            e.g. ``devices=4, strategy="ddp"`` on four GPUs, or ``accelerator="cpu", devices=2,
+            strategy="ddp_spawn"``. ``batch_size`` is then the global minibatch, split over the processes.
+            ``accelerator`` defaults to ``device`` (``"cpu"``, ``"gpu"`` for CUDA, ``"auto"``).
+        num_nodes
+            Machines taking part in Lightning training (each with ``devices`` devices), started by the
+            cluster's launcher (e.g. SLURM, ``torchrun``).
 
         Returns
         -------
@@ -284,6 +297,31 @@ class VeloPyro:
                 "var_names": [str(v) for v in self.adata.var_names],
                 "train_indices": torch.as_tensor(self.train_indices),
                 "validation_indices": torch.as_tensor(self.validation_indices)}
+        if strategy is not None or _several(devices) or num_nodes > 1:
+            if jit or preload or checkpoint_dir is not None or resume is not None:
+                raise VelopyroInputError(
+                    "jit, preload, checkpoint_dir and resume are not available with devices/strategy (Lightning "
+                    "training); drop them, or train in one process without devices/strategy."
+                )
+            from .lightning import train_lightning
+
+            if accelerator is None:
+                accelerator = {"cpu": "cpu", "cuda": "gpu"}.get(str(device).split(":")[0], "auto")
+            self.history = train_lightning(
+                self.model, self.guide, self.data, train_idx=self.train_indices,
+                validation_idx=self.validation_indices, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+                weight_decay=weight_decay, clip_norm=clip_norm, early_stopping=early_stopping, patience=patience,
+                kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, seed=seed, accelerator=accelerator,
+                devices="auto" if devices is None else devices, strategy=strategy or "auto",
+                num_nodes=num_nodes, progress_bar=progress_bar,
+            )
+            self.device = torch.device("cpu")
+            self._record_settings(max_epochs, batch_size, lr, weight_decay, train_size, validation_indices, seed,
+                                  kl_warmup_epochs, penalty_fade, jit)
+            self.history["settings"].update(accelerator=accelerator, devices=devices, strategy=strategy,
+                                            num_nodes=num_nodes)
+            self.is_trained = True
+            return self
         self.device = resolve_device(device)
         self.history = train_svi(
             self.model, self.guide, self.data, train_idx=self.train_indices,
@@ -294,13 +332,18 @@ class VeloPyro:
             checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
             checkpoint_every=checkpoint_every, resume_state=state, checkpoint_meta=meta,
         )
+        self._record_settings(max_epochs, batch_size, lr, weight_decay, train_size, validation_indices, seed,
+                              kl_warmup_epochs, penalty_fade, jit)
+        self.is_trained = True
+        return self
+
+    def _record_settings(self, max_epochs, batch_size, lr, weight_decay, train_size, validation_indices, seed,
+                         kl_warmup_epochs, penalty_fade, jit) -> None:
         self.history["settings"] = dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
                                         weight_decay=weight_decay,
                                         train_size=train_size if validation_indices is None else
                                         len(self.train_indices) / self.n_cells, seed=seed,
                                         kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit)
-        self.is_trained = True
-        return self
 
     def _check_checkpoint(self, state: dict[str, Any], path: Any) -> None:
         """Raise unless the checkpoint was written for this data and model configuration."""
@@ -744,6 +787,17 @@ class VeloPyro:
         from .ppc import pit
 
         return pit(self, n_samples=n_samples, **kwargs)
+
+
+def _several(devices: Any) -> bool:
+    """Whether a Lightning ``devices`` value asks for more than one device."""
+    if devices is None:
+        return False
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if isinstance(devices, str):
+        return devices == "auto" or devices == "-1" or "," in devices or (devices.isdigit() and int(devices) > 1)
+    return int(devices) > 1 or int(devices) == -1
 
 
 def _default_layers(adata: Any, lik: Likelihood, spliced: str | None, unspliced: str | None) -> tuple[str, str]:
