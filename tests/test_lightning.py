@@ -100,3 +100,13 @@ def test_cli_devices(sim, tmp_path) -> None:
     res = ad.read_h5ad(dst)
     assert list(res.uns["velopyro"]["history"]["epoch"]) == [1, 2]
     assert np.isfinite(res.layers["velocity"]).all()
+
+
+def test_early_stopping_after_warmup(sim) -> None:
+    # Lightning's EarlyStopping on the reduced validation ELBO, counting only after the KL warm-up
+    fit = {**FIT, "max_epochs": 40}
+    h = VeloPyro(sim, **MODEL).fit(devices=1, strategy="auto", seed=0, patience=1, kl_warmup_epochs=3, **fit).history
+    assert h["stopped_early"] and len(h["epoch"]) < 40
+    assert h["best_epoch"] >= 3 and h["epoch"][-1] == h["best_epoch"] + 1
+    val = np.array(h["validation_loss"])
+    assert val[h["best_epoch"] - 1] == val[2:].min()
