@@ -95,8 +95,8 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     npy = state["numpy"]
-    np.random.set_state(("MT19937",  # noqa: NPY002 npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
+    legacy = ("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    np.random.set_state(legacy)  # noqa: NPY002
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
 
