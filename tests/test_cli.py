@@ -9,6 +9,7 @@ import sys
 import anndata as ad
 import numpy as np
 import pytest
+import torch
 
 import velopyro
 from velopyro.cli import main
@@ -76,6 +77,25 @@ def test_fit_tiny(tmp_path, capsys) -> None:
     code, _, err = _run(capsys, "fit", str(src), "-o", str(dst), "--max-epochs", "1",
                         "--save-model", str(model_dir), "--quiet")
     _assert_one_line_error(code, err, "--save-model")
+
+
+def test_fit_checkpoint_and_resume(tmp_path, capsys) -> None:
+    src, ckpt = tmp_path / "in.h5ad", tmp_path / "ckpt"
+    velopyro.datasets.simulate(n_cells=120, n_genes=6, seed=0).write_h5ad(src)
+    common = ("--n-samples", "1", "--batch-size", "64", "--quiet")
+    code, _, err = _run(capsys, "fit", str(src), "-o", str(tmp_path / "a.h5ad"), "--max-epochs", "2",
+                        "--checkpoint-dir", str(ckpt), *common)
+    assert code == 0, err
+    assert torch.load(ckpt / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    code, _, err = _run(capsys, "fit", str(src), "-o", str(tmp_path / "b.h5ad"), "--max-epochs", "3",
+                        "--resume", str(ckpt), *common)
+    assert code == 0, err
+    assert list(ad.read_h5ad(tmp_path / "b.h5ad").uns["velopyro"]["history"]["epoch"]) == [1, 2, 3]
+    assert torch.load(ckpt / "checkpoint.pt", weights_only=True)["epoch"] == 3
+    # resuming with another learning rate is refused in one line
+    code, _, err = _run(capsys, "fit", str(src), "-o", str(tmp_path / "c.h5ad"), "--max-epochs", "4",
+                        "--resume", str(ckpt), "--lr", "0.5", *common)
+    _assert_one_line_error(code, err, "lr=0.01")
 
 
 def _raw(tmp_path, spliced: np.ndarray, name: str = "raw.h5ad") -> str:

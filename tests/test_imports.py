@@ -21,13 +21,16 @@ LAYERS: list[set[str]] = [
     {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "coupling"},
     {"pp", "likelihoods", "nn", "collapsed"},  # preprocessing; observation models, networks; pi integrated out
     {"model", "guide", "datasets"},  # the Pyro program; the simulator draws from its parts
+    {"checkpoint", "_scvelo"},  # training state on disk; scVelo's per-gene statistics
     {"train", "fitted"},  # SVI; the fitted pieces
+    {"lightning"},  # SVI on several processes through Lightning
     {"posterior"},  # queries of the fitted posterior
+    {"_phase"},  # reading a fitted AnnData back
+    {"tl"},  # tools on a fitted AnnData (the velocity graph; api's extrinsic uncertainty uses it)
+    {"uncertainty"},  # directional uncertainty and permutation scores
     {"ppc"},  # posterior predictive checks
     {"convert"},  # ArviZ
     {"api"},  # the AnnData-facing VeloPyro
-    {"_phase"},  # reading a fitted AnnData back
-    {"tl"},  # tools on a fitted AnnData
     {"pl"},  # figures
     {"cli"},  # the command line
     {"__main__"},  # python -m velopyro

@@ -19,6 +19,7 @@ import torch
 
 from . import kinetics, posterior
 from ._validation import VelopyroInputError, check_constant_genes, check_expression
+from .checkpoint import checkpoint_path, load_checkpoint
 from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
 from .likelihoods import Likelihood, get_likelihood
@@ -189,7 +190,9 @@ class VeloPyro:
             ``penalty_fade``, ``jit``, ``device`` (``"auto"``), ``preload``, ``seed`` (0), ``progress_bar``,
             ``train_size`` (0.9) and ``validation_indices`` (cell positions held out for validation, e.g.
             to compare with another model on the same cells; overrides ``train_size``). An unknown name
-            raises ``TypeError``.
+            raises ``TypeError``. Checkpoints: ``checkpoint_dir``, ``checkpoint_every``, ``resume``
+            (continue an interrupted fit exactly). Several processes through PyTorch Lightning:
+            ``accelerator``, ``devices``, ``strategy``, ``num_nodes`` (e.g. ``devices=4, strategy="ddp"``).
 
         Returns
         -------
@@ -198,9 +201,22 @@ class VeloPyro:
         """
         cfg = TrainConfig.from_options(config, **train_kwargs)
         batch_size, seed, validation_indices = cfg.batch_size, cfg.seed, cfg.validation_indices
+        checkpoint_dir, checkpoint_every, resume = cfg.checkpoint_dir, cfg.checkpoint_every, cfg.resume
         if batch_size > self.n_cells:
             raise VelopyroInputError(
                 f"adata has {self.n_cells} cells, fewer than the minibatch size {batch_size}; lower batch_size."
+            )
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            raise VelopyroInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
+        state = None if resume is None else load_checkpoint(resume)
+        if state is not None:
+            self._check_checkpoint(state, resume)
+            if checkpoint_dir is None:
+                checkpoint_dir = checkpoint_path(resume).parent
+        elif checkpoint_dir is not None and checkpoint_path(checkpoint_dir).is_file():
+            raise VelopyroInputError(
+                f"{str(checkpoint_dir)!r} already holds a checkpoint; pass resume={str(checkpoint_dir)!r} to "
+                "continue that fit, or choose an empty checkpoint_dir."
             )
         self._build(get_likelihood(self._fresh_likelihood()), seed=seed)
         if validation_indices is None:
@@ -216,19 +232,78 @@ class VeloPyro:
             self.validation_indices = val
             if len(self.train_indices) < 2:
                 raise VelopyroInputError("validation_indices leaves fewer than 2 training cells; hold out fewer.")
+        if state is not None:
+            saved = state["meta"]
+            if not (np.array_equal(saved["train_indices"].numpy(), self.train_indices)
+                    and np.array_equal(saved["validation_indices"].numpy(), self.validation_indices)):
+                raise VelopyroInputError(
+                    "The checkpoint's train/validation split differs from this fit's; resume with the same "
+                    "seed and train_size (or validation_indices) as the interrupted fit."
+                )
+        meta = {"config": dict(self.config), "n_cells": self.n_cells,
+                "var_names": [str(v) for v in self.adata.var_names],
+                "train_indices": torch.as_tensor(self.train_indices),
+                "validation_indices": torch.as_tensor(self.validation_indices)}
+        if cfg.strategy is not None or _several(cfg.devices) or cfg.num_nodes > 1:
+            if cfg.jit or cfg.preload or checkpoint_dir is not None or resume is not None:
+                raise VelopyroInputError(
+                    "jit, preload, checkpoint_dir and resume are not available with devices/strategy (Lightning "
+                    "training); drop them, or train in one process without devices/strategy."
+                )
+            from .lightning import train_lightning
+
+            accelerator = cfg.accelerator
+            if accelerator is None:
+                accelerator = {"cpu": "cpu", "cuda": "gpu"}.get(str(cfg.device).split(":")[0], "auto")
+            self.history = train_lightning(
+                self.model, self.guide, self.data, train_idx=self.train_indices,
+                validation_idx=self.validation_indices, max_epochs=cfg.max_epochs, batch_size=batch_size,
+                lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
+                early_stopping=cfg.early_stopping, patience=cfg.patience, kl_warmup_epochs=cfg.kl_warmup_epochs,
+                penalty_fade=cfg.penalty_fade, seed=seed, accelerator=accelerator,
+                devices="auto" if cfg.devices is None else cfg.devices, strategy=cfg.strategy or "auto",
+                num_nodes=cfg.num_nodes, progress_bar=cfg.progress_bar,
+            )
+            self.device = torch.device("cpu")
+            self._record_settings(cfg)
+            self.history["settings"].update(accelerator=accelerator, devices=cfg.devices, strategy=cfg.strategy,
+                                            num_nodes=cfg.num_nodes)
+            self.is_trained = True
+            return self
         self.device = resolve_device(cfg.device)
         self.history = train_svi(
             self.model, self.guide, self.data, train_idx=self.train_indices,
-            validation_idx=self.validation_indices, config=dataclasses.replace(cfg, device=self.device),
+            validation_idx=self.validation_indices,
+            config=dataclasses.replace(cfg, device=self.device, validation_indices=None, resume=None,
+                                       checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir)),
+            resume_state=state, checkpoint_meta=meta,
         )
-        self.history["settings"] = dict(max_epochs=cfg.max_epochs, batch_size=batch_size, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay,
-                                        train_size=cfg.train_size if validation_indices is None else
-                                        len(self.train_indices) / self.n_cells, seed=seed,
-                                        kl_warmup_epochs=cfg.kl_warmup_epochs, penalty_fade=cfg.penalty_fade,
-                                        jit=cfg.jit)
+        self._record_settings(cfg)
         self.is_trained = True
         return self
+
+    def _record_settings(self, cfg: TrainConfig) -> None:
+        train_size = cfg.train_size if cfg.validation_indices is None else len(self.train_indices) / self.n_cells
+        self.history["settings"] = dict(max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay, train_size=train_size, seed=cfg.seed,
+                                        kl_warmup_epochs=cfg.kl_warmup_epochs, penalty_fade=cfg.penalty_fade,
+                                        jit=cfg.jit)
+
+    def _check_checkpoint(self, state: dict[str, Any], path: Any) -> None:
+        """Raise unless the checkpoint was written for this data and model configuration."""
+        meta = state.get("meta", {})
+        if meta.get("n_cells") != self.n_cells or meta.get("var_names") != [str(v) for v in self.adata.var_names]:
+            raise VelopyroInputError(
+                f"The checkpoint {str(path)!r} was written for {meta.get('n_cells')} cells x "
+                f"{len(meta.get('var_names', []))} genes, not this AnnData ({self.n_cells} x {self.n_genes}); "
+                "resume on the data the interrupted fit used."
+            )
+        for key, value in meta.get("config", {}).items():
+            if self.config.get(key) != value:
+                raise VelopyroInputError(
+                    f"The checkpoint {str(path)!r} was written with {key}={value!r} but this model has "
+                    f"{key}={self.config.get(key)!r}; build VeloPyro with the interrupted fit's settings."
+                )
 
     def _fresh_likelihood(self) -> Likelihood:
         """A new likelihood of the configured kind (a user's instance is re-used as it is)."""
@@ -851,6 +926,17 @@ class VeloPyro:
         from .ppc import pit
 
         return pit(self, n_samples=n_samples, **kwargs)
+
+
+def _several(devices: Any) -> bool:
+    """Whether a Lightning ``devices`` value asks for more than one device."""
+    if devices is None:
+        return False
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if isinstance(devices, str):
+        return devices == "auto" or devices == "-1" or "," in devices or (devices.isdigit() and int(devices) > 1)
+    return int(devices) > 1 or int(devices) == -1
 
 
 def _default_layers(adata: Any, lik: Likelihood, spliced: str | None, unspliced: str | None) -> tuple[str, str]:

@@ -176,6 +176,24 @@ def _build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--no-preprocess", dest="preprocess", action="store_const", const=False,
                      help="never preprocess: fit the layers as they are")
     _add_training_args(fit, with_model=True)
+    par = fit.add_argument_group("several processes (PyTorch Lightning; pip install 'velopyro[scale]')")
+    par.add_argument("--devices", default=None, metavar="N",
+                     help="train data-parallel on N devices (GPUs, or CPU processes with --accelerator cpu)")
+    par.add_argument("--strategy", default=None, metavar="NAME",
+                     help="Lightning strategy, e.g. ddp (one process per device; default with --devices > 1), "
+                          "ddp_spawn")
+    par.add_argument("--accelerator", default=None, metavar="NAME",
+                     help="cpu, gpu or auto (default: from --device)")
+    par.add_argument("--num-nodes", type=_positive_int, default=None, metavar="N",
+                     help="machines taking part (each with --devices devices; set up by your cluster launcher)")
+    ck = fit.add_argument_group("checkpoints")
+    ck.add_argument("--checkpoint-dir", metavar="DIR", default=None,
+                    help="save the training state to DIR/checkpoint.pt as the fit runs (atomically)")
+    ck.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
+                    help="epochs between checkpoints (default: 1)")
+    ck.add_argument("--resume", metavar="DIR", default=None,
+                    help="continue the interrupted fit whose checkpoint is in DIR, exactly where it stopped "
+                         "(same input and options; checkpoints continue into DIR)")
     out = fit.add_argument_group("output")
     out.add_argument("--save-model", metavar="DIR", default=None,
                      help="also save the fitted model to this (new or empty) directory "
@@ -208,10 +226,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {"seed": args.seed, "device": args.device, "progress_bar": not args.quiet}
-    for name in ("max_epochs", "batch_size", "lr"):
+    for name in ("max_epochs", "batch_size", "lr", "checkpoint_dir", "resume", "accelerator", "strategy",
+                 "num_nodes"):
         value = getattr(args, name, None)
         if value is not None:
             kw[name] = value
+    if getattr(args, "devices", None) is not None:
+        kw["devices"] = int(args.devices) if args.devices.lstrip("-").isdigit() else args.devices
+        if getattr(args, "strategy", None) is None and kw["devices"] not in (1, "1"):
+            kw["strategy"] = "ddp"
+    if getattr(args, "checkpoint_dir", None) is not None or getattr(args, "resume", None) is not None:
+        kw["checkpoint_every"] = args.checkpoint_every
     return kw
 
 

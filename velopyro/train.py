@@ -26,6 +26,7 @@ import torch
 from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt
 from .data import VeloData  # re-exported: VeloData used to live here
 
 __all__ = ["VeloData", "TrainConfig", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices",
@@ -79,6 +80,18 @@ class TrainConfig:
     validation_indices
         Integer positions of the cells to hold out for validation; overrides ``train_size``. Used by
         :meth:`VeloPyro.fit <velopyro.api.VeloPyro.fit>`.
+    checkpoint_dir, checkpoint_every
+        Save the whole training state (parameters, optimiser, random states, early stopping, history) to
+        ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` (1) epochs, atomically.
+    resume
+        A ``checkpoint_dir`` (or its ``checkpoint.pt``) of an earlier fit on the same data: continue it exactly
+        where it stopped. Pass the same settings as that fit (``max_epochs`` may differ). Used by
+        :meth:`VeloPyro.fit <velopyro.api.VeloPyro.fit>`.
+    accelerator, devices, strategy, num_nodes
+        Data-parallel training through PyTorch Lightning (``pip install 'velopyro[scale]'``;
+        :mod:`velopyro.lightning`), used when ``devices`` is more than one, a ``strategy`` is given or
+        ``num_nodes > 1``; ``batch_size`` is then the global minibatch. Used by
+        :meth:`VeloPyro.fit <velopyro.api.VeloPyro.fit>`.
     """
 
     max_epochs: int = 500
@@ -99,6 +112,13 @@ class TrainConfig:
     progress_bar: bool = True
     train_size: float = 0.9
     validation_indices: Any | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 1
+    resume: str | None = None
+    accelerator: str | None = None
+    devices: int | str | list[int] | None = None
+    strategy: str | None = None
+    num_nodes: int = 1
 
     @classmethod
     def from_options(cls, config: TrainConfig | None = None, **options: Any) -> TrainConfig:
@@ -265,6 +285,8 @@ def train_svi(
     train_idx: np.ndarray,
     validation_idx: np.ndarray,
     config: TrainConfig | None = None,
+    resume_state: dict | None = None,
+    checkpoint_meta: dict | None = None,
     **options: Any,
 ) -> dict[str, list]:
     """Fit model and guide by SVI with ``TraceEnum_ELBO``; the best state (by validation loss) is kept.
@@ -285,6 +307,14 @@ def train_svi(
         ``weight_decay``, ``eps``, ``clip_norm``, ``early_stopping``, ``patience``, ``min_delta``,
         ``kl_warmup_epochs``, ``penalty_fade``, ``jit``, ``device``, ``preload``, ``seed`` (seeds torch,
         numpy and Pyro: the minibatch order and all Monte Carlo draws), ``progress_bar``).
+        ``checkpoint_dir`` and ``checkpoint_every`` save the training state to
+        ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` epochs and at the last epoch
+        (:mod:`velopyro.checkpoint`); ``resume`` and the Lightning fields are handled by the caller.
+    resume_state
+        A checkpoint from :func:`velopyro.checkpoint.load_checkpoint`: continue that fit exactly where it
+        stopped (the settings that change the updates must be the saved ones).
+    checkpoint_meta
+        Stored in each checkpoint as given (the caller's description of the data and model).
 
     Returns
     -------
@@ -298,6 +328,8 @@ def train_svi(
     early_stopping, patience, min_delta = cfg.early_stopping, cfg.patience, cfg.min_delta
     kl_warmup_epochs, penalty_fade, jit = cfg.kl_warmup_epochs, cfg.penalty_fade, cfg.jit
     device, preload, seed, progress_bar = cfg.device, cfg.preload, cfg.seed, cfg.progress_bar
+    checkpoint_dir = None if cfg.checkpoint_dir is None else str(cfg.checkpoint_dir)
+    checkpoint_every = cfg.checkpoint_every
     if penalty_fade and not kl_warmup_epochs:
         raise ValueError("penalty_fade=True fades the penalty with the KL warm-up; set kl_warmup_epochs too.")
     dev = resolve_device(device)
@@ -321,8 +353,17 @@ def train_svi(
     train_t = torch.as_tensor(train_idx)
     hist = _History()
     best, best_state, best_epoch, bad_epochs, stopped = math.inf, None, 0, 0, False
-    bar = tqdm(range(1, max_epochs + 1), desc="velopyro", unit="epoch", disable=not progress_bar,
-               dynamic_ncols=True, leave=True)
+    settings = dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=eps, clip_norm=clip_norm,
+                    early_stopping=early_stopping, patience=patience, min_delta=min_delta,
+                    kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit, seed=seed)
+    last_epoch = 0
+    if resume_state is not None:  # after seeding: the saved random states replace the seeded ones
+        last_epoch, h, es = ckpt.restore_training(resume_state, model, guide, optim, gen, settings)
+        hist = _History(**h)
+        best, best_state, best_epoch, bad_epochs, stopped = (es["best"], es["best_state"], es["best_epoch"],
+                                                             es["bad_epochs"], es["stopped"])
+    bar = tqdm(range(last_epoch + 1, max_epochs + 1) if not stopped else [], desc="velopyro", unit="epoch",
+               disable=not progress_bar, dynamic_ncols=True, leave=True)
     try:
         for epoch in bar:
             t0 = time.perf_counter()
@@ -379,9 +420,14 @@ def train_svi(
                 best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict()))
             elif w >= 1.0:
                 bad_epochs += 1
-                if early_stopping and bad_epochs >= patience:
-                    stopped = True
-                    break
+                stopped = early_stopping and bad_epochs >= patience
+            if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or stopped or epoch == max_epochs):
+                es = dict(best=best, best_state=best_state, best_epoch=best_epoch, bad_epochs=bad_epochs,
+                          stopped=stopped)
+                ckpt.save_checkpoint(checkpoint_dir, ckpt.training_state(
+                    epoch, model, guide, optim, gen, vars(hist), es, settings, checkpoint_meta))
+            if stopped:
+                break
     finally:
         bar.close()
         model._pyro_name = guide._pyro_name = None

@@ -48,7 +48,7 @@ from scipy.stats import ttest_ind
 
 from . import posterior
 from ._validation import VelopyroInputError
-from .train import VeloData
+from .data import VeloData
 
 __all__ = ["directional_statistics", "statistics_from_cosines", "STAT_NAMES", "velocity_draws_by_batch",
            "permutation_scores"]
