@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,8 @@ import pyro
 import torch
 from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
 from tqdm.auto import tqdm
+
+from ._rng import seeded
 
 __all__ = ["VeloData", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices", "elbo_per_cell"]
 
@@ -105,7 +108,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device torch knows; use 'cpu', 'cuda', 'cuda:N' or "
+                         "'auto'.") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but torch sees no CUDA device; use device='cpu' or 'auto'.")
     return dev
@@ -262,7 +269,8 @@ def train_svi(
     preload
         Move all data to the device once instead of per minibatch.
     seed
-        Seeds torch, numpy and Pyro (the minibatch order and all Monte Carlo draws).
+        Seeds torch, numpy and Pyro (the minibatch order and all Monte Carlo draws) for the duration of the
+        fit; the caller's global random states are restored afterwards (:func:`velopyro._rng.seeded`).
     progress_bar
         Show a tqdm bar with the epoch and losses.
 
@@ -270,12 +278,25 @@ def train_svi(
     -------
     dict of str to list
         ``epoch``, ``train_loss``, ``validation_loss`` (negative ELBO per cell), ``seconds`` (wall time
-        per epoch), ``kl_weight``; also ``best_epoch`` and ``stopped_early``.
+        per epoch), ``kl_weight``; also ``best_epoch``, ``stopped_early``, ``batch_size`` (the one used:
+        ``min(batch_size, len(train_idx))``) and ``interrupted`` (True when a ``KeyboardInterrupt`` ended
+        the fit after at least one epoch: the best state so far is kept and no exception is raised).
     """
+    with seeded(seed):
+        return _train_svi(model, guide, data, train_idx=train_idx, validation_idx=validation_idx,
+                          max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=eps,
+                          clip_norm=clip_norm, early_stopping=early_stopping, patience=patience,
+                          min_delta=min_delta, kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade,
+                          jit=jit, device=device, preload=preload, seed=seed, progress_bar=progress_bar)
+
+
+def _train_svi(model, guide, data, *, train_idx, validation_idx, max_epochs, batch_size, lr, weight_decay, eps,
+               clip_norm, early_stopping, patience, min_delta, kl_warmup_epochs, penalty_fade, jit, device,
+               preload, seed, progress_bar) -> dict[str, list]:
+    """The body of :func:`train_svi`, run with the global generators seeded."""
     if penalty_fade and not kl_warmup_epochs:
         raise ValueError("penalty_fade=True fades the penalty with the KL warm-up; set kl_warmup_epochs too.")
     dev = resolve_device(device)
-    pyro.set_rng_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(dev)
     guide.to(dev)
@@ -295,6 +316,7 @@ def train_svi(
     train_t = torch.as_tensor(train_idx)
     hist = _History()
     best, best_state, best_epoch, bad_epochs, stopped = math.inf, None, 0, 0, False
+    last_state, interrupted = None, False
     bar = tqdm(range(1, max_epochs + 1), desc="velopyro", unit="epoch", disable=not progress_bar,
                dynamic_ncols=True, leave=True)
     try:
@@ -356,15 +378,27 @@ def train_svi(
                 if early_stopping and bad_epochs >= patience:
                     stopped = True
                     break
+            if best_state is None:  # still warming up: an interrupt keeps the last complete epoch
+                last_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict()))
+    except KeyboardInterrupt:
+        if not hist.epoch:
+            raise  # nothing complete to keep
+        interrupted = True
+        keep = best_epoch if best_state is not None else hist.epoch[-1]
+        warnings.warn(f"fit interrupted during epoch {len(hist.epoch) + 1}; keeping the state of epoch {keep} "
+                      "(history['interrupted'] is True).", UserWarning, stacklevel=3)
     finally:
         bar.close()
         model._pyro_name = guide._pyro_name = None
-    if best_state is not None:
-        model.load_state_dict(best_state[0])
-        guide.load_state_dict(best_state[1])
+    state = best_state if best_state is not None else last_state if interrupted else None
+    if state is not None:
+        model.load_state_dict(state[0])
+        guide.load_state_dict(state[1])
     model.eval()
     guide.eval()
     out = {k: list(v) for k, v in vars(hist).items()}
     out["best_epoch"] = best_epoch
     out["stopped_early"] = stopped
+    out["interrupted"] = interrupted
+    out["batch_size"] = batch_size
     return out
