@@ -113,10 +113,10 @@ def test_same_seed_same_result(sim):
     assert m.history["train_loss"] != runs[0][0]
 
 
-def test_fewer_cells_than_batch_is_a_clear_error(sim):
+def test_fewer_cells_than_batch_trains_on_all_training_cells(sim):
     small = sim[:50].copy()
-    with pytest.raises(VelopyroInputError, match="fewer than the minibatch size 256"):
-        VeloPyro(small).fit(max_epochs=1, progress_bar=False)
+    m = VeloPyro(small, n_hidden=16).fit(max_epochs=1, progress_bar=False)
+    assert m.history["batch_size"] == len(m.train_indices) == 45
 
 
 def test_diverging_loss_raises_with_epoch(sim, monkeypatch):

@@ -13,6 +13,7 @@ import math
 import types
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -137,7 +138,7 @@ def test_replicates_are_draws_of_the_likelihood_given_the_state() -> None:
     from velopyro import posterior
 
     model = fit_model("poisson", "poisson")
-    posterior.set_seed(0)
+    pyro.set_rng_seed(0)
     smp = next(iter(posterior.iterate_samples(model.model, model.guide, model.data, n_samples=1,
                                               batch_size=64, indices=np.arange(64))))[2]
     states = ppc.posterior_states(smp, model.config["state_coupling"])

@@ -8,8 +8,11 @@ queries with :mod:`velopyro.posterior`. Results go back to AnnData under scVelo'
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,8 @@ import numpy as np
 import torch
 
 from . import kinetics, posterior
-from ._validation import VelopyroInputError, check_constant_genes, check_expression
+from ._rng import check_seed, seeded
+from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
 from .checkpoint import checkpoint_path, load_checkpoint
 from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
@@ -30,6 +34,7 @@ __all__ = ["VeloPyro"]
 
 _MODEL_FILE = "model.pt"
 _CONFIG_FILE = "config.json"
+_FORMAT = 2  # 2: model.pt holds tensors only (read with weights_only=True)
 
 
 class VeloPyro:
@@ -41,7 +46,7 @@ class VeloPyro:
         Cells x genes with unspliced and spliced layers. For the default Normal likelihood these are
         kNN-smoothed and per-gene min-max scaled to [0, 1] (``velopyro.pp.preprocess`` writes ``Ms``/``Mu``);
         for count likelihoods they are raw counts. The AnnData is read, never modified, except by
-        :meth:`write_to_adata`.
+        :meth:`write_to_adata`; the two layers are copied, so later edits of them do not change the model.
     spliced_layer, unspliced_layer
         Layer names (``"X"`` for ``adata.X``). Default: ``"Ms"``/``"Mu"`` for the Normal likelihood and
         the raw counts (``"raw_spliced"``/``"raw_unspliced"`` if present, else ``"spliced"``/``"unspliced"``)
@@ -112,6 +117,9 @@ class VeloPyro:
         self._likelihood_arg = likelihood
         self.data, self._kinetic = self._read(adata, lik)
         self.n_cells, self.n_genes = self.data.u.shape
+        #: The fitted data's gene and cell names (outputs are only written to AnnData with the same ones).
+        self.var_names = np.asarray(adata.var_names, dtype=str)
+        self.obs_names = np.asarray(adata.obs_names, dtype=str)
         self.model: VeloVIModel | None = None
         self.guide: VeloVIGuide | None = None
         self.history: dict[str, Any] = {}
@@ -119,16 +127,24 @@ class VeloPyro:
         self.validation_indices = np.arange(0)
         self.is_trained = False
         self.device = torch.device("cpu")
-        self._build(lik, seed=0)
+        with seeded(0):
+            self._build(lik, seed=0)
 
     # ---- data ----------------------------------------------------------------------------------------
     def _read(self, adata: Any, lik: Likelihood) -> tuple[VeloData, tuple[np.ndarray, np.ndarray]]:
         cfg = self.config
-        # no copy of dense float32 layers: velopyro only reads them (memory stays flat in the cells)
-        s, u = check_expression(adata, cfg["spliced_layer"], cfg["unspliced_layer"], copy=False)
+        # always a copy: editing adata's layers after building the model must not change the model
+        # (two float32 cells x genes arrays: 59 MB at pancreas scale, 3,696 x 2,000)
+        s, u = check_expression(adata, cfg["spliced_layer"], cfg["unspliced_layer"], copy=True)
+        n = u.shape[0]
+        if n < 3:
+            raise VelopyroInputError(
+                f"adata has {n} cell(s); velopyro needs at least 3 (2 to train, BatchNorm needs 2 per minibatch, "
+                "and 1 to validate): pass more cells."
+            )
         check_constant_genes(s, u, list(adata.var_names), spliced_layer=cfg["spliced_layer"],
                              unspliced_layer=cfg["unspliced_layer"])
-        n = u.shape[0]
+        _check_one_layer_constant(s, u, adata.var_names, cfg["spliced_layer"], cfg["unspliced_layer"])
         if lik.is_count:
             for name, x in ((cfg["spliced_layer"], s), (cfg["unspliced_layer"], u)):
                 if not np.all(np.equal(np.mod(x, 1), 0)):
@@ -152,8 +168,9 @@ class VeloPyro:
         return data, kin
 
     def _build(self, lik: Likelihood, seed: int) -> None:
+        """Build model and guide; call it inside :func:`velopyro._rng.seeded` (the networks' initial
+        weights come from torch's global generator)."""
         cfg = self.config
-        torch.manual_seed(seed)
         u_k, s_k = self._kinetic
         lik.setup(self.data.u.numpy(), self.data.s.numpy(), self.data.size_factor_u[:, 0].numpy(),
                   self.data.size_factor_s[:, 0].numpy())
@@ -177,6 +194,19 @@ class VeloPyro:
         """Fit by SVI with ``TraceEnum_ELBO`` (see :func:`velopyro.train.train_svi`).
 
         Networks and parameters are re-initialised from ``seed`` so the same seed gives the same fit.
+
+        What a seed fixes: the initial weights, the train/validation split, the minibatch order and every
+        Monte Carlo draw. The same seed, data, settings and software versions give the same fit on the
+        same device, with any number of torch threads, up to the order of floating-point sums in torch's
+        multi-threaded kernels (matrix products), which can differ between thread counts in the last
+        bits and then grow over the epochs (see the README, "Reliability and reproducibility"). The caller's global
+        torch, numpy and ``random`` states are left as they were. Fits and posterior queries of all
+        models in one process run one at a time: a fit started in a second thread waits for the first.
+
+        With fewer training cells than ``batch_size``, each epoch is one minibatch of all training cells
+        (``history["batch_size"]`` records the size used). Ctrl-C (``KeyboardInterrupt``) after the first
+        epoch ends the fit with a warning: the best state so far is kept, ``history["interrupted"]`` is
+        True and the model can be queried and saved.
 
         Parameters
         ----------
@@ -202,10 +232,10 @@ class VeloPyro:
         cfg = TrainConfig.from_options(config, **train_kwargs)
         batch_size, seed, validation_indices = cfg.batch_size, cfg.seed, cfg.validation_indices
         checkpoint_dir, checkpoint_every, resume = cfg.checkpoint_dir, cfg.checkpoint_every, cfg.resume
-        if batch_size > self.n_cells:
-            raise VelopyroInputError(
-                f"adata has {self.n_cells} cells, fewer than the minibatch size {batch_size}; lower batch_size."
-            )
+        check_seed(seed, allow_none=False)
+        if int(batch_size) < 2:
+            raise VelopyroInputError(f"batch_size must be at least 2 (BatchNorm), got {batch_size}.")
+        device_ = resolve_device(cfg.device)
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise VelopyroInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
         state = None if resume is None else load_checkpoint(resume)
@@ -218,7 +248,8 @@ class VeloPyro:
                 f"{str(checkpoint_dir)!r} already holds a checkpoint; pass resume={str(checkpoint_dir)!r} to "
                 "continue that fit, or choose an empty checkpoint_dir."
             )
-        self._build(get_likelihood(self._fresh_likelihood()), seed=seed)
+        with seeded(seed):
+            self._build(get_likelihood(self._fresh_likelihood()), seed=seed)
         if validation_indices is None:
             self.train_indices, self.validation_indices = split_indices(self.n_cells, cfg.train_size, seed)
         else:
@@ -270,7 +301,8 @@ class VeloPyro:
                                             num_nodes=cfg.num_nodes)
             self.is_trained = True
             return self
-        self.device = resolve_device(cfg.device)
+        self.device = device_
+        self.is_trained = False
         self.history = train_svi(
             self.model, self.guide, self.data, train_idx=self.train_indices,
             validation_idx=self.validation_indices,
@@ -284,7 +316,8 @@ class VeloPyro:
 
     def _record_settings(self, cfg: TrainConfig) -> None:
         train_size = cfg.train_size if cfg.validation_indices is None else len(self.train_indices) / self.n_cells
-        self.history["settings"] = dict(max_epochs=cfg.max_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        self.history["settings"] = dict(max_epochs=cfg.max_epochs,
+                                        batch_size=self.history.get("batch_size", cfg.batch_size), lr=cfg.lr,
                                         weight_decay=cfg.weight_decay, train_size=train_size, seed=cfg.seed,
                                         kl_warmup_epochs=cfg.kl_warmup_epochs, penalty_fade=cfg.penalty_fade,
                                         jit=cfg.jit)
@@ -327,9 +360,9 @@ class VeloPyro:
 
     def _reduce(self, fn, n_samples: int, batch_size: int, seed: int | None, indices=None) -> dict[str, np.ndarray]:
         self._check_trained()
-        posterior.set_seed(seed)
-        return posterior.reduce_samples(fn, self.model, self.guide, self.data, n_samples=n_samples,
-                                        batch_size=batch_size, device=self.device, indices=indices)
+        with seeded(seed):
+            return posterior.reduce_samples(fn, self.model, self.guide, self.data, n_samples=n_samples,
+                                            batch_size=batch_size, device=self.device, indices=indices)
 
     def get_velocity(
         self,
@@ -556,14 +589,14 @@ class VeloPyro:
             ``(n_samples, cells)`` or ``(n_samples, cells, genes)``.
         """
         self._check_trained()
-        posterior.set_seed(seed)
         rows: dict[int, list[np.ndarray]] = {}
         coupling = self.config["state_coupling"]
-        for _, sno, smp in posterior.iterate_samples(self.model, self.guide, self.data, n_samples=n_samples,
-                                                     batch_size=batch_size, device=self.device,
-                                                     indices=indices):
-            ll = posterior.mixture_log_likelihood(smp, coupling)
-            rows.setdefault(sno, []).append((ll if per_gene else ll.sum(-1)).cpu().numpy())
+        with seeded(seed):
+            for _, sno, smp in posterior.iterate_samples(self.model, self.guide, self.data, n_samples=n_samples,
+                                                         batch_size=batch_size, device=self.device,
+                                                         indices=indices):
+                ll = posterior.mixture_log_likelihood(smp, coupling)
+                rows.setdefault(sno, []).append((ll if per_gene else ll.sum(-1)).cpu().numpy())
         return np.stack([np.concatenate(rows[k], axis=0) for k in sorted(rows)], axis=0)
 
     def get_rates(self) -> dict[str, np.ndarray]:
@@ -630,6 +663,8 @@ class VeloPyro:
                 f"adata has shape {adata.shape} but the model was fitted on {(self.n_cells, self.n_genes)}; "
                 "pass the AnnData the model was built on (or one with the same cells and genes)."
             )
+        _check_same_names(adata.var_names, self.var_names, "genes", "var_names", "adata = adata[:, model.var_names]")
+        _check_same_names(adata.obs_names, self.obs_names, "cells", "obs_names", "adata = adata[model.obs_names]")
         if copy:
             adata = adata.copy()
         t_max = self.config["t_max"]
@@ -690,11 +725,12 @@ class VeloPyro:
     def _velocity_draws(self, n_samples: int, mode: str, state_weights: str, statistic: str, batch_size: int,
                         seed: int | None) -> np.ndarray:
         self._check_trained()
-        posterior.set_seed(seed)
         out = np.empty((n_samples, self.n_cells, self.n_genes), dtype=np.float32)
-        for _, sno, smp in posterior.iterate_samples(self.model, self.guide, self.data, n_samples=n_samples,
-                                                     batch_size=batch_size, device=self.device):
-            out[sno, smp["idx"].cpu().numpy()] = posterior.velocity(smp, statistic, mode, state_weights).cpu().numpy()
+        with seeded(seed):
+            for _, sno, smp in posterior.iterate_samples(self.model, self.guide, self.data, n_samples=n_samples,
+                                                         batch_size=batch_size, device=self.device):
+                v = posterior.velocity(smp, statistic, mode, state_weights)
+                out[sno, smp["idx"].cpu().numpy()] = v.cpu().numpy()
         return out
 
     def get_directional_uncertainty(
@@ -743,11 +779,11 @@ class VeloPyro:
         self._check_trained()
         if n_samples < 2:
             raise VelopyroInputError(f"n_samples must be >= 2 to measure a spread, got {n_samples}")
-        posterior.set_seed(seed)
         cols = {k: np.zeros(self.n_cells) for k in uncertainty.STAT_NAMES}
-        for idx, draws in uncertainty.velocity_draws_by_batch(self, n_samples, batch_size=batch_size):
-            for k, v in uncertainty.directional_statistics(draws).items():
-                cols[k][idx] = v
+        with seeded(seed):
+            for idx, draws in uncertainty.velocity_draws_by_batch(self, n_samples, batch_size=batch_size):
+                for k, v in uncertainty.directional_statistics(draws).items():
+                    cols[k][idx] = v
         if extrinsic:
             cols.update({f"{k}_extrinsic": v for k, v in self._extrinsic(n_extrinsic_samples, batch_size,
                                                                           seed).items()})
@@ -837,32 +873,74 @@ class VeloPyro:
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """Save the fitted model (parameters, configuration, history, split) to a directory.
 
+        ``model.pt`` holds tensors only (the state dicts and the split), ``config.json`` the rest, so
+        :meth:`load` never unpickles Python objects. The directory is written under a temporary name next
+        to ``path`` and renamed into place when complete: an error or a full disk leaves no partial
+        directory, and with ``overwrite`` the previous model stays until the new one is complete.
+
         Parameters
         ----------
         path
-            Directory to create.
+            Directory to create (a new or empty directory).
         overwrite
-            Replace an existing directory's files.
+            Replace an existing model directory (one that holds only ``model.pt`` and ``config.json``).
         """
         self._check_trained()
         p = Path(path)
-        if p.exists() and not overwrite and any(p.iterdir()):
+        if p.exists() and not p.is_dir():
+            raise FileExistsError(f"{p} exists and is not a directory; choose a new directory name.")
+        entries = sorted(e.name for e in p.iterdir()) if p.is_dir() else []
+        if entries and not overwrite:
             raise FileExistsError(f"{p} exists and is not empty; pass overwrite=True to replace it.")
+        if set(entries) - {_MODEL_FILE, _CONFIG_FILE}:
+            raise FileExistsError(f"{p} holds files other than a velopyro model ({format_names(entries)}); "
+                                  "refusing to replace it: choose a new directory.")
         if not isinstance(self._likelihood_arg, str) and type(self.likelihood).__module__ != "velopyro.likelihoods":
             warnings.warn("A custom likelihood is saved by its parameters only; pass the same instance to "
                           "VeloPyro.load(..., likelihood=...).", stacklevel=2)
-        p.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": self.model.state_dict(), "guide": self.guide.state_dict(),
-                    "train_indices": self.train_indices, "validation_indices": self.validation_indices},
-                   p / _MODEL_FILE)
-        meta = {"config": self.config, "history": self.history, "n_cells": self.n_cells, "n_genes": self.n_genes,
-                "var_names": [str(v) for v in self.adata.var_names], "version": _version()}
-        (p / _CONFIG_FILE).write_text(json.dumps(meta, default=_json_default))
+        state = {"model": self.model.state_dict(), "guide": self.guide.state_dict(),
+                 "train_indices": torch.as_tensor(np.asarray(self.train_indices, dtype=np.int64)),
+                 "validation_indices": torch.as_tensor(np.asarray(self.validation_indices, dtype=np.int64))}
+        meta = {"format": _FORMAT, "config": self.config, "history": self.history, "n_cells": self.n_cells,
+                "n_genes": self.n_genes, "var_names": self.var_names.tolist(),
+                "obs_names_sha256": _names_digest(self.obs_names), "version": _version()}
+        text = json.dumps(meta, default=_json_default)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+        old: Path | None = None
+        try:
+            torch.save(state, tmp / _MODEL_FILE)
+            (tmp / _CONFIG_FILE).write_text(text)
+            if entries:  # keep the previous model until the new one is complete
+                old = Path(tempfile.mkdtemp(prefix=f".{p.name}.old-", dir=p.parent))
+                os.replace(p, old)
+            elif p.exists():
+                p.rmdir()  # an empty directory
+            os.replace(tmp, p)
+        except BaseException:
+            if old is not None and not p.exists():
+                os.replace(old, p)
+                old = None
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike, adata: Any, likelihood: Likelihood | None = None,
              device: str = "cpu") -> VeloPyro:
         """Load a model saved by :meth:`save` onto ``adata`` (same genes, in the same order).
+
+        ``model.pt`` is read with ``torch.load(weights_only=True)``: a file that holds anything but
+        tensors (e.g. a pickled object that would run code), a truncated or corrupt file, or an unreadable
+        ``config.json`` raises :class:`~velopyro._validation.VelopyroInputError` and runs nothing.
+
+        The genes must be the saved model's, in the same order. The cells may differ (the guide is
+        amortised, so the loaded model answers queries for any cells): with the fitted cells (same
+        ``obs_names`` in the same order) the saved train/validation split is restored; with other cells
+        it does not apply, a warning says so and :attr:`train_indices` and :attr:`validation_indices`
+        are empty.
 
         Parameters
         ----------
@@ -881,7 +959,7 @@ class VeloPyro:
             The fitted model; its outputs equal the saved model's exactly.
         """
         p = Path(path)
-        meta = json.loads((p / _CONFIG_FILE).read_text())
+        meta, state = _read_saved(p)
         cfg = meta["config"]
         if [str(v) for v in adata.var_names] != meta["var_names"]:
             raise VelopyroInputError(
@@ -891,10 +969,21 @@ class VeloPyro:
         kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")}
         obj = cls(adata, cfg["spliced_layer"], cfg["unspliced_layer"],
                   likelihood=likelihood if likelihood is not None else cfg["likelihood"], **kwargs)
-        state = torch.load(p / _MODEL_FILE, map_location="cpu", weights_only=False)
-        obj.model.load_state_dict(state["model"])
-        obj.guide.load_state_dict(state["guide"])
-        obj.train_indices, obj.validation_indices = state["train_indices"], state["validation_indices"]
+        try:
+            obj.model.load_state_dict(state["model"])
+            obj.guide.load_state_dict(state["guide"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise VelopyroInputError(f"{p / _MODEL_FILE} does not match its config.json ({_first_line(err)}); "
+                                     "the directory is damaged: save the model again.") from err
+        same_cells = meta.get("obs_names_sha256") == _names_digest(obj.obs_names)
+        if same_cells:
+            obj.train_indices = state["train_indices"].numpy().astype(np.int64)
+            obj.validation_indices = state["validation_indices"].numpy().astype(np.int64)
+        else:
+            warnings.warn(f"adata's cells ({obj.n_cells}) are not the fitted cells ({meta['n_cells']}); the "
+                          "saved train/validation split does not apply and is dropped (train_indices and "
+                          "validation_indices are empty).", UserWarning, stacklevel=2)
+            obj.train_indices, obj.validation_indices = np.arange(0), np.arange(0)
         obj.history = meta["history"]
         obj.device = resolve_device(device)
         obj.model.to(obj.device).eval()
@@ -969,6 +1058,76 @@ def _size_factors(adata: Any, u: np.ndarray, s: np.ndarray, key: str | None) -> 
             )
         out.append((tot / np.median(tot)).astype(np.float32))
     return out[0], out[1]
+
+
+def _check_one_layer_constant(s: np.ndarray, u: np.ndarray, var_names: Any, s_layer: str, u_layer: str) -> None:
+    """Raise for genes constant in exactly one layer (both-constant genes are caught before): the model's
+    noise scale of that layer collapses towards 0 and distorts the rest of the fit."""
+    from ._validation import find_constant_genes
+
+    genes = find_constant_genes(s, u, list(var_names), either=True)
+    if genes:
+        raise VelopyroInputError(
+            f"{len(genes)} gene(s) are constant across all cells in {s_layer!r} or in {u_layer!r} "
+            f"({format_names(genes)}); the model cannot fit them: drop them, e.g. "
+            "adata = adata[:, ~adata.var_names.isin(genes)].copy() (velopyro.pp.preprocess drops them)."
+        )
+
+
+def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix: str) -> None:
+    """Raise unless ``names`` equal the fitted ``names`` in the same order."""
+    names = np.asarray(names, dtype=str)
+    if np.array_equal(names, fitted):
+        return
+    if len(names) == len(fitted) and set(names) == set(fitted):
+        problem = f"the same {what} in another order"
+    else:
+        problem = f"{int(np.sum(~np.isin(names, fitted)))} {what} the fit does not have"
+    raise VelopyroInputError(f"adata's {attr} differ from the fitted data's ({problem}); pass the AnnData the "
+                             f"model was fitted on, or reorder it: {fix}.copy().")
+
+
+def _names_digest(names: np.ndarray) -> str:
+    """SHA-256 of the names in order (identifies the fitted cells without storing them)."""
+    h = hashlib.sha256()
+    for n in names:
+        h.update(str(n).encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _read_saved(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``config.json`` and ``model.pt`` of a saved model, checked; never unpickles Python objects."""
+    for name in (_CONFIG_FILE, _MODEL_FILE):
+        if not (p / name).is_file():
+            raise VelopyroInputError(f"{p} is not a velopyro model directory ({name} is missing); pass the "
+                                     "directory written by VeloPyro.save.")
+    try:
+        meta = json.loads((p / _CONFIG_FILE).read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) \
+                or not isinstance(meta.get("var_names"), list) or not isinstance(meta.get("history"), dict):
+            raise ValueError("missing or malformed 'config', 'var_names' or 'history'")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise VelopyroInputError(f"{p / _CONFIG_FILE} is not a valid velopyro configuration "
+                                 f"({_first_line(err)}); the directory is damaged: save the model again.") from err
+    try:
+        state = torch.load(p / _MODEL_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refused, truncated zip, not a torch file, ...
+        raise VelopyroInputError(
+            f"{p / _MODEL_FILE} cannot be loaded as tensors only ({_first_line(err)}); it is damaged, comes "
+            "from velopyro 0.1 (numpy arrays inside) or holds other Python objects, which velopyro refuses "
+            "to unpickle: save the model again with this version."
+        ) from err
+    keys = ("model", "guide", "train_indices", "validation_indices")
+    if not isinstance(state, dict) or any(k not in state for k in keys) \
+            or not all(torch.is_tensor(state[k]) for k in keys[2:]):
+        raise VelopyroInputError(f"{p / _MODEL_FILE} does not hold a velopyro model ({', '.join(keys)}); "
+                                 "pass the directory written by VeloPyro.save.")
+    return meta, state
 
 
 def _json_default(o: Any) -> Any:

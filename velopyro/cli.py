@@ -69,6 +69,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**32 - 1  # as velopyro._rng.SEED_MAX (not imported: --help must not import torch)
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -129,7 +142,7 @@ def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
     g.add_argument("--max-epochs", type=_positive_int, default=None, metavar="N",
                    help="upper bound on epochs; early stopping on the validation loss ends sooner"
                         + d("max_epochs"))
-    g.add_argument("--seed", type=int, default=lib["seed"], metavar="INT",
+    g.add_argument("--seed", type=_seed, default=lib["seed"], metavar="INT",
                    help="seed of initialisation, split and draws" + d("seed"))
     g.add_argument("--device", default=lib["device"], metavar="DEVICE",
                    help="cpu, cuda, cuda:N or auto" + d("device"))
@@ -255,11 +268,42 @@ def _read_h5ad(path: str) -> Any:
 
 
 def _prepare_output(path: str) -> Path:
+    """Check the output path; nothing is created until the results are written."""
     p = Path(path)
     if p.is_dir():
         raise VelopyroCliError(f"output {str(p)!r} is a directory; give a file name such as out.h5ad")
-    p.parent.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def _check_device(device: str) -> None:
+    from .train import resolve_device
+
+    resolve_device(device)  # ValueError with a one-line message for an unknown device
+
+
+def _write_h5ad_atomic(adata: Any, path: Path) -> None:
+    """Write ``adata`` to a temporary file next to ``path`` and rename it into place.
+
+    A failure (full disk, file size limit, ...) removes the temporary file and leaves ``path`` (the
+    previous output, or the input when ``-o`` names it) as it was.
+    """
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".h5ad", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plainly created file, not mkstemp's 0600
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, Exception):
+            raise VelopyroCliError(f"could not write {str(path)!r} ({_one_line(err)}); nothing was replaced: "
+                                   "the previous file (if any) is unchanged") from err
+        raise
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -270,6 +314,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     count = LIKELIHOODS[args.likelihood].is_count
     out_path = _prepare_output(args.output)
+    _check_device(args.device)
     if args.save_model is not None:
         d = Path(args.save_model)
         if d.exists() and (not d.is_dir() or any(d.iterdir())):
@@ -282,8 +327,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide") if getattr(args, k) is not None}
     model = None
     if do_pp:
+        half = [k for k in ("Ms", "Mu") if k in adata.layers]
         for layer, what in ((spliced or "spliced", "spliced layer"),
                             (unspliced or "unspliced", "unspliced layer")):
+            if len(half) == 1 and args.preprocess is None and layer not in adata.layers and layer != "X":
+                other = "Mu" if half[0] == "Ms" else "Ms"
+                raise VelopyroCliError(
+                    f"the input has layer {half[0]!r} but not {other!r}, and no {what} {layer!r} to compute "
+                    f"both from; add layer {other!r} (velopyro.pp.moments) or the raw count layers"
+                )
             check_matrix(get_layer(adata, layer, what=what), layer, shape=adata.shape)
     else:
         model = VeloPyro(adata, spliced, unspliced, likelihood=args.likelihood, **model_kw)
@@ -303,16 +355,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     steps.start(f"fitting ({model.n_cells} cells x {model.n_genes} genes, likelihood {args.likelihood})")
     model.fit(**_fit_kwargs(args))
     h = model.history
+    if h.get("interrupted"):
+        raise KeyboardInterrupt  # the command line writes nothing for an interrupted fit
     steps.done(_fit_summary(h))
 
     steps.start(f"posterior summaries ({args.n_samples} draws)")
     model.write_to_adata(n_samples=args.n_samples, seed=args.seed)
-    if args.save_model is not None:
-        model.save(args.save_model)
     steps.done()
 
     steps.start(f"writing {out_path}")
-    adata.write_h5ad(out_path)
+    _write_h5ad_atomic(adata, out_path)
+    if args.save_model is not None:
+        model.save(args.save_model)  # written under a temporary name and renamed when complete
     steps.done()
     print(f"wrote {out_path}" + (f" and the model to {args.save_model}" if args.save_model else ""))
     return 0
@@ -335,6 +389,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise VelopyroCliError(f"--out {str(out)!r} exists and is not a directory")
+    _check_device(args.device)
     out.mkdir(parents=True, exist_ok=True)
     steps = _Steps(7, args.quiet)
 
@@ -381,7 +436,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     steps.start("writing the AnnData")
     h5ad = out / DEMO_H5AD
-    adata.write_h5ad(h5ad)
+    _write_h5ad_atomic(adata, h5ad)
     steps.done()
     if not args.quiet:
         print(f"demo finished in {steps.total() / 60:.1f} min", file=sys.stderr)

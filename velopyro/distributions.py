@@ -152,6 +152,9 @@ class Dirichlet(dist.Dirichlet):
 
 _POOL: ThreadPoolExecutor | None = None
 _MIN_PARALLEL = 1 << 15  # entries below which one thread is faster than handing work out
+#: Rows (draws of one K-vector) per block of the CPU sampler. Each block draws from its own generator, so
+#: the blocks and their seeds depend on the shape only, never on the number of threads.
+BLOCK_ROWS = 1 << 13
 
 
 def _thread_pool(n: int) -> ThreadPoolExecutor:
@@ -163,28 +166,32 @@ def _thread_pool(n: int) -> ThreadPoolExecutor:
 
 @torch.library.custom_op("velopyro::parallel_dirichlet", mutates_args=(), device_types="cpu")
 def parallel_dirichlet(concentration: torch.Tensor, n_threads: int) -> torch.Tensor:
-    """torch's reparameterised Dirichlet draw on CPU with the rows split over ``n_threads`` threads.
+    """torch's reparameterised Dirichlet draw on CPU, in blocks of :data:`BLOCK_ROWS` rows over ``n_threads``.
 
     The forward pass is ``torch._sample_dirichlet`` and the backward pass torch's implicit gradient
     ``torch._dirichlet_grad``, each run on row blocks in a thread pool: torch runs both kernels on one
     thread, and its sampler holds the global generator's lock throughout, so each block gets its own
-    ``torch.Generator``, seeded from the global one (a seed still fixes the draws). It is a registered
-    torch operator (``torch.ops.velopyro.parallel_dirichlet``) rather than an ``autograd.Function`` so that
-    ``torch.jit.trace`` (``fit(jit=True)``) records it as one node and replays it, threads included.
+    ``torch.Generator``, seeded from one draw of the global one per block (a seed still fixes the draws).
+    The blocks are fixed by the shape, not by ``n_threads``: the same seed gives the same draw with 1 or
+    16 threads. It is a registered torch operator (``torch.ops.velopyro.parallel_dirichlet``) rather than
+    an ``autograd.Function`` so that ``torch.jit.trace`` (``fit(jit=True)``) records it as one node and
+    replays it, threads included.
 
     Parameters
     ----------
     concentration
         ``(..., K)`` positive concentrations.
     n_threads
-        Row blocks (threads).
+        Threads that work through the blocks (1: in this thread).
 
     Returns
     -------
     torch.Tensor
         A draw of the same shape.
     """
-    seeds = torch.randint(0, 2**62, (n_threads,)).tolist()
+    k = concentration.shape[-1]
+    n_blocks = max(1, -(-concentration.numel() // k // BLOCK_ROWS))
+    seeds = torch.randint(0, 2**62, (n_blocks,)).tolist()
 
     def draw(i: int, c: torch.Tensor) -> torch.Tensor:  # block i always draws with seeds[i]
         return torch._sample_dirichlet(c, generator=torch.Generator().manual_seed(seeds[i]))
@@ -213,16 +220,20 @@ parallel_dirichlet.register_autograd(_parallel_dirichlet_backward, setup_context
 
 
 def _map_rows(fn, n_threads: int, *tensors: torch.Tensor) -> torch.Tensor:
-    """``fn(i, *blocks_i)`` on ``n_threads`` row blocks (rows: all but the last axis) in parallel, concatenated."""
+    """``fn(i, *blocks_i)`` on the blocks of :data:`BLOCK_ROWS` rows (rows: all but the last axis), on
+    ``n_threads`` threads, concatenated."""
     k = tensors[0].shape[-1]
-    blocks = list(zip(*(t.reshape(-1, k).chunk(n_threads) for t in tensors), strict=True))
-    parts = list(_thread_pool(n_threads).map(lambda i: fn(i, *blocks[i]), range(len(blocks))))
+    blocks = list(zip(*(t.reshape(-1, k).split(BLOCK_ROWS) for t in tensors), strict=True))
+    if n_threads < 2 or len(blocks) < 2:
+        parts = [fn(i, *b) for i, b in enumerate(blocks)]
+    else:
+        parts = list(_thread_pool(n_threads).map(lambda i: fn(i, *blocks[i]), range(len(blocks))))
     return torch.cat(parts).view(tensors[0].shape)
 
 
 class SafeDirichlet(dist.Dirichlet):
     """Dirichlet whose reparameterised draws are floored at :data:`PI_FLOOR` and, on CPU, drawn (and
-    differentiated) on all of torch's threads (see :func:`parallel_dirichlet`)."""
+    differentiated) in fixed row blocks on all of torch's threads (see :func:`parallel_dirichlet`)."""
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
         """Reparameterised draw, floored at :data:`PI_FLOOR`.
@@ -238,10 +249,10 @@ class SafeDirichlet(dist.Dirichlet):
             Points on the simplex.
         """
         conc = self.concentration.expand(self._extended_shape(sample_shape))
-        n_threads = torch.get_num_threads()
-        if conc.device.type != "cpu" or n_threads < 2 or conc.numel() < _MIN_PARALLEL:
+        # on CPU the path depends on the size only (not on the thread count), so a seed fixes the draw
+        if conc.device.type != "cpu" or conc.numel() < _MIN_PARALLEL:
             return super().rsample(sample_shape).clamp_min(PI_FLOOR)
-        return parallel_dirichlet(conc, n_threads).clamp_min(PI_FLOOR)
+        return parallel_dirichlet(conc, torch.get_num_threads()).clamp_min(PI_FLOOR)
 
 
 class LogisticNormal(dist.TorchDistribution):

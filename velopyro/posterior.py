@@ -36,7 +36,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
-import pyro
 import torch
 
 from . import collapsed, kinetics
@@ -323,15 +322,3 @@ def reduce_samples(
     if acc:
         flush()
     return {k: np.concatenate(v, axis=0) for k, v in out.items()}
-
-
-def set_seed(seed: int | None) -> None:
-    """Seed Pyro, torch and numpy for a reproducible posterior query (no-op for None).
-
-    Parameters
-    ----------
-    seed
-        The seed.
-    """
-    if seed is not None:
-        pyro.set_rng_seed(seed)

@@ -9,7 +9,10 @@ Every function
 - takes the AnnData first and ``copy: bool = False``: with ``copy=True`` it returns a new AnnData and
   leaves the caller's object untouched, otherwise it modifies ``adata`` in place and returns ``None``;
 - validates its inputs first (missing layers, NaN/inf, negative counts, non-numeric dtypes raise
-  :class:`velopyro._validation.VelopyroInputError` before anything is modified);
+  :class:`velopyro._validation.VelopyroInputError` before anything is modified); a backed AnnData is
+  refused with a message to load it with ``adata.to_memory()``;
+- :func:`preprocess` is all or nothing: its steps run on a copy that replaces the contents of ``adata``
+  only when every step has succeeded;
 - records its parameters and a short summary in ``adata.uns["velopyro_pp"][step]``.
 
 scanpy (the ``preprocessing`` extra) is only needed for PCA and the kNN graph in :func:`moments` and
@@ -114,6 +117,16 @@ def _subset_genes(adata: AnnData, keep: np.ndarray) -> None:
         adata._inplace_subset_var(np.asarray(keep, dtype=bool))
 
 
+def _check_in_memory(adata: Any, what: str) -> None:
+    """Raise for a backed AnnData (``read_h5ad(..., backed="r")``): preprocessing rewrites layers and
+    subsets genes, which a file-backed object cannot do safely."""
+    if getattr(adata, "isbacked", False):
+        raise VelopyroInputError(
+            f"velopyro.pp.{what} needs an AnnData in memory, got one backed by {adata.filename}; load it "
+            "first with adata = adata.to_memory() (the file is not changed)"
+        )
+
+
 def _warn_dropped(names: Sequence[str], why: str, stacklevel: int = 3) -> None:
     if len(names):
         warnings.warn(
@@ -199,6 +212,7 @@ def filter_and_normalize(
     VelopyroInputError
         On missing layers, NaN/inf, negative values, non-numeric dtypes, or if no gene passes.
     """
+    _check_in_memory(adata, "filter_and_normalize")
     x_s = get_layer(adata, spliced_layer, what="spliced layer")
     x_u = get_layer(adata, unspliced_layer, what="unspliced layer")
     check_matrix(x_s, spliced_layer, shape=adata.shape)
@@ -376,6 +390,7 @@ def moments(
     VelopyroInputError
         On missing layers or ``X``, NaN/inf, negative values, or fewer than 2 cells.
     """
+    _check_in_memory(adata, "moments")
     x_s = get_layer(adata, spliced_layer, what="spliced layer")
     x_u = get_layer(adata, unspliced_layer, what="unspliced layer")
     x = get_layer(adata, "X", what="expression matrix")
@@ -473,6 +488,7 @@ def scale(
         On missing layers (``Ms``/``Mu``: run :func:`moments` first), NaN/inf, or if every gene is
         constant.
     """
+    _check_in_memory(adata, "scale")
     if isinstance(layers, str):
         layers = (layers,)
     layers = list(layers)
@@ -593,6 +609,7 @@ def select_genes(
     VelopyroInputError
         On missing layers, NaN/inf, or if no gene passes (lower ``min_r2`` / ``min_gamma``).
     """
+    _check_in_memory(adata, "select_genes")
     x_s = get_layer(adata, spliced_layer, what="spliced layer")
     x_u = get_layer(adata, unspliced_layer, what="unspliced layer")
     check_matrix(x_s, spliced_layer, shape=adata.shape, allow_negative=True)
@@ -678,7 +695,9 @@ def preprocess(
     min_r2
         See :func:`select_genes`.
     copy
-        Return a processed copy instead of modifying ``adata`` in place.
+        Return a processed copy instead of modifying ``adata`` in place. In place, the steps still run on
+        a copy, whose contents replace ``adata``'s only when all of them have succeeded: on any error
+        ``adata`` is exactly as it was.
     min_gamma
         See :func:`select_genes`.
     spliced_layer, unspliced_layer
@@ -706,8 +725,10 @@ def preprocess(
     Raises
     ------
     VelopyroInputError
-        From any step; before anything is modified when the input layers are missing or invalid.
+        From any step (``adata`` unchanged); up front for missing or invalid layers, a backed AnnData, or
+        no more cells than ``n_neighbors``.
     """
+    _check_in_memory(adata, "preprocess")
     has_moments = "Ms" in adata.layers and "Mu" in adata.layers
     has_raw = "raw_spliced" in adata.layers and "raw_unspliced" in adata.layers
     if use_existing_moments is None:
@@ -733,7 +754,16 @@ def preprocess(
                 stacklevel=2,
             )
 
-    adata = adata.copy() if copy else adata
+    if not use_existing and adata.n_obs <= n_neighbors:
+        raise VelopyroInputError(
+            f"adata has {adata.n_obs} cells, not more than n_neighbors={n_neighbors}: every cell's moments would "
+            "average over all cells and every gene would become constant; use more cells or pass a smaller "
+            f"n_neighbors (e.g. n_neighbors={max(2, adata.n_obs // 3)})"
+        )
+
+    # all steps run on a copy; the caller's AnnData is replaced by the result only when every step has
+    # succeeded, so a failure leaves it exactly as it was
+    target, adata = adata, adata.copy()
     n_genes_in = adata.n_vars
     if not use_existing:
         filter_and_normalize(
@@ -769,4 +799,7 @@ def preprocess(
             "n_genes_out": adata.n_vars,
         },
     )
-    return adata if copy else None
+    if copy:
+        return adata
+    target._init_as_actual(adata)  # commit (what anndata's own in-place subsetting does)
+    return None

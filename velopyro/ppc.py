@@ -40,6 +40,7 @@ from pyro import poutine
 from scipy import stats
 
 from . import collapsed, kinetics, posterior
+from ._rng import seeded
 from .coupling import StateCoupling, get_state_coupling
 from .fitted import FittedLike, FittedModel, as_fitted
 
@@ -348,16 +349,16 @@ def iterate_draws(
     per_cell = sum(_per_cell_size(n, model) for n in names)
     b = int(max(1, min(batch_size, max_batch_floats // max(1, n_samples * per_cell))))
     need_rep = any(n in PREDICTIVE_VARIABLES for n in names)
-    posterior.set_seed(seed)
-    for start in range(0, len(indices), b):
-        sel = indices[start:start + b]
-        draws: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-        for _, _, smp in posterior.iterate_samples(model.model, model.guide, model.data, n_samples=n_samples,
-                                                   batch_size=len(sel), device=model.device, indices=sel):
-            rep = replicate(model, smp, states) if need_rep else None
-            for n in names:
-                draws[n].append(_variable(n, smp, model, rep, log_lik_pi))
-        yield slice(start, start + len(sel)), {n: torch.stack(v, 0) for n, v in draws.items()}
+    with seeded(seed):  # the caller's global random state is restored when the generator finishes
+        for start in range(0, len(indices), b):
+            sel = indices[start:start + b]
+            draws: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+            for _, _, smp in posterior.iterate_samples(model.model, model.guide, model.data, n_samples=n_samples,
+                                                       batch_size=len(sel), device=model.device, indices=sel):
+                rep = replicate(model, smp, states) if need_rep else None
+                for n in names:
+                    draws[n].append(_variable(n, smp, model, rep, log_lik_pi))
+            yield slice(start, start + len(sel)), {n: torch.stack(v, 0) for n, v in draws.items()}
 
 
 def _summarise(x: torch.Tensor, quantiles: Sequence[float]) -> dict[str, np.ndarray]:
@@ -589,25 +590,25 @@ def pit(
     mods = ("u", "s") if modality == "both" else (modality,)
     out = np.empty((len(mods), len(idx), model.n_genes), dtype=np.float32)
     coupling = model.config["state_coupling"]
-    posterior.set_seed(seed)
-    for start in range(0, len(idx), batch_size):
-        sel = idx[start:start + batch_size]
-        less: list = [0] * len(mods)
-        equal: list = [0] * len(mods)
-        draws = posterior.iterate_samples(model.model, model.guide, model.data,
-                                          n_samples=1 if predictive == "conditional" else n_samples,
-                                          batch_size=len(sel), device=model.device, indices=sel)
-        for _, _, smp in draws:
-            if predictive == "conditional":
-                fixed = posterior_states(smp, coupling)
-                for _ in range(n_samples):
-                    _count_ranks(model, smp, fixed, mods, less, equal)
-            else:
-                _count_ranks(model, smp, states, mods, less, equal)
-        for j in range(len(mods)):
-            lt, eq = less[j].float().cpu(), equal[j].float().cpu()
-            v = torch.rand(lt.shape) if randomized else torch.full(lt.shape, 0.5)
-            out[j, start:start + len(sel)] = ((lt + v * (eq + 1.0)) / (n_samples + 1.0)).numpy()
+    with seeded(seed):
+        for start in range(0, len(idx), batch_size):
+            sel = idx[start:start + batch_size]
+            less: list = [0] * len(mods)
+            equal: list = [0] * len(mods)
+            draws = posterior.iterate_samples(model.model, model.guide, model.data,
+                                              n_samples=1 if predictive == "conditional" else n_samples,
+                                              batch_size=len(sel), device=model.device, indices=sel)
+            for _, _, smp in draws:
+                if predictive == "conditional":
+                    fixed = posterior_states(smp, coupling)
+                    for _ in range(n_samples):
+                        _count_ranks(model, smp, fixed, mods, less, equal)
+                else:
+                    _count_ranks(model, smp, states, mods, less, equal)
+            for j in range(len(mods)):
+                lt, eq = less[j].float().cpu(), equal[j].float().cpu()
+                v = torch.rand(lt.shape) if randomized else torch.full(lt.shape, 0.5)
+                out[j, start:start + len(sel)] = ((lt + v * (eq + 1.0)) / (n_samples + 1.0)).numpy()
     return out if modality == "both" else out[0]
 
 

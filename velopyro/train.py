@@ -27,6 +27,7 @@ from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from ._rng import seeded
 from .data import VeloData  # re-exported: VeloData used to live here
 
 __all__ = ["VeloData", "TrainConfig", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices",
@@ -169,7 +170,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device torch knows; use 'cpu', 'cuda', 'cuda:N' or "
+                         "'auto'.") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but torch sees no CUDA device; use device='cpu' or 'auto'.")
     return dev
@@ -306,7 +311,8 @@ def train_svi(
         Fields of :class:`TrainConfig` replacing those of ``config`` (``max_epochs``, ``batch_size``, ``lr``,
         ``weight_decay``, ``eps``, ``clip_norm``, ``early_stopping``, ``patience``, ``min_delta``,
         ``kl_warmup_epochs``, ``penalty_fade``, ``jit``, ``device``, ``preload``, ``seed`` (seeds torch,
-        numpy and Pyro: the minibatch order and all Monte Carlo draws), ``progress_bar``).
+        numpy and Pyro: the minibatch order and all Monte Carlo draws, for the duration of the fit; the
+        caller's global random states are restored afterwards, :func:`velopyro._rng.seeded`), ``progress_bar``).
         ``checkpoint_dir`` and ``checkpoint_every`` save the training state to
         ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` epochs and at the last epoch
         (:mod:`velopyro.checkpoint`); ``resume`` and the Lightning fields are handled by the caller.
@@ -320,9 +326,19 @@ def train_svi(
     -------
     dict of str to list
         ``epoch``, ``train_loss``, ``validation_loss`` (negative ELBO per cell), ``seconds`` (wall time
-        per epoch), ``kl_weight``; also ``best_epoch`` and ``stopped_early``.
+        per epoch), ``kl_weight``; also ``best_epoch``, ``stopped_early``, ``batch_size`` (the one used:
+        ``min(batch_size, len(train_idx))``) and ``interrupted`` (True when a ``KeyboardInterrupt`` ended
+        the fit after at least one epoch: the best state so far is kept and no exception is raised).
     """
     cfg = TrainConfig.from_options(config, **options)
+    with seeded(cfg.seed):
+        return _train_svi(model, guide, data, train_idx, validation_idx, cfg, resume_state, checkpoint_meta)
+
+
+def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, train_idx: np.ndarray,
+               validation_idx: np.ndarray, cfg: TrainConfig, resume_state: dict | None,
+               checkpoint_meta: dict | None) -> dict[str, Any]:
+    """The body of :func:`train_svi`, run with the global generators seeded."""
     max_epochs, batch_size, lr, weight_decay, eps, clip_norm = (cfg.max_epochs, cfg.batch_size, cfg.lr,
                                                                 cfg.weight_decay, cfg.eps, cfg.clip_norm)
     early_stopping, patience, min_delta = cfg.early_stopping, cfg.patience, cfg.min_delta
@@ -333,7 +349,6 @@ def train_svi(
     if penalty_fade and not kl_warmup_epochs:
         raise ValueError("penalty_fade=True fades the penalty with the KL warm-up; set kl_warmup_epochs too.")
     dev = resolve_device(device)
-    pyro.set_rng_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(dev)
     guide.to(dev)
@@ -364,6 +379,7 @@ def train_svi(
                                                              es["bad_epochs"], es["stopped"])
     bar = tqdm(range(last_epoch + 1, max_epochs + 1) if not stopped else [], desc="velopyro", unit="epoch",
                disable=not progress_bar, dynamic_ncols=True, leave=True)
+    last_state, interrupted = None, False
     try:
         for epoch in bar:
             t0 = time.perf_counter()
@@ -421,6 +437,8 @@ def train_svi(
             elif w >= 1.0:
                 bad_epochs += 1
                 stopped = early_stopping and bad_epochs >= patience
+            if best_state is None:  # still warming up: an interrupt keeps the last complete epoch
+                last_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(guide.state_dict()))
             if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or stopped or epoch == max_epochs):
                 es = dict(best=best, best_state=best_state, best_epoch=best_epoch, bad_epochs=bad_epochs,
                           stopped=stopped)
@@ -428,19 +446,29 @@ def train_svi(
                     epoch, model, guide, optim, gen, vars(hist), es, settings, checkpoint_meta))
             if stopped:
                 break
+    except KeyboardInterrupt:
+        if not hist.epoch:
+            raise  # nothing complete to keep
+        interrupted = True
+        keep = best_epoch if best_state is not None else hist.epoch[-1]
+        warnings.warn(f"fit interrupted during epoch {len(hist.epoch) + 1}; keeping the state of epoch {keep} "
+                      "(history['interrupted'] is True).", UserWarning, stacklevel=3)
     finally:
         bar.close()
         model._pyro_name = guide._pyro_name = None
-    if best_state is not None:
-        model.load_state_dict(best_state[0])
-        guide.load_state_dict(best_state[1])
+    state = best_state if best_state is not None else last_state if interrupted else None
+    if state is not None:
+        model.load_state_dict(state[0])
+        guide.load_state_dict(state[1])
     model.eval()
     guide.eval()
     out = {k: list(v) for k, v in vars(hist).items()}
     out["best_epoch"] = best_epoch
     out["stopped_early"] = stopped
-    out["converged"] = stopped or not early_stopping
-    if early_stopping and not stopped and hist.epoch and hist.epoch[-1] >= max_epochs:
+    out["interrupted"] = interrupted
+    out["batch_size"] = batch_size
+    out["converged"] = (stopped or not early_stopping) and not interrupted
+    if early_stopping and not stopped and not interrupted and hist.epoch and hist.epoch[-1] >= max_epochs:
         warnings.warn(
             f"velopyro: training reached max_epochs={max_epochs} before early stopping (the validation loss was "
             f"still improving: best epoch {best_epoch}); the fit may not have converged. Raise max_epochs "

@@ -47,6 +47,7 @@ import torch
 from scipy.stats import ttest_ind
 
 from . import posterior
+from ._rng import seeded
 from ._validation import VelopyroInputError
 from .data import VeloData
 
@@ -214,9 +215,9 @@ def _default_fit(model: Any, n_samples: int, batch_size: int, seed: int):
             w = posterior.state_weights(smp, posterior.TIME_WEIGHTS)
             return {"u": (smp["u_bar"] * w).sum(-1), "s": (smp["s_bar"] * w).sum(-1)}
 
-        posterior.set_seed(seed)
-        r = posterior.reduce_samples(fn, model.model, model.guide, data, n_samples=n_samples,
-                                     batch_size=batch_size, device=model.device)
+        with seeded(seed):
+            r = posterior.reduce_samples(fn, model.model, model.guide, data, n_samples=n_samples,
+                                         batch_size=batch_size, device=model.device)
         return r["u"], r["s"]
 
     return fit

@@ -17,6 +17,7 @@ import torch
 from scipy.stats import norm
 
 from .. import kinetics
+from .._rng import seeded
 from ..likelihoods import Likelihood, get_likelihood
 
 if TYPE_CHECKING:
@@ -125,8 +126,8 @@ def simulate(
     truth_params = _set_true_likelihood_params(lik, rng, n_genes, noise, counts_per_unit, dispersion)
     sf_t = torch.as_tensor(sf, dtype=torch.float32)[:, None]
     k32 = torch.as_tensor(state)
-    with torch.no_grad():
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=torch_gen)))
+    # the likelihood samples from torch's global generator: seed it for this block only
+    with torch.no_grad(), seeded(int(torch.randint(0, 2**31 - 1, (1,), generator=torch_gen))):
         u_obs = lik.dist(u_mean.float(), k32, "u", sf_t).sample().numpy()
         s_obs = lik.dist(s_mean.float(), k32, "s", sf_t).sample().numpy()
 
