@@ -172,10 +172,12 @@ def tutorial_velocity(velocity: np.ndarray, latent_time: np.ndarray, t_max: floa
     return (np.asarray(velocity, np.float64) / scaling[None, :]).astype(np.float32)
 
 
-def velocity_embedding(adata, velocity: np.ndarray, vkey: str, basis: str = "umap") -> np.ndarray:
+def velocity_embedding(adata, velocity: np.ndarray, vkey: str, basis: str = "umap",
+                       genes: np.ndarray | None = None) -> np.ndarray:
     """Project a velocity layer onto ``obsm['X_' + basis]`` with scVelo's transition graph.
 
-    Works on a light copy of ``adata`` so that every model goes through exactly the same calls.
+    Works on a light copy of ``adata`` so that every model goes through exactly the same calls. ``genes``
+    (a boolean mask) restricts the graph to those genes through scVelo's ``var['<vkey>_genes']``.
     """
     import anndata as ad
     import scvelo as scv
@@ -189,6 +191,8 @@ def velocity_embedding(adata, velocity: np.ndarray, vkey: str, basis: str = "uma
         obsp={k: adata.obsp[k] for k in ("distances", "connectivities")},
         uns={"neighbors": adata.uns["neighbors"]},
     )
+    if genes is not None:
+        work.var[f"{vkey}_genes"] = np.asarray(genes, dtype=bool)
     scv.tl.velocity_graph(work, vkey=vkey, xkey="Ms", n_jobs=1, show_progress_bar=False)
     scv.tl.velocity_embedding(work, basis=basis, vkey=vkey)
     return np.asarray(work.obsm[f"{vkey}_{basis}"])
@@ -250,10 +254,16 @@ def inner_cluster_coherence(labels: np.ndarray, velocity: np.ndarray, neighbors:
     return {"mean": float(np.nanmean(list(per.values()))), "per_cluster": per}
 
 
-def direction_scores(adata, velocity: np.ndarray, latent_time: np.ndarray, vkey: str, cluster_key="clusters"):
-    """CBDir and ICVCoh for one model on the shared pancreas UMAP; returns scores and embedded velocity."""
+def direction_scores(adata, velocity: np.ndarray, latent_time: np.ndarray, vkey: str, cluster_key="clusters",
+                     genes: np.ndarray | None = None):
+    """CBDir and ICVCoh for one model on the shared pancreas UMAP; returns scores and embedded velocity.
+
+    ``genes`` (boolean mask) restricts both to those genes (the velocity graph through scVelo's
+    ``var['<vkey>_genes']``; ICVCoh on the kept genes' velocity)."""
     v = tutorial_velocity(velocity, latent_time)
-    emb = velocity_embedding(adata, v, vkey)
+    emb = velocity_embedding(adata, v, vkey, genes=genes)
+    if genes is not None:
+        v = v[:, np.asarray(genes, dtype=bool)]
     nbrs = knn_lists(adata)
     labels = adata.obs[cluster_key].to_numpy()
     return {
