@@ -38,6 +38,9 @@ VARIANTS: dict[str, dict] = {
     "velovi_schedule": {"fit": {"kl_warmup_epochs": 400, "penalty_fade": True}},
     "kl_warmup": {"fit": {"kl_warmup_epochs": 400}},
     "no_penalty_after_init": {"fit": {"kl_warmup_epochs": 1, "penalty_fade": True}},
+    # velovi optimises the per-cell mean: AdamW's eps=0.01 and the clipping then act as in the reference
+    "per_cell_loss": {"fit": {"loss_per_cell": True}},
+    "per_cell_loss_velovi_schedule": {"fit": {"loss_per_cell": True, "kl_warmup_epochs": 400, "penalty_fade": True}},
 }
 
 SIM = {"scvelo": {"n_cells": 1000, "n_genes": 100}, "velopyro": {"n_cells": 1000, "n_genes": 100}}

@@ -81,6 +81,12 @@ class TrainConfig:
     validation_indices
         Integer positions of the cells to hold out for validation; overrides ``train_size``. Used by
         :meth:`VeloPyro.fit <velopyro.api.VeloPyro.fit>`.
+    loss_per_cell
+        Optimise the negative ELBO per training cell (divided by N) instead of the total. The optimum is the
+        same; what changes is what AdamW's ``eps`` and the clipping ``clip_norm`` act on. Per cell, as in the
+        reference implementation, ``eps = 0.01`` damps the steps of parameters whose gradient is small
+        (rates of genes the data say little about) and the gradient norm is rarely clipped; on the total
+        (N times larger gradients) ``eps`` is negligible and clipping acts on nearly every step.
     checkpoint_dir, checkpoint_every
         Save the whole training state (parameters, optimiser, random states, early stopping, history) to
         ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` (1) epochs, atomically.
@@ -113,6 +119,7 @@ class TrainConfig:
     progress_bar: bool = True
     train_size: float = 0.9
     validation_indices: Any | None = None
+    loss_per_cell: bool = False
     checkpoint_dir: str | None = None
     checkpoint_every: int = 1
     resume: str | None = None
@@ -368,7 +375,7 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
     train_t = torch.as_tensor(train_idx)
     hist = _History()
     best, best_state, best_epoch, bad_epochs, stopped = math.inf, None, 0, 0, False
-    settings = dict(batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=eps, clip_norm=clip_norm,
+    settings = dict(loss_per_cell=cfg.loss_per_cell, batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=eps, clip_norm=clip_norm,
                     early_stopping=early_stopping, patience=patience, min_delta=min_delta,
                     kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit, seed=seed)
     last_epoch = 0
@@ -411,7 +418,7 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(f"The loss became {loss.item()} at epoch {epoch}. {advice}")
                 optim.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss / n_train if cfg.loss_per_cell else loss).backward()
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 optim.step()
                 total += loss.item() * len(b) / n_train
