@@ -615,7 +615,7 @@ class VeloPyro:
 
     # ---- AnnData -------------------------------------------------------------------------------------
     def write_to_adata(self, adata: Any | None = None, n_samples: int = 25, copy: bool = False,
-                       seed: int | None = 0) -> Any | None:
+                       seed: int | None = 0, exclude_backward_genes: bool = False) -> Any | None:
         """Write velocity, latent time, rates and states into AnnData under scVelo's keys.
 
         Writes
@@ -635,6 +635,8 @@ class VeloPyro:
           induction branch; time since the switch on the repression branch) and
           ``uns["recover_dynamics"]``; see :mod:`velopyro._scvelo`
         - ``obs["latent_time"]`` (cell-level, [0, 1]), ``obsm["X_velopyro"]`` (mean of q(z | u, s))
+        - ``var["fit_time_consistency"]``, ``var["fit_backward"]``: the backward-gene diagnostic of
+          :func:`velopyro.tl.gene_time_consistency` (a gene whose own time runs against the cells' latent time)
         - ``uns["velopyro"]``: configuration, training history, layers used, state weights of each output.
 
         scVelo's ``scv.tl.velocity_graph`` and ``scv.pl.velocity_embedding_stream`` run on the result.
@@ -650,6 +652,9 @@ class VeloPyro:
             Write into a copy and return it.
         seed
             Seed of the draws.
+        exclude_backward_genes
+            Set ``var["velocity_genes"]`` to False for the genes flagged backward, so that the velocity graph
+            (velopyro's and scVelo's ``velocity_graph``) leaves them out.
 
         Returns
         -------
@@ -695,6 +700,9 @@ class VeloPyro:
         span = c.max() - c.min()
         adata.obs["latent_time"] = (c - c.min()) / span if span > 0 else 0.0
         adata.obsm["X_velopyro"] = out["z"].astype(np.float32)
+        from . import tl
+
+        tl.gene_time_consistency(adata, exclude=exclude_backward_genes)
         adata.uns["velopyro"] = {
             "config": {k: v for k, v in self.config.items() if v is not None},
             "history": {**{k: np.asarray(self.history[k]) for k in ("epoch", "train_loss", "validation_loss")},
