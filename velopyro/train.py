@@ -375,7 +375,8 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
     train_t = torch.as_tensor(train_idx)
     hist = _History()
     best, best_state, best_epoch, bad_epochs, stopped = math.inf, None, 0, 0, False
-    settings = dict(loss_per_cell=cfg.loss_per_cell, batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=eps, clip_norm=clip_norm,
+    settings = dict(loss_per_cell=cfg.loss_per_cell,
+                    batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=eps, clip_norm=clip_norm,
                     early_stopping=early_stopping, patience=patience, min_delta=min_delta,
                     kl_warmup_epochs=kl_warmup_epochs, penalty_fade=penalty_fade, jit=jit, seed=seed)
     last_epoch = 0
