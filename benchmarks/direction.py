@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict] = {
     "no_penalty_after_init": {"fit": {"kl_warmup_epochs": 1, "penalty_fade": True}},
     # velovi optimises the per-cell mean: AdamW's eps=0.01 and the clipping then act as in the reference
     "per_cell_loss": {"fit": {"loss_per_cell": True}},
+    "steady_state_init": {"init": {"rate_init": "steady_state"}},
     "per_cell_loss_velovi_schedule": {"fit": {"loss_per_cell": True, "kl_warmup_epochs": 400, "penalty_fade": True}},
 }
 
@@ -58,7 +59,7 @@ def _adapter(tool: str, variant: str):
     from benchmarks.run_velopyro import VelopyroAdapter
 
     spec = VARIANTS[variant]
-    return VelopyroAdapter(n_samples=25, fit_kwargs=spec.get("fit"), **spec.get("init", {}))
+    return VelopyroAdapter(n_samples=25, fit_kwargs=spec.get("fit"), init_kwargs=spec.get("init"))
 
 
 def _dataset(name: str):

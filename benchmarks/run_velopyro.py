@@ -59,8 +59,10 @@ class VelopyroAdapter:
         pi_guide: str | None = None,
         fit_kwargs: dict | None = None,
         output_batch_size: int = 1024,
+        init_kwargs: dict | None = None,
     ) -> None:
         self.n_samples = n_samples
+        self.init_kwargs = dict(init_kwargs or {})
         self.output_batch_size = output_batch_size
         defaults = _constructor_defaults()
         self.state_coupling = state_coupling or defaults.get("state_coupling", "independent")
@@ -108,6 +110,7 @@ class VelopyroAdapter:
                 unspliced_layer="Mu",
                 state_coupling=self.state_coupling,
                 pi_guide=self.pi_guide,
+                **self.init_kwargs,
             )
         kwargs = dict(
             max_epochs=max_epochs,

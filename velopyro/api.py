@@ -27,7 +27,7 @@ from .checkpoint import checkpoint_path, load_checkpoint
 from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
 from .likelihoods import Likelihood, get_likelihood
-from .model import STATE_COUPLINGS, VeloVIModel, switch_targets
+from .model import STATE_COUPLINGS, VeloVIModel, steady_state_ratio, switch_targets
 from .train import TrainConfig, VeloData, resolve_device, split_indices, train_svi
 
 __all__ = ["VeloPyro"]
@@ -36,6 +36,9 @@ _MODEL_FILE = "model.pt"
 _CONFIG_FILE = "config.json"
 _FORMAT = 2  # 2: model.pt holds tensors only (read with weights_only=True)
 
+
+_BETA_INIT = 0.97  # the reference's initial splicing rate (softplus(0.5))
+RATE_INITS = ("constant", "steady_state")
 
 class VeloPyro:
     """veloVI RNA velocity as a Pyro program, fitted on an AnnData.
@@ -74,6 +77,10 @@ class VeloPyro:
     size_factor_key
         For count likelihoods, an ``obs`` column of per-cell size factors used for both modalities;
         by default each modality's total counts over the model's genes divided by their median.
+    rate_init
+        ``"constant"``: every gene starts at the reference's beta = 0.97, gamma = 0.31;
+        ``"steady_state"``: gamma starts at beta times the gene's steady-state slope of u on s
+        (:func:`velopyro.model.steady_state_ratio`, scVelo's deterministic estimate).
 
     Examples
     --------
@@ -100,11 +107,14 @@ class VeloPyro:
         t_max: float = 20.0,
         switch_penalty: float = 0.2,
         size_factor_key: str | None = None,
+        rate_init: str = "constant",
     ) -> None:
         if state_coupling not in STATE_COUPLINGS:
             raise ValueError(f"state_coupling must be one of {STATE_COUPLINGS}, got {state_coupling!r}.")
         if pi_guide not in PI_GUIDES:
             raise ValueError(f"pi_guide must be one of {sorted(PI_GUIDES)}, got {pi_guide!r}.")
+        if rate_init not in RATE_INITS:
+            raise ValueError(f"rate_init must be one of {RATE_INITS}, got {rate_init!r}.")
         lik = get_likelihood(likelihood)
         spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
         self.adata = adata
@@ -112,7 +122,7 @@ class VeloPyro:
             spliced_layer=spliced_layer, unspliced_layer=unspliced_layer, likelihood=lik.name,
             state_coupling=state_coupling, pi_guide=pi_guide, n_latent=int(n_latent), n_hidden=int(n_hidden),
             n_layers=int(n_layers), dropout_rate=float(dropout_rate), t_max=float(t_max),
-            switch_penalty=float(switch_penalty), size_factor_key=size_factor_key,
+            switch_penalty=float(switch_penalty), size_factor_key=size_factor_key, rate_init=rate_init,
         )
         self._likelihood_arg = likelihood
         self.data, self._kinetic = self._read(adata, lik)
@@ -175,10 +185,14 @@ class VeloPyro:
         lik.setup(self.data.u.numpy(), self.data.s.numpy(), self.data.size_factor_u[:, 0].numpy(),
                   self.data.size_factor_s[:, 0].numpy())
         u_star, s_star = switch_targets(u_k, s_k)
+        extra = {}
+        if cfg.get("rate_init", "constant") == "steady_state":  # gamma / beta starts at the steady-state slope
+            extra["gamma_init"] = _BETA_INIT * steady_state_ratio(u_k, s_k)
         self.model = VeloVIModel(
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
             n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
             state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=cfg["pi_guide"] == "collapsed",
+            beta_init=_BETA_INIT, **extra,
         )
         self.guide = VeloVIGuide(self.n_genes, cfg["n_latent"], lik, pi_guide=cfg["pi_guide"],
                                  n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],

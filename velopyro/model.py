@@ -111,6 +111,41 @@ def switch_targets(u: np.ndarray, s: np.ndarray, quantile: float = 99.0) -> tupl
     return u_star, s_star
 
 
+def steady_state_ratio(u: np.ndarray, s: np.ndarray, quantile: float = 95.0) -> np.ndarray:
+    """Per-gene steady-state ratio gamma / beta from the extreme cells of each phase portrait.
+
+    scVelo's steady-state ("deterministic") estimate (Bergen et al., Nat Biotechnol 2020): at steady state
+    du/dt = 0 and ds/dt = beta u - gamma s = 0, so u = (gamma / beta) s. Per gene, the cells whose
+    ``s / max(s) + u / max(u)`` lies in the top or bottom ``100 - quantile`` percent are taken as near the
+    two steady states and the slope is fitted through the origin, ``sum(u s) / sum(s s)``. velopyro uses it
+    to start gamma at a data-derived ratio (``rate_init="steady_state"``) instead of one constant for all
+    genes, which leaves a gene whose ratio the trajectory does not pin down at the constant's ratio.
+
+    Parameters
+    ----------
+    u, s
+        Cells x genes on the kinetic scale.
+    quantile
+        Upper percentile of the extreme cells (the lower one is ``100 - quantile``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(genes,)`` float32, positive (NaN-free: genes without signal get 1).
+    """
+    n_cells, n_genes = u.shape
+    out = np.ones(n_genes, dtype=np.float32)
+    for sl in gene_slices(n_cells, n_genes):
+        uc, sc = np.asarray(u[:, sl], dtype=np.float64), np.asarray(s[:, sl], dtype=np.float64)
+        norm = sc / np.maximum(sc.max(0), 1e-12) + uc / np.maximum(uc.max(0), 1e-12)
+        hi, lo = np.percentile(norm, quantile, axis=0), np.percentile(norm, 100.0 - quantile, axis=0)
+        w = ((norm >= hi) | (norm <= lo)).astype(np.float64)
+        ss, us = (w * sc * sc).sum(0), (w * uc * sc).sum(0)
+        ratio = np.divide(us, ss, out=np.ones_like(ss), where=ss > 0)
+        out[sl] = np.where(np.isfinite(ratio) & (ratio > 0), ratio, 1.0)
+    return out
+
+
 class VeloVIModel(nn.Module):
     """Generative model p(u, s, z, pi, k) with point-estimated kinetic parameters.
 
@@ -133,7 +168,8 @@ class VeloVIModel(nn.Module):
     state_coupling
         ``"shared"`` or ``"independent"`` (see the module docstring).
     beta_init, gamma_init, t_s_init
-        Shared initial values of the splicing and degradation rates and the switch time.
+        Initial values of the splicing and degradation rates and the switch time (``gamma_init`` may be
+        per gene, ``(G,)``).
     seed
         Seed of the small jitter on the switch time's initial value.
     collapse_pi
@@ -153,7 +189,7 @@ class VeloVIModel(nn.Module):
         switch_penalty: float = 0.2,
         state_coupling: str = "independent",
         beta_init: float = 0.97,
-        gamma_init: float = 0.31,
+        gamma_init: float | np.ndarray = 0.31,
         t_s_init: float = 7.0,
         seed: int = 0,
         collapse_pi: bool = False,
@@ -179,7 +215,8 @@ class VeloVIModel(nn.Module):
         t_s0 = (t_s_init + 0.5 * torch.randn(n_genes, generator=gen)).clamp(0.5, self.t_max - 0.5)
         self.raw_alpha = nn.Parameter(rate.inv(alpha0))
         self.raw_beta = nn.Parameter(rate.inv(torch.full((n_genes,), beta_init)))
-        self.raw_gamma = nn.Parameter(rate.inv(torch.full((n_genes,), gamma_init)))
+        gamma0 = np.clip(np.broadcast_to(np.asarray(gamma_init, dtype=np.float32), (n_genes,)), 1e-3, RATE_MAX - 1e-3)
+        self.raw_gamma = nn.Parameter(rate.inv(torch.as_tensor(gamma0.copy())))
         self.raw_t_s = nn.Parameter(switch.inv(t_s0))
         self._pyro_name: str | None = None  # set by the JIT training path to register parameters
 
