@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     show = flip[:12]
     if show:
         ncol = 4
-        fig, axes = plt.subplots(int(np.ceil(len(show) / ncol)), ncol, figsize=(3.2 * ncol, 3.0 * np.ceil(len(show) / ncol)),
-                                 squeeze=False)
+        nrow = int(np.ceil(len(show) / ncol))
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
         other = ~(src | tgt)
         for ax, g in zip(axes.ravel(), show, strict=False):
             ax.scatter(ms[other, g], mu[other, g], s=2, c="#cccccc", rasterized=True)
