@@ -170,3 +170,32 @@ def test_per_gene_statistics_do_not_depend_on_the_chunking(monkeypatch):
     for a, b in zip((*whole[0], whole[1]), (*chunked[0], chunked[1]), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(whole[1], u.std(0), rtol=1e-5)
+
+
+def test_steady_state_ratio_recovers_the_simulated_gamma_over_beta():
+    from scipy.stats import spearmanr
+
+    from velopyro.datasets import simulate
+    from velopyro.model import steady_state_ratio
+
+    adata = simulate(n_cells=300, n_genes=20, seed=0)
+    ratio = steady_state_ratio(adata.layers["Mu"], adata.layers["Ms"])
+    truth = (adata.var["true_gamma"] / adata.var["true_beta"]).to_numpy()
+    assert ratio.shape == (20,) and np.all(ratio > 0)
+    assert spearmanr(ratio, truth)[0] > 0.9
+    assert np.median(np.abs(np.log(ratio / truth))) < 0.2  # within ~20% for the typical gene
+
+
+def test_rate_init_steady_state_sets_gamma_per_gene():
+    import velopyro
+    from velopyro.datasets import simulate
+    from velopyro.model import steady_state_ratio
+
+    adata = simulate(n_cells=200, n_genes=10, seed=0)
+    const = velopyro.VeloPyro(adata).model.rates()
+    ss = velopyro.VeloPyro(adata, rate_init="steady_state").model.rates()
+    np.testing.assert_allclose(const["gamma"].detach().numpy(), 0.31, rtol=1e-5)
+    want = 0.97 * steady_state_ratio(adata.layers["Mu"], adata.layers["Ms"])
+    np.testing.assert_allclose(ss["gamma"].detach().numpy(), want, rtol=1e-4)
+    with pytest.raises(ValueError, match="rate_init"):
+        velopyro.VeloPyro(adata, rate_init="bogus")
