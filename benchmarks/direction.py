@@ -34,6 +34,8 @@ ARRAYS = CACHE_DIR / "direction"
 #: (``init``). Each isolates one difference from velovi's training, or combines them (``velovi_schedule``).
 VARIANTS: dict[str, dict] = {
     "default": {},
+    # the default before rate_init="steady_state": every gene starts at gamma / beta = 0.31 / 0.97
+    "constant_init": {"init": {"rate_init": "constant"}},
     # velovi: KL weight of z rising linearly over 400 epochs, and the switch penalty fading as 0.2 (1 - w)
     "velovi_schedule": {"fit": {"kl_warmup_epochs": 400, "penalty_fade": True}},
     "kl_warmup": {"fit": {"kl_warmup_epochs": 400}},

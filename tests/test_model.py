@@ -192,8 +192,8 @@ def test_rate_init_steady_state_sets_gamma_per_gene():
     from velopyro.model import steady_state_ratio
 
     adata = simulate(n_cells=200, n_genes=10, seed=0)
-    const = velopyro.VeloPyro(adata).model.rates()
-    ss = velopyro.VeloPyro(adata, rate_init="steady_state").model.rates()
+    const = velopyro.VeloPyro(adata, rate_init="constant").model.rates()
+    ss = velopyro.VeloPyro(adata).model.rates()  # the default
     np.testing.assert_allclose(const["gamma"].detach().numpy(), 0.31, rtol=1e-5)
     want = 0.97 * steady_state_ratio(adata.layers["Mu"], adata.layers["Ms"])
     np.testing.assert_allclose(ss["gamma"].detach().numpy(), want, rtol=1e-4)

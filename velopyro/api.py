@@ -78,9 +78,13 @@ class VeloPyro:
         For count likelihoods, an ``obs`` column of per-cell size factors used for both modalities;
         by default each modality's total counts over the model's genes divided by their median.
     rate_init
-        ``"constant"``: every gene starts at the reference's beta = 0.97, gamma = 0.31;
-        ``"steady_state"``: gamma starts at beta times the gene's steady-state slope of u on s
-        (:func:`velopyro.model.steady_state_ratio`, scVelo's deterministic estimate).
+        ``"steady_state"`` (default): gamma starts at beta times the gene's steady-state slope of u on s
+        (:func:`velopyro.model.steady_state_ratio`, scVelo's deterministic estimate), beta at 0.97;
+        ``"constant"``: every gene starts at the reference's beta = 0.97, gamma = 0.31. Where the
+        trajectory does not pin gamma / beta down, the fit keeps the starting ratio, and that ratio
+        decides which cells lie above the steady-state line (induction, positive velocity): on pancreas
+        the constant start reads genes that are being switched off as induced and turns the
+        Pre-endocrine -> Beta direction around (see the README, "Velocity direction").
 
     Examples
     --------
@@ -107,7 +111,7 @@ class VeloPyro:
         t_max: float = 20.0,
         switch_penalty: float = 0.2,
         size_factor_key: str | None = None,
-        rate_init: str = "constant",
+        rate_init: str = "steady_state",
     ) -> None:
         if state_coupling not in STATE_COUPLINGS:
             raise ValueError(f"state_coupling must be one of {STATE_COUPLINGS}, got {state_coupling!r}.")
@@ -186,7 +190,8 @@ class VeloPyro:
                   self.data.size_factor_s[:, 0].numpy())
         u_star, s_star = switch_targets(u_k, s_k)
         extra = {}
-        if cfg.get("rate_init", "constant") == "steady_state":  # gamma / beta starts at the steady-state slope
+        # gamma / beta starts at the steady-state slope (models saved before the option: constant)
+        if cfg.get("rate_init", "constant") == "steady_state":
             extra["gamma_init"] = _BETA_INIT * steady_state_ratio(u_k, s_k)
         self.model = VeloVIModel(
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],

@@ -115,7 +115,10 @@ def _choices() -> dict[str, list[str]]:
     from .guide import PI_GUIDES
     from .likelihoods import LIKELIHOODS
 
-    return {"likelihood": list(LIKELIHOODS), "state_coupling": list(STATE_COUPLINGS), "pi_guide": list(PI_GUIDES)}
+    from .api import RATE_INITS
+
+    return {"likelihood": list(LIKELIHOODS), "state_coupling": list(STATE_COUPLINGS), "pi_guide": list(PI_GUIDES),
+            "rate_init": list(RATE_INITS)}
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
@@ -135,6 +138,9 @@ def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
                             "state" + d("state_coupling"))
         g.add_argument("--pi-guide", choices=choices["pi_guide"], default=None,
                        help="variational family of the state probabilities pi" + d("pi_guide"))
+        g.add_argument("--rate-init", choices=choices["rate_init"], default=None,
+                       help="starting gamma / beta: each gene's steady-state slope, or one constant for all"
+                            + d("rate_init"))
         g.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                        help="cells per minibatch" + d("batch_size"))
         g.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
@@ -324,7 +330,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     has_moments = "Ms" in adata.layers and "Mu" in adata.layers
     do_pp = (not has_moments) if args.preprocess is None else args.preprocess
     spliced, unspliced = args.spliced_layer, args.unspliced_layer
-    model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide") if getattr(args, k) is not None}
+    model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide", "rate_init")
+                if getattr(args, k) is not None}
     model = None
     if do_pp:
         half = [k for k in ("Ms", "Mu") if k in adata.layers]
