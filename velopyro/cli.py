@@ -111,11 +111,10 @@ def _library_defaults() -> dict[str, Any]:
 
 def _choices() -> dict[str, list[str]]:
     """The registered names: likelihoods, state couplings and pi guides."""
+    from .api import RATE_INITS
     from .coupling import STATE_COUPLINGS
     from .guide import PI_GUIDES
     from .likelihoods import LIKELIHOODS
-
-    from .api import RATE_INITS
 
     return {"likelihood": list(LIKELIHOODS), "state_coupling": list(STATE_COUPLINGS), "pi_guide": list(PI_GUIDES),
             "rate_init": list(RATE_INITS)}
