@@ -478,7 +478,7 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
     out["converged"] = (stopped or not early_stopping) and not interrupted
     if early_stopping and not stopped and not interrupted and hist.epoch and hist.epoch[-1] >= max_epochs:
         warnings.warn(
-            f"velopyro: training reached max_epochs={max_epochs} before early stopping (the validation loss was "
+            f"training reached max_epochs={max_epochs} before early stopping (the validation loss was "
             f"still improving: best epoch {best_epoch}); the fit may not have converged. Raise max_epochs "
             "(e.g. fit(max_epochs=1000)) for a converged fit.",
             UserWarning, stacklevel=2,
