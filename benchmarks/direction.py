@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict] = {
     # velovi optimises the per-cell mean: AdamW's eps=0.01 and the clipping then act as in the reference
     "per_cell_loss": {"fit": {"loss_per_cell": True}},
     "steady_state_init": {"init": {"rate_init": "steady_state"}},
+    # pi integrated out of the model (issue 15), with the default start
+    "collapsed": {"adapter": {"pi_guide": "collapsed"}},
     "per_cell_loss_velovi_schedule": {"fit": {"loss_per_cell": True, "kl_warmup_epochs": 400, "penalty_fade": True}},
 }
 
@@ -61,7 +63,8 @@ def _adapter(tool: str, variant: str):
     from benchmarks.run_velopyro import VelopyroAdapter
 
     spec = VARIANTS[variant]
-    return VelopyroAdapter(n_samples=25, fit_kwargs=spec.get("fit"), init_kwargs=spec.get("init"))
+    return VelopyroAdapter(n_samples=25, fit_kwargs=spec.get("fit"), init_kwargs=spec.get("init"),
+                           **spec.get("adapter", {}))
 
 
 def _dataset(name: str):
