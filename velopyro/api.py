@@ -27,7 +27,7 @@ from .checkpoint import checkpoint_path, load_checkpoint
 from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
 from .likelihoods import Likelihood, get_likelihood
-from .model import STATE_COUPLINGS, VeloVIModel, steady_state_ratio, switch_targets
+from .model import BETA_INIT, STATE_COUPLINGS, VeloVIModel, steady_state_ratio, switch_targets
 from .train import TrainConfig, VeloData, resolve_device, split_indices, train_svi
 
 __all__ = ["VeloPyro"]
@@ -37,7 +37,6 @@ _CONFIG_FILE = "config.json"
 _FORMAT = 2  # 2: model.pt holds tensors only (read with weights_only=True)
 
 
-_BETA_INIT = 0.97  # the reference's initial splicing rate (softplus(0.5))
 RATE_INITS = ("auto", "steady_state", "constant")
 
 class VeloPyro:
@@ -198,12 +197,12 @@ class VeloPyro:
         if rate_init == "auto":
             rate_init = "constant" if lik.is_count else "steady_state"
         if rate_init == "steady_state":
-            extra["gamma_init"] = _BETA_INIT * steady_state_ratio(u_k, s_k)
+            extra["gamma_init"] = BETA_INIT * steady_state_ratio(u_k, s_k)
         self.model = VeloVIModel(
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
             n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
             state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=cfg["pi_guide"] == "collapsed",
-            beta_init=_BETA_INIT, **extra,
+            **extra,
         )
         self.guide = VeloVIGuide(self.n_genes, cfg["n_latent"], lik, pi_guide=cfg["pi_guide"],
                                  n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],

@@ -54,6 +54,7 @@ __all__ = ["VeloVIModel", "switch_targets", "select_state", "STATE_COUPLINGS"]
 
 STATE_COUPLINGS = tuple(COUPLINGS)  # the names registered in velopyro.coupling
 RATE_MAX = 50.0
+BETA_INIT = 0.97  # the reference's initial splicing rate (softplus(0.5))
 
 
 def select_state(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -188,7 +189,7 @@ class VeloVIModel(nn.Module):
         t_max: float = 20.0,
         switch_penalty: float = 0.2,
         state_coupling: str = "independent",
-        beta_init: float = 0.97,
+        beta_init: float = BETA_INIT,
         gamma_init: float | np.ndarray = 0.31,
         t_s_init: float = 7.0,
         seed: int = 0,
