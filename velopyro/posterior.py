@@ -146,8 +146,8 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str | StateCouplin
     """
     if "pi_prior" in sample:
         return collapsed.log_marginal(sample["ll_u"], sample["ll_s"], sample["pi_prior"], coupling)
-    log_pi = torch.log(sample["pi"].clamp_min(1e-30))
-    return get_state_coupling(coupling).mixture_log_likelihood(log_pi, sample["ll_u"], sample["ll_s"])
+    return get_state_coupling(coupling).mixture_log_likelihood(log_state_prior(sample), sample["ll_u"],
+                                                               sample["ll_s"])
 
 
 def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spliced",
