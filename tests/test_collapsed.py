@@ -9,7 +9,9 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
 from velopyro import VeloPyro, collapsed, posterior
+from velopyro import coupling as coupling_mod
 from velopyro.cli import _build_parser
+from velopyro.coupling import get_state_coupling
 from velopyro.datasets import simulate
 from velopyro.guide import VeloVIGuide
 from velopyro.likelihoods import Normal
@@ -88,8 +90,9 @@ def test_collapsed_marginal_equals_monte_carlo_over_pi(coupling):
     se = (w.std(0) / (w.mean(0) * m**0.5)).square().sum().sqrt().item()  # delta method, summed pairs
     assert se < 0.05
     assert log_p_collapsed == pytest.approx(est.sum().item(), abs=4 * se + 1e-3)
-    # the algebra of velopyro.collapsed gives the same number
-    assert collapsed.log_marginal(ll_u, ll_s, ALPHA, coupling).sum().item() == pytest.approx(log_p_collapsed, abs=1e-3)
+    # the coupling's marginal with pi integrated out gives the same number
+    marginal = get_state_coupling(coupling).prior_log_likelihood(torch.log(ALPHA), ll_u, ll_s)
+    assert marginal.sum().item() == pytest.approx(log_p_collapsed, abs=1e-3)
     if coupling == "independent":
         # the factorised mixtures at E[pi] (the same pi is NOT shared then) are measurably wrong
         naive = _pair_log_lik(ll_u, ll_s, torch.log(ALPHA), coupling).sum().item()
@@ -117,7 +120,7 @@ def test_pi_posterior_mean_matches_importance_sampling(coupling):
     pi = gam / gam.sum(-1, keepdim=True)
     w = torch.softmax(_pair_log_lik(ll_u, ll_s, torch.log(pi.clamp_min(1e-300)), coupling), dim=0)
     est = (w.unsqueeze(-1) * pi).sum(0)
-    exact = collapsed.pi_posterior_mean(ll_u, ll_s, ALPHA, coupling)
+    exact = get_state_coupling(coupling).collapsed_pi_mean(ALPHA, ll_u, ll_s)
     torch.testing.assert_close(exact.sum(-1), torch.ones(5, dtype=torch.float64))
     torch.testing.assert_close(exact, est, atol=0.01, rtol=0)
     assert (exact - ALPHA).abs().max() > 0.1  # the data moved pi away from its prior mean
@@ -163,13 +166,14 @@ def test_collapsed_read_outs_use_the_exact_posterior_of_pi(fitted_collapsed):
     model = fitted_collapsed
     assert "pi" not in model.guide.state_dict() and model.guide.pi_head is None
     smp = next(posterior.iterate_samples(model.model, model.guide, model.data, batch_size=50))[2]
-    torch.testing.assert_close(smp["pi"], collapsed.pi_posterior_mean(smp["ll_u"], smp["ll_s"],
-                                                                       model.model.pi_prior, "independent"))
+    independent = get_state_coupling("independent")
+    torch.testing.assert_close(smp["pi"], independent.collapsed_pi_mean(model.model.pi_prior, smp["ll_u"],
+                                                                        smp["ll_s"]))
     # state posterior: uniform prior weight of the shared state, p(k) ∝ p(u | k) p(s | k)
     torch.testing.assert_close(posterior.state_posterior(smp), torch.softmax(smp["ll_u"] + smp["ll_s"], -1))
     torch.testing.assert_close(posterior.mixture_log_likelihood(smp, "independent"),
-                               collapsed.log_marginal(smp["ll_u"], smp["ll_s"], model.model.pi_prior,
-                                                      "independent"))
+                               independent.prior_log_likelihood(torch.log(model.model.pi_prior), smp["ll_u"],
+                                                                smp["ll_s"]))
     v_pi = model.get_velocity(n_samples=2, state_weights="pi")
     v_post = model.get_velocity(n_samples=2, state_weights="posterior")
     assert v_pi.shape == (200, 6) and np.isfinite(v_pi).all() and not np.allclose(v_pi, v_post)
@@ -201,6 +205,6 @@ def test_collapsed_replicates_and_state_draws(fitted_collapsed):
     table = torch.tensor([[0.4, 0.1, 0.0, 0.0], [0.0, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.3], [0.0] * 4])
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        d = ppc._pair_draw(table.expand(20_000, 4, 4))
+        d = coupling_mod._pair_draw(table.expand(20_000, 4, 4))
     freq = torch.zeros(4, 4).index_put_((d["k_u"], d["k_s"]), torch.ones(20_000), accumulate=True) / 20_000
     torch.testing.assert_close(freq, table, atol=0.015, rtol=0)

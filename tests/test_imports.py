@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "velopyro"
 #: and ``pl._ppc`` are the unit ``pl``), never one of the same or a higher layer.
 LAYERS: list[set[str]] = [
     # leaves, no velopyro import
-    {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "coupling"},
-    {"pp", "likelihoods", "nn", "collapsed", "_rng"},  # preprocessing; observation models, networks; pi integrated out
+    # leaves also: collapsed (the algebra of pi integrated out)
+    {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "collapsed"},
+    {"pp", "likelihoods", "nn", "coupling", "_rng"},  # preprocessing; observation models, networks, state couplings
     {"model", "guide", "datasets"},  # the Pyro program; the simulator draws from its parts
     {"checkpoint", "_scvelo"},  # training state on disk; scVelo's per-gene statistics
     {"train", "fitted"},  # SVI; the fitted pieces

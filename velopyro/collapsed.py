@@ -29,17 +29,19 @@ The posterior of pi given the data (and z) is a mixture of Dirichlets, ``p(pi | 
     independent:  E[pi | u, s, z] = (a + p(k_u | u, s, z) + p(k_s | u, s, z)) / (A + 2)
 
 with ``p(k_u, k_s | u, s, z) ∝ p(k_u, k_s) p(u | k_u) p(s | k_s)``. The velocity read-out with
-``state_weights="pi"`` uses this mean (:func:`pi_posterior_mean`). A *new* state pair drawn given the data
+``state_weights="pi"`` uses this mean. A *new* state pair drawn given the data
 (the posterior predictive of ``states="pi"`` in :mod:`velopyro.ppc`) has ``E[pi_i pi_j | u, s, z]``
 (:func:`pair_predictive`), the second moment of that mixture of Dirichlets.
+
+This module holds the algebra only; each state coupling (:mod:`velopyro.coupling`) applies it in its
+``collapsed_*`` methods and ``prior_log_likelihood`` (the marginal ``log p(u, s | z)``).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["pair_prior", "conditional_prior", "log_marginal", "pair_posterior", "pi_posterior_mean",
-           "pair_predictive", "shared_state_log_prior"]
+__all__ = ["pair_prior", "conditional_prior", "pair_posterior", "pair_predictive"]
 
 
 def pair_prior(alpha: torch.Tensor) -> torch.Tensor:
@@ -80,28 +82,6 @@ def _pair_logits(ll_u: torch.Tensor, ll_s: torch.Tensor, alpha: torch.Tensor) ->
     return torch.log(pair_prior(alpha)) + ll_u.unsqueeze(-1) + ll_s.unsqueeze(-2)
 
 
-def log_marginal(ll_u: torch.Tensor, ll_s: torch.Tensor, alpha: torch.Tensor, coupling: str) -> torch.Tensor:
-    """``log p(u, s | z)`` with the state(s) summed out and pi integrated over its prior.
-
-    Parameters
-    ----------
-    ll_u, ll_s
-        Per-state log-likelihoods ``log p(u | k)``, ``log p(s | k)``, ``(..., K)``.
-    alpha
-        Prior concentrations, ``(K,)``.
-    coupling
-        ``"shared"`` or ``"independent"``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(...)``.
-    """
-    from .coupling import get_state_coupling
-
-    return get_state_coupling(coupling).prior_log_likelihood(torch.log(alpha), ll_u, ll_s)
-
-
 def pair_posterior(ll_u: torch.Tensor, ll_s: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Exact ``p(k_u, k_s | u, s, z)`` of the collapsed independent coupling.
 
@@ -119,31 +99,6 @@ def pair_posterior(ll_u: torch.Tensor, ll_s: torch.Tensor, alpha: torch.Tensor) 
     """
     logits = _pair_logits(ll_u, ll_s, alpha)
     return torch.softmax(logits.flatten(-2), dim=-1).view(logits.shape)
-
-
-def pi_posterior_mean(ll_u: torch.Tensor, ll_s: torch.Tensor, alpha: torch.Tensor, coupling: str) -> torch.Tensor:
-    """``E[pi | u, s, z]``: the exact posterior mean of pi given the data and the kinetics of z.
-
-    Parameters
-    ----------
-    ll_u, ll_s
-        Per-state log-likelihoods, ``(..., K)``.
-    alpha
-        Prior concentrations, ``(K,)``.
-    coupling
-        ``"shared"`` or ``"independent"``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(..., K)``, on the simplex.
-    """
-    total = alpha.sum()
-    if coupling == "shared":
-        w = torch.softmax(torch.log(alpha) + ll_u + ll_s, dim=-1)
-        return (alpha + w) / (total + 1.0)
-    joint = pair_posterior(ll_u, ll_s, alpha)
-    return (alpha + joint.sum(-1) + joint.sum(-2)) / (total + 2.0)
 
 
 def pair_predictive(ll_u: torch.Tensor, ll_s: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -172,27 +127,3 @@ def pair_predictive(ll_u: torch.Tensor, ll_s: torch.Tensor, alpha: torch.Tensor)
     ebb = torch.outer(alpha, alpha) + alpha.unsqueeze(-1) * m.unsqueeze(-2) + m.unsqueeze(-1) * alpha + ecc
     big = alpha.sum() + 2.0
     return (ebb + torch.diag_embed(alpha + m)) / (big * (big + 1.0))
-
-
-def shared_state_log_prior(alpha: torch.Tensor, coupling: str) -> torch.Tensor:
-    """Log prior weight of "u and s are both in state k", the weights of the state posterior read-out.
-
-    Shared coupling: ``log(a_k / A)``, so ``p(k | u, s, z) ∝ a_k p(u | k) p(s | k)`` is exact. Independent
-    coupling: the diagonal of :func:`pair_prior`, so the read-out is ``p(k_u = k_s = k | u, s, z, k_u = k_s)``,
-    the exact posterior of the state given that u and s share it. For the symmetric prior both are uniform.
-
-    Parameters
-    ----------
-    alpha
-        Prior concentrations, ``(K,)``.
-    coupling
-        ``"shared"`` or ``"independent"``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(K,)``, unnormalised in the independent case.
-    """
-    if coupling == "shared":
-        return torch.log(alpha / alpha.sum())
-    return torch.log(torch.diagonal(pair_prior(alpha)))

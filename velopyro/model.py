@@ -32,6 +32,9 @@ per cell is ``-ELBO / N + lambda L_switch`` whatever the minibatch size.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -44,7 +47,6 @@ from torch.distributions import constraints, transform_to
 from . import distributions as vdist
 from . import kinetics
 from ._chunks import gene_slices
-from .collapsed import conditional_prior
 from .coupling import STATE_COUPLINGS as COUPLINGS
 from .coupling import get_state_coupling
 from .likelihoods import Likelihood
@@ -206,9 +208,6 @@ class VeloVIModel(nn.Module):
         self.register_buffer("s_star", torch.as_tensor(s_star, dtype=torch.float32))
         self.register_buffer("pi_prior", torch.full((kinetics.N_STATES,), 0.25))  # eq. 14
         self.collapse_pi = bool(collapse_pi)
-        if self.collapse_pi:  # not saved with the state dict: a function of pi_prior
-            self.register_buffer("k_prior", self.pi_prior / self.pi_prior.sum(), persistent=False)
-            self.register_buffer("k_s_given_k_u", conditional_prior(self.pi_prior), persistent=False)
         rate = transform_to(constraints.interval(0.0, RATE_MAX))
         switch = transform_to(constraints.interval(0.0, self.t_max))
         gen = torch.Generator().manual_seed(seed)
@@ -220,6 +219,7 @@ class VeloVIModel(nn.Module):
         self.raw_gamma = nn.Parameter(rate.inv(torch.as_tensor(gamma0.copy())))
         self.raw_t_s = nn.Parameter(switch.inv(t_s0))
         self._pyro_name: str | None = None  # set by the JIT training path to register parameters
+        self._readouts = False  # see readouts()
 
     # ---- point-estimated globals ------------------------------------------------------------------
     def rates(self) -> dict[str, torch.Tensor]:
@@ -312,6 +312,32 @@ class VeloVIModel(nn.Module):
         ll_s = lik.dist(s_bar.movedim(-1, 0), k, "s", size_factor_s).log_prob(s).movedim(0, -1)
         return ll_u, ll_s
 
+    # ---- read-outs of a posterior draw ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def readouts(self) -> Iterator[None]:
+        """Within this context :meth:`forward` records what the posterior read-outs need as deterministic sites.
+
+        The sites are the kinetic parameters (``"rates.<name>"``, from :meth:`rates`) and every value of
+        :meth:`kinetic_state` under its own name (``"u_bar"``, ``"s_bar"``, ``"t_ind"``, ...), each as the
+        model computes it. :func:`velopyro.posterior.iterate_samples` traces the model (replayed against a
+        draw of the guide) inside this context; training never enters it, so its traces are unchanged.
+
+        Yields
+        ------
+        None
+        """
+        previous, self._readouts = self._readouts, True
+        try:
+            yield
+        finally:
+            self._readouts = previous
+
+    def _record(self, values: dict[str, torch.Tensor], plate_dims: int) -> None:
+        """``pyro.deterministic`` sites for ``values`` inside :meth:`readouts` (leading ``plate_dims`` are batch)."""
+        if self._readouts:
+            for name, value in values.items():
+                pyro.deterministic(name, value, event_dim=value.dim() - plate_dims)
+
     # ---- the Pyro model ----------------------------------------------------------------------------
     def forward(
         self,
@@ -346,6 +372,7 @@ class VeloVIModel(nn.Module):
         n_batch = idx.shape[0]
         n_cells = n_batch if n_cells is None else n_cells
         r = self.rates()
+        self._record({f"rates.{k}": v for k, v in r.items()}, plate_dims=0)
         if self.switch_penalty > 0:
             # eq. 25, 27: lambda per cell, times N cells; outside the plate, so not rescaled by N/B
             pyro.factor("switch_penalty", -n_cells * self.switch_penalty * penalty_weight * self.switch_loss(r))
@@ -354,24 +381,15 @@ class VeloVIModel(nn.Module):
                 z_loc = self.pi_prior.new_zeros(n_batch, 1, self.n_latent)
                 z = pyro.sample("z", dist.Normal(z_loc, 1.0).to_event(1))  # eq. 13
             ks = self.kinetic_state(z.squeeze(-2), r)  # eq. 16-19, 1-12
+            self._record(ks, plate_dims=2)
             u_bar, s_bar = ks["u_bar"], ks["s_bar"]
             with pyro.plate("genes", self.n_genes, dim=-1):
                 enum = {"enumerate": "parallel"}
                 lik = self.likelihood
-                if self.collapse_pi:
-                    k_u, k_s = self._collapsed_states(enum)  # pi integrated out (velopyro.collapsed)
+                if self.collapse_pi:  # pi integrated out (velopyro.collapsed)
+                    k_u, k_s = self.coupling.sample_collapsed_states(self.pi_prior, enum)
                 else:
                     pi = pyro.sample("pi", vdist.Dirichlet(self.pi_prior))  # eq. 14
                     k_u, k_s = self.coupling.sample_states(pi, enum)  # eq. 15, or eq. 23-24
                 pyro.sample("u", lik.dist(select_state(u_bar, k_u), k_u, "u", size_factor_u), obs=u)  # eq. 20
                 pyro.sample("s", lik.dist(select_state(s_bar, k_s), k_s, "s", size_factor_s), obs=s)  # eq. 21
-
-    def _collapsed_states(self, enum: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The state sites with pi integrated out (eq. 14-15, 23-24; :mod:`velopyro.collapsed`)."""
-        if self.state_coupling == "shared":
-            k = pyro.sample("k", dist.Categorical(self.k_prior), infer=enum)  # E[pi] = 0.25 each
-            return k, k
-        k_u = pyro.sample("k_u", dist.Categorical(self.k_prior), infer=enum)
-        # p(k_s | k_u) = E[pi_ku pi_ks] / E[pi_ku]: (0.25 + [k_s = k_u]) / 2
-        k_s = pyro.sample("k_s", dist.Categorical(Vindex(self.k_s_given_k_u)[..., k_u, :]), infer=enum)
-        return k_u, k_s

@@ -4,8 +4,10 @@ Everything here runs in batches of cells and reduces over posterior samples insi
 memory needed is ``batch_size x G x 4`` floats whatever the number of cells or samples; only the
 requested per-cell (x gene) results are kept.
 
-Each posterior sample draws ``z ~ q(z | u, s)`` and ``pi ~ q(pi | z)`` from the guide (eq. 22), maps z
-through the model's time heads and the kinetics (eq. 16-19, 1-12), and weighs the four states either by
+Each posterior sample traces the guide on a batch, drawing ``z ~ q(z | u, s)`` and ``pi ~ q(pi | z)``
+(eq. 22; whatever families the guide uses), and replays the model against it (:func:`draw`): the model
+maps z through its time heads and the kinetics (eq. 16-19, 1-12) and records them, and scores the
+observations at each enumerated state. A read-out then weighs the four states either by
 the posterior of the state given the data, ``p(k | u, s, z, pi) ∝ pi_k p(u | k) p(s | k)`` (the
 enumerated posterior of eq. 15, 20-21; ``"posterior"``), or by ``pi`` itself (``"pi"``, as the veloVI
 reference does).
@@ -37,13 +39,14 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+from pyro import poutine
 
-from . import collapsed, kinetics
+from . import kinetics
 from .coupling import StateCoupling, get_state_coupling
 from .data import VeloData
 
-__all__ = ["PosteriorSample", "iterate_samples", "reduce_samples", "log_state_prior", "state_posterior", "velocity",
-           "latent_time", "mixture_log_likelihood", "VELOCITY_WEIGHTS", "TIME_WEIGHTS", "QUERY_BATCH_SIZE"]
+__all__ = ["PosteriorSample", "iterate_samples", "draw", "reduce_samples", "log_state_prior", "state_posterior",
+           "velocity", "latent_time", "mixture_log_likelihood", "VELOCITY_WEIGHTS", "TIME_WEIGHTS", "QUERY_BATCH_SIZE"]
 
 STATE_WEIGHTS = ("posterior", "pi")
 #: Default state weights of velocity (see the module docstring).
@@ -52,6 +55,8 @@ VELOCITY_WEIGHTS = "pi"
 TIME_WEIGHTS = "posterior"
 #: Default number of cells per batch of a posterior query (memory ``batch x genes x 4`` floats per draw).
 QUERY_BATCH_SIZE = 256
+#: Plates of the model (cells, genes): enumerated states take the dimensions to their left, as in training.
+MAX_PLATE_NESTING = 2
 
 
 class PosteriorSample(dict):
@@ -69,7 +74,8 @@ class PosteriorSample(dict):
 
 def log_state_prior(sample: PosteriorSample) -> torch.Tensor:
     """Log weights of the states in the state posterior: ``log pi`` of the draw, or, for a collapsed model,
-    the prior weight of the shared state (:func:`velopyro.collapsed.shared_state_log_prior`).
+    the prior weight of the shared state (:meth:`StateCoupling.collapsed_state_log_prior
+    <velopyro.coupling.StateCoupling.collapsed_state_log_prior>`).
 
     Parameters
     ----------
@@ -130,7 +136,8 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str | StateCouplin
 
     ``"shared"``: ``log sum_k pi_k p(u | k) p(s | k)``; ``"independent"``:
     ``log sum_k pi_k p(u | k) + log sum_k pi_k p(s | k)`` (eq. 23-24). For a collapsed model, the model's
-    own marginal with pi integrated over its prior (:func:`velopyro.collapsed.log_marginal`).
+    own marginal with pi integrated over its prior (:meth:`StateCoupling.prior_log_likelihood
+    <velopyro.coupling.StateCoupling.prior_log_likelihood>`).
 
     Parameters
     ----------
@@ -144,10 +151,10 @@ def mixture_log_likelihood(sample: PosteriorSample, coupling: str | StateCouplin
     torch.Tensor
         ``(B, G)``.
     """
+    c = get_state_coupling(coupling)
     if "pi_prior" in sample:
-        return collapsed.log_marginal(sample["ll_u"], sample["ll_s"], sample["pi_prior"], coupling)
-    return get_state_coupling(coupling).mixture_log_likelihood(log_state_prior(sample), sample["ll_u"],
-                                                               sample["ll_s"])
+        return c.prior_log_likelihood(torch.log(sample["pi_prior"]), sample["ll_u"], sample["ll_s"])
+    return c.mixture_log_likelihood(log_state_prior(sample), sample["ll_u"], sample["ll_s"])
 
 
 def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spliced",
@@ -225,6 +232,9 @@ def iterate_samples(
 ) -> Iterator[tuple[int, int, PosteriorSample]]:
     """Yield ``(batch_number, sample_number, PosteriorSample)`` over batches of cells and samples.
 
+    Each draw is the guide traced on the batch and the model replayed against it (:func:`draw`), so any
+    guide with the model's signature and sites works here and in every read-out.
+
     Parameters
     ----------
     model, guide
@@ -250,29 +260,90 @@ def iterate_samples(
     guide.eval()
     idx_all = np.arange(data.n_cells) if indices is None else np.asarray(indices)
     with torch.no_grad():
-        r = model.rates()
         for bno, start in enumerate(range(0, len(idx_all), batch_size)):
             b = torch.as_tensor(idx_all[start:start + batch_size])
-            idx, u, s, sfu, sfs = data.batch(b, dev)
-            z_loc, z_scale = guide.encode(u, s, sfu, sfs)
+            batch = data.batch(b, dev)
             for sno in range(n_samples):
-                z = z_loc + z_scale * torch.randn_like(z_loc)
-                ks = model.kinetic_state(z, r)
-                ll_u, ll_s = model.state_log_likelihood(ks["u_bar"], ks["s_bar"], u, s, sfu, sfs)
-                yield bno, sno, PosteriorSample(idx=idx, u=u, s=s, size_factor_u=sfu, size_factor_s=sfs, z=z,
-                                                z_loc=z_loc, ll_u=ll_u, ll_s=ll_s, rates=r,
-                                                **_pi_fields(model, guide, z, ll_u, ll_s), **ks)
+                yield bno, sno, draw(model, guide, *batch, n_cells=data.n_cells)
 
 
-def _pi_fields(model: torch.nn.Module, guide: torch.nn.Module, z: torch.Tensor, ll_u: torch.Tensor,
-               ll_s: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``pi`` of a draw: from q(pi | z), or for a collapsed model ``E[pi | u, s, z]`` and the state prior."""
-    if guide.pi_head is None:
-        alpha, coupling = model.pi_prior, model.state_coupling
-        return {"pi": collapsed.pi_posterior_mean(ll_u, ll_s, alpha, coupling), "pi_prior": alpha,
-                "log_state_prior": collapsed.shared_state_log_prior(alpha, coupling)}
-    q_pi = guide.pi_head(z)
-    return {"pi": q_pi.sample()}
+def draw(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    idx: torch.Tensor,
+    u: torch.Tensor,
+    s: torch.Tensor,
+    size_factor_u: torch.Tensor | None = None,
+    size_factor_s: torch.Tensor | None = None,
+    n_cells: int | None = None,
+) -> PosteriorSample:
+    """One posterior draw for a batch of cells: the guide traced, the model replayed against it.
+
+    The guide runs as in training (``poutine.trace``), drawing z, and pi unless the model integrates it
+    out, from its own families. The model is then run with the guide's values (``poutine.replay``), the
+    observations, and its state sites enumerated in parallel as in training (``poutine.enum``; eq. 15,
+    23-24), inside :meth:`VeloVIModel.readouts <velopyro.model.VeloVIModel.readouts>`, so the kinetics
+    (eq. 16-19, 1-12) and the rates come from the model's own deterministic sites. The per-state
+    log-likelihoods ``log p(u | k)``, ``log p(s | k)`` are the model's observation sites scored at each
+    enumerated state (eq. 20-21). A model without a pi site (``pi_guide="collapsed"``) gets pi's
+    read-outs from its state coupling (:meth:`StateCoupling.collapsed_readouts
+    <velopyro.coupling.StateCoupling.collapsed_readouts>`).
+
+    Parameters
+    ----------
+    model, guide
+        The Pyro model (a :class:`~velopyro.model.VeloVIModel`) and any guide with the model's signature
+        that samples ``"z"`` (and ``"pi"`` when the model has it); ``z_loc`` is the mean of its z site.
+    idx, u, s, size_factor_u, size_factor_s
+        A batch (:meth:`velopyro.data.VeloData.batch`).
+    n_cells
+        Size of the cells plate (only scales log-densities; no effect on the draw).
+
+    Returns
+    -------
+    PosteriorSample
+        The draw.
+    """
+    args = (idx, u, s, size_factor_u, size_factor_s)
+    guide_tr = poutine.trace(guide).get_trace(*args, n_cells=n_cells)
+    replayed = poutine.replay(poutine.block(model, hide=["switch_penalty"]), trace=guide_tr)
+    enumerated = poutine.enum(replayed, first_available_dim=-1 - MAX_PLATE_NESTING)
+    with model.readouts():
+        model_tr = poutine.trace(enumerated).get_trace(*args, n_cells=n_cells)
+    nodes = model_tr.nodes
+    recorded = {name: site["value"] for name, site in nodes.items()
+                if site["type"] == "sample" and site["infer"].get("_deterministic")}
+    rates = {name[len("rates."):]: v for name, v in recorded.items() if name.startswith("rates.")}
+    fields = {name: v for name, v in recorded.items() if not name.startswith("rates.")}
+    ll_u, ll_s = _per_state_log_prob(nodes["u"]), _per_state_log_prob(nodes["s"])
+    z = nodes["z"]["value"]
+    if "pi" in nodes:
+        fields["pi"] = nodes["pi"]["value"]
+    else:  # pi integrated out of the model
+        fields.update(model.coupling.collapsed_readouts(model.pi_prior, ll_u, ll_s))
+    return PosteriorSample(idx=idx, u=u, s=s, size_factor_u=size_factor_u, size_factor_s=size_factor_s,
+                           z=z.reshape(z.shape[0], -1), z_loc=_site_mean(guide_tr.nodes["z"]).reshape(z.shape[0], -1),
+                           ll_u=ll_u, ll_s=ll_s, rates=rates, **fields)
+
+
+def _per_state_log_prob(site: dict) -> torch.Tensor:
+    """``log p(x | k)`` of an observation site under parallel enumeration of its state, ``(B, G, 4)``."""
+    lp = site["fn"].log_prob(site["value"])
+    cells_genes = lp.shape[-2:]
+    lp = lp.reshape(-1, *cells_genes)  # the one enumerated state dimension in front (the others have size 1)
+    if lp.shape[0] != kinetics.N_STATES:
+        raise RuntimeError(f"observation site {site['name']!r} is not enumerated over the {kinetics.N_STATES} "
+                           f"states (log-density shape {tuple(site['fn'].log_prob(site['value']).shape)}).")
+    return lp.movedim(0, -1)
+
+
+def _site_mean(site: dict) -> torch.Tensor:
+    """Mean of a guide site's distribution (``z_loc`` of a draw)."""
+    try:
+        return site["fn"].mean
+    except NotImplementedError:
+        raise NotImplementedError(f"the guide's {site['name']!r} distribution ({type(site['fn']).__name__}) "
+                                  "has no closed-form mean; give it a .mean to read z_loc.") from None
 
 
 def reduce_samples(

@@ -39,7 +39,7 @@ import torch
 from pyro import poutine
 from scipy import stats
 
-from . import collapsed, kinetics, posterior
+from . import kinetics, posterior
 from ._rng import seeded
 from .coupling import StateCoupling, get_state_coupling
 from .fitted import FittedLike, FittedModel, as_fitted
@@ -124,8 +124,9 @@ def replicate(
         data.update(states)
     elif states == "posterior":
         data.update(posterior_states(sample, model.config["state_coupling"]))
-    elif states == "pi" and "pi_prior" in sample:
-        data.update(_collapsed_new_states(sample, model.config["state_coupling"]))
+    elif states == "pi" and "pi_prior" in sample:  # pi integrated out: new states given the data
+        data.update(get_state_coupling(model.config["state_coupling"]).collapsed_new_states(
+            sample["pi_prior"], sample["pi"], sample["ll_u"], sample["ll_s"]))
     elif states != "pi":
         raise ValueError(f"states must be one of {STATES} or a dict of state tensors, got {states!r}.")
     pyro_model = poutine.block(model.model, hide=["switch_penalty"])
@@ -156,26 +157,10 @@ def posterior_states(sample: posterior.PosteriorSample,
     dict of str to torch.Tensor
         ``{"k": ...}`` or ``{"k_u": ..., "k_s": ...}``, each ``(B, G)`` in 0..3.
     """
-    if "pi_prior" in sample and coupling == "independent":  # pi integrated out: the exact pair posterior
-        joint = collapsed.pair_posterior(sample["ll_u"], sample["ll_s"], sample["pi_prior"])
-        return _pair_draw(joint)
-    log_pi = posterior.log_state_prior(sample)
-    return get_state_coupling(coupling).posterior_states(log_pi, sample["ll_u"], sample["ll_s"])
-
-
-def _pair_draw(joint: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``k_u``, ``k_s`` drawn from a joint ``(..., 4, 4)`` table."""
-    flat = torch.distributions.Categorical(probs=joint.flatten(-2)).sample()
-    n = joint.shape[-1]
-    return {"k_u": flat // n, "k_s": flat % n}
-
-
-def _collapsed_new_states(sample: posterior.PosteriorSample, coupling: str) -> dict[str, torch.Tensor]:
-    """New states given the data when pi is integrated out (``states="pi"``): ``k ~ E[pi | u, s, z]``, or a
-    pair from ``E[pi_i pi_j | u, s, z]`` (:func:`velopyro.collapsed.pair_predictive`)."""
-    if coupling == "shared":
-        return {"k": torch.distributions.Categorical(probs=sample["pi"]).sample()}
-    return _pair_draw(collapsed.pair_predictive(sample["ll_u"], sample["ll_s"], sample["pi_prior"]))
+    c = get_state_coupling(coupling)
+    if "pi_prior" in sample:  # pi integrated out: the exact posterior of the state sites
+        return c.collapsed_posterior_states(sample["pi_prior"], sample["ll_u"], sample["ll_s"])
+    return c.posterior_states(posterior.log_state_prior(sample), sample["ll_u"], sample["ll_s"])
 
 
 def pointwise_log_likelihood(model: FittedLike, sample: posterior.PosteriorSample, pi: str = "prior") -> torch.Tensor:
