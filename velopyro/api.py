@@ -24,10 +24,11 @@ from . import kinetics, posterior
 from ._rng import check_seed, seeded
 from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
 from .checkpoint import checkpoint_path, load_checkpoint
+from .coupling import STATE_COUPLINGS
 from .fitted import FittedModel
-from .guide import PI_GUIDES, VeloVIGuide
+from .guide import GUIDES, VeloVIGuide, get_guide
 from .likelihoods import Likelihood, get_likelihood
-from .model import BETA_INIT, STATE_COUPLINGS, VeloVIModel, steady_state_ratio, switch_targets
+from .model import BETA_INIT, VeloVIModel, steady_state_ratio, switch_targets
 from .train import TrainConfig, VeloData, resolve_device, split_indices, train_svi
 
 __all__ = ["VeloPyro"]
@@ -64,7 +65,8 @@ class VeloPyro:
         about 30% less time per step on CPU, but a looser ELBO and less accurate latent time in
         ``benchmarks/``: it cannot match the Dirichlet(0.25) prior where the data say little about pi) or
         ``"collapsed"`` (pi integrated out of the model exactly, eq. 14-15: no q(pi | z), no pi KL;
-        read-outs weighted by ``"pi"`` use the exact posterior mean ``E[pi | u, s, z]``).
+        read-outs weighted by ``"pi"`` use the exact posterior mean ``E[pi | u, s, z]``), or the name of a guide
+        registered with :func:`velopyro.guide.register_guide` (any z and pi families).
     n_latent
         d, the dimension of z (10).
     n_hidden, n_layers, dropout_rate
@@ -116,9 +118,9 @@ class VeloPyro:
         rate_init: str = "auto",
     ) -> None:
         if state_coupling not in STATE_COUPLINGS:
-            raise ValueError(f"state_coupling must be one of {STATE_COUPLINGS}, got {state_coupling!r}.")
-        if pi_guide not in PI_GUIDES:
-            raise ValueError(f"pi_guide must be one of {sorted(PI_GUIDES)}, got {pi_guide!r}.")
+            raise ValueError(f"state_coupling must be one of {tuple(STATE_COUPLINGS)}, got {state_coupling!r}.")
+        if pi_guide not in GUIDES:
+            raise ValueError(f"pi_guide must be one of {sorted(GUIDES)}, got {pi_guide!r}.")
         if rate_init not in RATE_INITS:
             raise ValueError(f"rate_init must be one of {RATE_INITS}, got {rate_init!r}.")
         lik = get_likelihood(likelihood)
@@ -198,15 +200,16 @@ class VeloPyro:
             rate_init = "constant" if lik.is_count else "steady_state"
         if rate_init == "steady_state":
             extra["gamma_init"] = BETA_INIT * steady_state_ratio(u_k, s_k)
+        family = get_guide(cfg["pi_guide"])
         self.model = VeloVIModel(
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
             n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
-            state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=cfg["pi_guide"] == "collapsed",
+            state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=family.collapse_pi,
             **extra,
         )
-        self.guide = VeloVIGuide(self.n_genes, cfg["n_latent"], lik, pi_guide=cfg["pi_guide"],
-                                 n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],
-                                 dropout_rate=cfg["dropout_rate"])
+        self.guide = family.build(n_genes=self.n_genes, n_latent=cfg["n_latent"], likelihood=lik,
+                                  n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],
+                                  dropout_rate=cfg["dropout_rate"])
 
     @property
     def likelihood(self) -> Likelihood:

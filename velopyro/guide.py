@@ -8,9 +8,19 @@ The state k is enumerated out in the model and never appears here. Shapes for a 
 
 With ``pi_guide="collapsed"`` the model integrates pi out (:mod:`velopyro.collapsed`) and the guide is
 q(z | u, s) alone: no pi site, no q(pi | z) network.
+
+Guides are registered by name (:data:`GUIDES`, :func:`register_guide`; ``VeloPyro(pi_guide=name)``). A
+new guide is any ``torch.nn.Module`` with the model's call signature that samples ``"z"`` (shape
+``(B, 1, d)`` inside the cells plate) and, unless the model integrates pi out, ``"pi"`` ``(B, G, 4)``
+inside the genes plate, from any families: the posterior read-outs trace it and replay the model
+against it (:func:`velopyro.posterior.draw`), so nothing downstream needs an edit.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import pyro
 import pyro.distributions as dist
@@ -21,7 +31,7 @@ from torch import nn
 from .likelihoods import Likelihood
 from .nn import DirichletHead, Encoder, LogisticNormalHead
 
-__all__ = ["VeloVIGuide", "PI_GUIDES"]
+__all__ = ["VeloVIGuide", "PI_GUIDES", "GuideFamily", "GUIDES", "register_guide", "get_guide"]
 
 #: q(pi | z) families by name; ``"collapsed"`` has none (pi is integrated out of the model).
 PI_GUIDES = {"dirichlet": DirichletHead, "logistic_normal": LogisticNormalHead, "collapsed": None}
@@ -117,3 +127,71 @@ class VeloVIGuide(nn.Module):
             if self.pi_head is not None:
                 with pyro.plate("genes", self.n_genes, dim=-1):
                     pyro.sample("pi", self.pi_head(z.squeeze(-2)))
+
+
+@dataclass(frozen=True)
+class GuideFamily:
+    """A registered guide: how to build it, and whether the model integrates pi out for it.
+
+    Attributes
+    ----------
+    name
+        The registered name (``VeloPyro(pi_guide=name)``).
+    build
+        Called with the keywords ``n_genes``, ``n_latent``, ``likelihood``, ``n_hidden``, ``n_layers`` and
+        ``dropout_rate``; returns the guide module (see the module docstring for what it must sample).
+    collapse_pi
+        The model has no pi site (pi integrated out, :mod:`velopyro.collapsed`); the guide samples z only.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    collapse_pi: bool = False
+
+
+#: The registered guides by name.
+GUIDES: dict[str, GuideFamily] = {}
+
+
+def register_guide(name: str, build: Callable[..., nn.Module], *, collapse_pi: bool = False) -> GuideFamily:
+    """Register a guide under ``name`` so that ``VeloPyro(adata, pi_guide=name)`` builds it.
+
+    Parameters
+    ----------
+    name
+        The name.
+    build
+        Factory of the guide module (see :class:`GuideFamily`), e.g. the guide class itself.
+    collapse_pi
+        Whether the model integrates pi out for this guide.
+
+    Returns
+    -------
+    GuideFamily
+        The registered entry.
+    """
+    family = GuideFamily(str(name), build, bool(collapse_pi))
+    GUIDES[family.name] = family
+    return family
+
+
+for _name in PI_GUIDES:
+    register_guide(_name, partial(VeloVIGuide, pi_guide=_name), collapse_pi=PI_GUIDES[_name] is None)
+
+
+def get_guide(name: str) -> GuideFamily:
+    """The registered guide of a name.
+
+    Parameters
+    ----------
+    name
+        A name of :data:`GUIDES`.
+
+    Returns
+    -------
+    GuideFamily
+        The entry.
+    """
+    if name not in GUIDES:
+        raise ValueError(f"pi_guide must be one of {sorted(GUIDES)}, got {name!r}.")
+    return GUIDES[name]
