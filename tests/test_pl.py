@@ -100,6 +100,71 @@ def test_phase_portraits_count_likelihood() -> None:
     assert ax.get_xlabel() == "spliced (counts / size factor)"
     # the curve is on the count scale: it reaches the data's range, not [0, ~1]
     assert ax.lines[0].get_xdata().max() > 5
+    # exactly the Poisson mean at size factor 1, scale * trajectory + background, of the panel's gene
+    g = list(adata.var_names).index(ax.get_title().split()[0])
+    u, s = _trajectory(adata, g)
+    var = adata.var.iloc[g]
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), var["fit_scale_s"] * s + var["fit_background_s"], rtol=1e-5)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), var["fit_scale_u"] * u + var["fit_background_u"], rtol=1e-5)
+
+
+def _trajectory(adata, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted kinetics of gene ``g`` on the phase portraits' time grid."""
+    import torch
+
+    from velopyro import kinetics
+
+    var = adata.var.iloc[g]
+    t = torch.linspace(0.0, float(adata.uns["velopyro"]["config"]["t_max"]), 400, dtype=torch.float64)
+    keys = ("fit_alpha", "fit_beta", "fit_gamma", "fit_t_")
+    rates = [torch.tensor(float(var[k]), dtype=torch.float64) for k in keys]
+    u, s = kinetics.trajectory(t, *rates)
+    return u.numpy(), s.numpy()
+
+
+def test_phase_portraits_draw_a_custom_likelihoods_own_mean() -> None:
+    import torch
+
+    from velopyro import likelihoods
+    from velopyro.distributions import Normal
+
+    class Squashed(likelihoods.Normal):
+        """A Normal whose mean is 0.5 * kinetic mean + 0.2 (a saturating detector, say)."""
+
+        name = "test_squashed_normal"
+
+        def dist(self, mean, state, modality, size_factor=None):
+            return Normal(0.5 * mean + 0.2, self.state_scale[state] * self.sigma(modality))
+
+    likelihoods.register_likelihood(Squashed)
+    try:
+        adata = velopyro.datasets.simulate(n_cells=200, n_genes=6, seed=2)
+        model = velopyro.VeloPyro(adata, likelihood="test_squashed_normal")
+        model.fit(max_epochs=2, progress_bar=False)
+        model.write_to_adata(n_samples=2)
+        fig = pl.phase_portraits(adata, genes=["gene2"])
+        line = _labelled(fig)[0].lines[0]
+        u, s = _trajectory(adata, 2)
+        np.testing.assert_allclose(line.get_xdata(), 0.5 * s + 0.2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(line.get_ydata(), 0.5 * u + 0.2, rtol=1e-5, atol=1e-6)
+        assert np.abs(line.get_xdata() - s).max() > 0.1  # not the default (identity) mean
+        # tl's per-cell fit goes through the same mean: cells in the repression steady state sit at 0.5 * 0 + 0.2
+        from velopyro._phase import _phase_data
+
+        _, _, fit_u, fit_s = _phase_data(adata, np.arange(6))
+        off = adata.layers["fit_state"] == 3
+        assert off.any()
+        np.testing.assert_allclose(fit_u[off], 0.2, atol=1e-6)
+        np.testing.assert_allclose(fit_s[off], 0.2, atol=1e-6)
+        assert np.isfinite(tl.gene_fit_r2(adata)).all()
+        with torch.no_grad():
+            lik = model.likelihood
+            assert torch.allclose(lik.expected_observation(torch.ones(6), "s"), torch.full((6,), 0.7))
+    finally:
+        likelihoods.LIKELIHOODS.pop("test_squashed_normal", None)
+    # an AnnData fitted with a likelihood this session does not know: a clear error, not a wrong curve
+    with pytest.raises(VelopyroInputError, match="test_squashed_normal.*not registered"):
+        pl.phase_portraits(adata, genes=["gene2"])
 
 
 def test_latent_time(fitted) -> None:

@@ -85,7 +85,8 @@ def _old_draws(model, n_samples, batch_size):
     with torch.no_grad():
         r = m.rates()
         for start in range(0, data.n_cells, batch_size):
-            idx, u, s, sfu, sfs = data.batch(torch.arange(start, min(start + batch_size, data.n_cells)), torch.device("cpu"))
+            rows = torch.arange(start, min(start + batch_size, data.n_cells))
+            idx, u, s, sfu, sfs = data.batch(rows, torch.device("cpu"))
             z_loc, z_scale = g.encode(u, s, sfu, sfs)
             for _ in range(n_samples):
                 z = z_loc + z_scale * torch.randn_like(z_loc)

@@ -1,7 +1,9 @@
 """Read a fitted AnnData back for the phase portraits: observed and fitted (u, s) per cell and gene.
 
 What :meth:`velopyro.VeloPyro.write_to_adata` wrote (``var['fit_*']``, ``layers['fit_t']``,
-``layers['fit_state']``) is turned into the kinetic trajectory (seed eq. 1-12) on the scale drawn.
+``layers['fit_state']``) is turned into the kinetic trajectory (seed eq. 1-12) on the scale drawn: the
+fitted likelihood's expected observation of the kinetic mean (:meth:`velopyro.likelihoods.Likelihood.
+expected_observation`), the likelihood rebuilt from the ``var['fit_<name>']`` columns of its parameters.
 Used by :func:`velopyro.tl.gene_fit_r2` and :mod:`velopyro.pl`; it sits below both so that neither
 imports the other for it.
 """
@@ -47,19 +49,35 @@ def _size_factors(adata: Any, cfg: dict[str, Any], layer: str) -> np.ndarray:
     return tot / np.median(tot)
 
 
+def _likelihood(adata: Any, idx: np.ndarray | None = None) -> Any:
+    """The fitted likelihood of ``adata`` (by its registered name), with the genes ``idx``' parameters loaded
+    from ``var['fit_<name>']`` (no parameters when ``idx`` is None)."""
+    from .likelihoods import get_likelihood
+
+    name = _config(adata).get("likelihood", "normal")
+    try:
+        lik = get_likelihood(name)
+    except ValueError:
+        raise VelopyroInputError(
+            f"adata was fitted with likelihood {name!r}, which is not registered in this session; register its "
+            "class (velopyro.likelihoods.register_likelihood) before reading the fit back"
+        ) from None
+    if idx is not None:
+        missing = [f"fit_{n}" for n in lik.gene_param_names if f"fit_{n}" not in adata.var]
+        if missing:
+            raise VelopyroInputError(f"var {', '.join(missing)} of the {name!r} likelihood missing; run "
+                                     "model.write_to_adata() after model.fit()")
+        lik.load_gene_params({n: np.asarray(adata.var[f"fit_{n}"], dtype=np.float64)[idx]
+                              for n in lik.gene_param_names})
+    return lik
+
+
 def _is_count(adata: Any) -> bool:
-    return _config(adata).get("likelihood", "normal") in ("poisson", "negative_binomial") or (
-        "fit_scale_s" in adata.var and "fit_sigma_s" not in adata.var)
+    return bool(_likelihood(adata).is_count)
 
 
 def _gene_rates(adata: Any, idx: np.ndarray) -> dict[str, np.ndarray]:
-    out = {k: np.asarray(adata.var[k], dtype=np.float64)[idx] for k in _FIT_KEYS}
-    for m in ("u", "s"):
-        out[f"scale_{m}"] = (np.asarray(adata.var[f"fit_scale_{m}"], dtype=np.float64)[idx]
-                             if f"fit_scale_{m}" in adata.var else np.ones(len(idx)))
-        out[f"background_{m}"] = (np.asarray(adata.var[f"fit_background_{m}"], dtype=np.float64)[idx]
-                                  if f"fit_background_{m}" in adata.var else np.zeros(len(idx)))
-    return out
+    return {k: np.asarray(adata.var[k], dtype=np.float64)[idx] for k in _FIT_KEYS}
 
 
 def _layers(adata: Any) -> tuple[str, str]:
@@ -86,8 +104,18 @@ def _observed(adata: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _curve(rates: dict[str, np.ndarray], t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Fitted mean (u, s) at absolute times ``t`` (shape ``(..., genes)``), on the scale drawn."""
+def _observe(lik: Any, mean: np.ndarray, modality: str) -> np.ndarray:
+    """The likelihood's expected observation (size factor 1) of kinetic means ``(..., genes)``."""
+    import torch
+
+    with torch.no_grad():
+        m = torch.as_tensor(np.asarray(mean, dtype=np.float32))
+        return lik.expected_observation(m, modality).numpy().astype(np.float64)
+
+
+def _curve(rates: dict[str, np.ndarray], t: np.ndarray, lik: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Fitted mean (u, s) at absolute times ``t`` (shape ``(..., genes)``), on the scale drawn (``lik``:
+    :func:`_likelihood` of the same genes)."""
     import torch
 
     from . import kinetics
@@ -95,9 +123,7 @@ def _curve(rates: dict[str, np.ndarray], t: np.ndarray) -> tuple[np.ndarray, np.
     tt = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64))  # noqa: E731
     u, s = kinetics.trajectory(tt(t), tt(rates["fit_alpha"]), tt(rates["fit_beta"]), tt(rates["fit_gamma"]),
                                tt(rates["fit_t_"]))
-    u = u.numpy() * rates["scale_u"] + rates["background_u"]
-    s = s.numpy() * rates["scale_s"] + rates["background_s"]
-    return u, s
+    return _observe(lik, u.numpy(), "u"), _observe(lik, s.numpy(), "s")
 
 
 def _phase_data(adata: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -106,12 +132,13 @@ def _phase_data(adata: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     idx = np.asarray(idx)
     obs_u, obs_s = _observed(adata, idx)
     rates = _gene_rates(adata, idx)
+    lik = _likelihood(adata, idx)
     t = _dense_cols(adata.layers["fit_t"], idx)
     state = _dense_cols(adata.layers["fit_state"], idx).astype(int)
-    fit_u, fit_s = _curve(rates, t)
+    fit_u, fit_s = _curve(rates, t, lik)
     a, b, g = rates["fit_alpha"], rates["fit_beta"], rates["fit_gamma"]
-    ss_u = (a / b) * rates["scale_u"] + rates["background_u"]
-    ss_s = (a / g) * rates["scale_s"] + rates["background_s"]
-    fit_u = np.where(state == 1, ss_u, np.where(state == 3, rates["background_u"], fit_u))
-    fit_s = np.where(state == 1, ss_s, np.where(state == 3, rates["background_s"], fit_s))
+    ss_u, ss_s = _observe(lik, a / b, "u"), _observe(lik, a / g, "s")  # induction steady state
+    zero_u, zero_s = _observe(lik, np.zeros_like(a), "u"), _observe(lik, np.zeros_like(a), "s")  # repression's
+    fit_u = np.where(state == 1, ss_u, np.where(state == 3, zero_u, fit_u))
+    fit_s = np.where(state == 1, ss_s, np.where(state == 3, zero_s, fit_s))
     return obs_u, obs_s, fit_u, fit_s

@@ -15,10 +15,16 @@ Writing a new likelihood is one small class::
             return pyro.distributions.StudentT(4.0, mean, scale)
 
 A likelihood is a ``torch.nn.Module``: the per-gene parameters it creates in :meth:`setup` are fitted
-as point estimates with the kinetic rates and saved with the model.
+as point estimates with the kinetic rates and saved with the model. Its :meth:`~Likelihood.expected_observation`
+(the mean of :meth:`~Likelihood.dist` by default) is what the phase portraits draw, and
+:meth:`~Likelihood.load_gene_params` rebuilds it from the values :meth:`~Likelihood.gene_params` reported
+(``var["fit_<name>"]`` of a fitted AnnData), so a plot never needs to know a likelihood's parameters.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyro.distributions as dist
@@ -63,6 +69,9 @@ class Likelihood(nn.Module):
 
     name: str = "base"
     is_count: bool = False
+    #: Names of the per-gene parameters as :meth:`gene_params` reports them; by default each is the positive
+    #: parameter ``raw_<name>`` (see :meth:`load_gene_params`).
+    gene_param_names: tuple[str, ...] = ()
 
     def setup(self, u: np.ndarray, s: np.ndarray, size_factor_u: np.ndarray, size_factor_s: np.ndarray) -> None:
         """Create per-gene parameters, initialised from the training data.
@@ -148,6 +157,45 @@ class Likelihood(nn.Module):
         """
         return {}
 
+    def load_gene_params(self, params: Mapping[str, Any]) -> None:
+        """Set the per-gene parameters from their constrained values, as :meth:`gene_params` reports them.
+
+        This rebuilds a fitted likelihood without its training data, e.g. from the ``var["fit_<name>"]``
+        columns of a fitted AnnData (:mod:`velopyro.pl`). By default each name of :attr:`gene_param_names`
+        is the positive parameter ``raw_<name>``; a likelihood with other parameters overrides this.
+
+        Parameters
+        ----------
+        params
+            ``{name: (genes,) values}`` for every name of :attr:`gene_param_names`.
+        """
+        for name in self.gene_param_names:
+            setattr(self, f"raw_{name}", _positive_param(np.asarray(params[name], dtype=np.float32)))
+
+    def expected_observation(self, mean: torch.Tensor, modality: str,
+                             size_factor: torch.Tensor | None = None) -> torch.Tensor:
+        """The expected observation ``E[x | kinetic mean]`` on the data's scale (what the plots draw).
+
+        By default the mean of :meth:`dist` (state 0; override where the mean depends on the state).
+
+        Parameters
+        ----------
+        mean
+            Kinetic mean ``u_bar`` or ``s_bar``, ``(..., genes)``.
+        modality
+            ``"u"`` or ``"s"``.
+        size_factor
+            Size factor broadcastable to ``mean`` (default 1: the scale of counts divided by the size factor).
+
+        Returns
+        -------
+        torch.Tensor
+            Shaped as ``mean``.
+        """
+        sf = torch.ones((), dtype=mean.dtype, device=mean.device) if size_factor is None else size_factor
+        state = torch.zeros((), dtype=torch.long, device=mean.device)
+        return self.dist(mean, state, modality, sf).mean.expand(mean.shape)
+
 
 class Normal(Likelihood):
     """The seed's Normal on smoothed, min-max scaled abundance (eq. 20-21).
@@ -163,6 +211,7 @@ class Normal(Likelihood):
     """
 
     name = "normal"
+    gene_param_names = ("sigma_u", "sigma_s")
 
     def __init__(self, state_scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.1)) -> None:
         super().__init__()
@@ -207,6 +256,7 @@ class _CountLikelihood(Likelihood):
     """
 
     is_count = True
+    gene_param_names = ("scale_u", "scale_s", "background_u", "background_s")
 
     def setup(self, u: np.ndarray, s: np.ndarray, size_factor_u: np.ndarray, size_factor_s: np.ndarray) -> None:
         """Create ``scale`` and ``background`` per gene and modality (see :meth:`Likelihood.setup`)."""
@@ -289,6 +339,7 @@ class NegativeBinomial(_CountLikelihood):
     """
 
     name = "negative_binomial"
+    gene_param_names = _CountLikelihood.gene_param_names + ("theta_u", "theta_s")
 
     def setup(self, u: np.ndarray, s: np.ndarray, size_factor_u: np.ndarray, size_factor_s: np.ndarray) -> None:
         """Create scale, background and ``theta`` (init 10) per gene and modality."""

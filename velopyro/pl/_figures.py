@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._phase import _config, _curve, _dense_cols, _gene_rates, _is_count, _layers, _observed, _require_fit
+from .._phase import _config, _curve, _dense_cols, _gene_rates, _is_count, _layers, _likelihood, _observed, _require_fit
 from .._validation import VelopyroInputError
 
 __all__ = ["phase_portraits", "latent_time", "velocity_stream", "loss_curve"]
@@ -107,9 +107,11 @@ def phase_portraits(
     (``layers["fit_state"]``: induction, induction steady state, repression, repression steady
     state), the fitted trajectory from ``var["fit_alpha"]``, ``["fit_beta"]``, ``["fit_gamma"]``,
     ``["fit_t_"]`` (:func:`velopyro.kinetics.trajectory` over ``[0, t_max]``) as a black line, and
-    the switch point (the state at ``t_s``) as a star. For count likelihoods the data are counts
-    divided by the cell's size factor and the curve is ``scale * trajectory + background`` (from
-    ``var["fit_scale_u"]`` etc.).
+    the switch point (the state at ``t_s``) as a star. The curve is the fitted likelihood's expected
+    observation of the trajectory (:meth:`velopyro.likelihoods.Likelihood.expected_observation`, its
+    parameters read from ``var["fit_<name>"]``): the trajectory itself for the Normal likelihood; for count
+    likelihoods, whose data are drawn as counts divided by the cell's size factor, ``scale * trajectory +
+    background``.
 
     Gene choice: ``genes`` if given, else the ``n_genes`` genes with the highest
     :func:`velopyro.tl.gene_fit_r2` (the share of the variance of (Mu, Ms) explained by the fitted
@@ -146,11 +148,12 @@ def phase_portraits(
     idx = _gene_indices(adata, genes, n_genes)
     obs_u, obs_s = _observed(adata, idx)
     rates = _gene_rates(adata, idx)
+    lik = _likelihood(adata, idx)
     r2 = None
     t_max = float(_config(adata).get("t_max", 20.0))
     t_grid = np.linspace(0.0, t_max, 400)[:, None] * np.ones(len(idx))[None, :]
-    cu, cs = _curve(rates, t_grid)
-    sw_u, sw_s = _curve(rates, rates["fit_t_"][None, :])
+    cu, cs = _curve(rates, t_grid, lik)
+    sw_u, sw_s = _curve(rates, rates["fit_t_"][None, :], lik)
     if genes is None:
         from ..tl import gene_fit_r2
 
