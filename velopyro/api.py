@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from . import kinetics, posterior
+from ._registry import check_registered
 from ._rng import check_seed, seeded
 from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
 from .checkpoint import checkpoint_path, load_checkpoint
 from .coupling import STATE_COUPLINGS
 from .fitted import FittedModel
 from .guide import GUIDES, VeloVIGuide, get_guide
-from .likelihoods import Likelihood, get_likelihood
+from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import BETA_INIT, VeloVIModel, steady_state_ratio, switch_targets
 from .train import TrainConfig, VeloData, resolve_device, split_indices, train_svi
 
@@ -913,6 +914,10 @@ class VeloPyro:
         to ``path`` and renamed into place when complete: an error or a full disk leaves no partial
         directory, and with ``overwrite`` the previous model stays until the new one is complete.
 
+        Each swappable component (likelihood, state coupling, guide; :data:`velopyro._registry.COMPONENTS`) is
+        recorded by its registered name in ``config.json`` and its parameters in the state dicts, so a custom
+        component registered under its name is restored by :meth:`load` in a session that registers it too.
+
         Parameters
         ----------
         path
@@ -930,9 +935,10 @@ class VeloPyro:
         if set(entries) - {_MODEL_FILE, _CONFIG_FILE}:
             raise FileExistsError(f"{p} holds files other than a velopyro model ({format_names(entries)}); "
                                   "refusing to replace it: choose a new directory.")
-        if not isinstance(self._likelihood_arg, str) and type(self.likelihood).__module__ != "velopyro.likelihoods":
-            warnings.warn("A custom likelihood is saved by its parameters only; pass the same instance to "
-                          "VeloPyro.load(..., likelihood=...).", stacklevel=2)
+        if LIKELIHOODS.get(self.likelihood.name) is not type(self.likelihood):
+            warnings.warn(f"The likelihood {self.likelihood.name!r} is not registered under its name; it is saved by "
+                          "its parameters only: register its class (velopyro.likelihoods.register_likelihood) or "
+                          "pass the same instance to VeloPyro.load(..., likelihood=...).", stacklevel=2)
         state = {"model": self.model.state_dict(), "guide": self.guide.state_dict(),
                  "train_indices": torch.as_tensor(np.asarray(self.train_indices, dtype=np.int64)),
                  "validation_indices": torch.as_tensor(np.asarray(self.validation_indices, dtype=np.int64))}
@@ -969,7 +975,8 @@ class VeloPyro:
 
         ``model.pt`` is read with ``torch.load(weights_only=True)``: a file that holds anything but
         tensors (e.g. a pickled object that would run code), a truncated or corrupt file, or an unreadable
-        ``config.json`` raises :class:`~velopyro._validation.VelopyroInputError` and runs nothing.
+        ``config.json`` raises :class:`~velopyro._validation.VelopyroInputError` and runs nothing, as does a
+        component name (likelihood, state coupling, guide) that this session has not registered.
 
         The genes must be the saved model's, in the same order. The cells may differ (the guide is
         amortised, so the loaded model answers queries for any cells): with the fitted cells (same
@@ -1001,6 +1008,8 @@ class VeloPyro:
                 f"adata's genes differ from the saved model's ({meta['n_genes']} genes); pass the AnnData the "
                 "model was fitted on, subset to the same genes in the same order."
             )
+        # every component by its registered name (likelihood, state coupling, guide, ...): refuse unknown ones
+        check_registered(cfg, f"the model saved in {str(p)!r}", skip=("likelihood",) if likelihood is not None else ())
         kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")}
         obj = cls(adata, cfg["spliced_layer"], cfg["unspliced_layer"],
                   likelihood=likelihood if likelihood is not None else cfg["likelihood"], **kwargs)
