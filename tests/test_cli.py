@@ -159,3 +159,38 @@ def test_choices_and_defaults_come_from_the_registries_and_train_config(capsys, 
                                                                                cfg.lr, cfg.seed)
     assert f"(default: {cfg.batch_size})" in " ".join(out.split())
 
+
+def test_cli_defaults_read_without_import_equal_the_library_defaults() -> None:
+    import dataclasses
+    import inspect
+
+    from velopyro import cli
+    from velopyro.api import RATE_INITS, VeloPyro
+    from velopyro.train import TrainConfig
+
+    lib = cli._library_defaults()
+    expected = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    expected.update({name: par.default for name, par in inspect.signature(VeloPyro.__init__).parameters.items()
+                     if par.default is not inspect.Parameter.empty})
+    expected["n_samples"] = inspect.signature(VeloPyro.write_to_adata).parameters["n_samples"].default
+    assert lib == expected
+    assert cli._choices()["rate_init"] == list(RATE_INITS)
+
+
+def test_fit_help_is_fast_and_lists_the_registries() -> None:
+    """``fit --help`` imports neither torch nor pyro, and offers every registry's names."""
+    from velopyro._registry import COMPONENTS
+
+    code = ("import sys; from velopyro.cli import main; code = main(['fit', '--help']); "
+            "heavy = sorted(m for m in ('torch', 'pyro', 'anndata', 'scanpy') if m in sys.modules); "
+            "print('HEAVY', heavy); sys.exit(code)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout
+    help_text = " ".join(res.stdout.split())
+    for c in COMPONENTS:
+        names = list(c.registered())  # the registries themselves, imported here
+        flag = "--" + c.option.replace("_", "-")
+        assert f"{flag} {{{','.join(names)}}}" in help_text, (flag, names)
+

@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._validation import VelopyroInputError
-
 __all__ = ["Component", "COMPONENTS", "component", "check_registered"]
 
 
@@ -104,6 +102,8 @@ def check_registered(config: Mapping[str, Any], what: str, skip: tuple[str, ...]
     VelopyroInputError
         Naming the option, the unknown name, the registered names and how to register it.
     """
+    from ._validation import VelopyroInputError  # not at import: the command line's --help reads this module
+
     for c in COMPONENTS:
         if c.option not in config or c.option in skip:
             continue

@@ -10,6 +10,7 @@ environment variable ``VELOPYRO_DEBUG=1`` to get the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
@@ -94,30 +95,57 @@ def _positive_float(text: str) -> float:
 
 def _library_defaults() -> dict[str, Any]:
     """Defaults of every training option (:class:`velopyro.train.TrainConfig`), of ``VeloPyro``'s model
-    options and of ``write_to_adata``'s ``n_samples``: the library's current defaults, declared once."""
-    import dataclasses
-    import inspect
+    options and of ``write_to_adata``'s ``n_samples``: the library's current defaults, declared once.
 
-    from .api import VeloPyro
-    from .train import TrainConfig
-
-    out: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for name, par in inspect.signature(VeloPyro.__init__).parameters.items():
-        if par.default is not inspect.Parameter.empty:
-            out[name] = par.default
-    out["n_samples"] = inspect.signature(VeloPyro.write_to_adata).parameters["n_samples"].default
+    Read from the source of those declarations with ``ast`` (literal defaults), not by importing them, so
+    that ``velopyro fit --help`` does not import torch; ``tests/test_cli.py`` checks that they equal the
+    imported values.
+    """
+    api, train = _source("api"), _source("train")
+    out: dict[str, Any] = {}
+    for node in ast.walk(train):
+        if isinstance(node, ast.ClassDef) and node.name == "TrainConfig":
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+                    _literal_into(out, stmt.target.id, stmt.value)
+    velopyro_cls = next(n for n in ast.walk(api) if isinstance(n, ast.ClassDef) and n.name == "VeloPyro")
+    for fn in velopyro_cls.body:
+        if isinstance(fn, ast.FunctionDef) and fn.name in ("__init__", "write_to_adata"):
+            a = fn.args
+            pos = a.posonlyargs + a.args
+            pairs = list(zip(pos[len(pos) - len(a.defaults):], a.defaults, strict=True))
+            pairs += [(k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None]
+            for arg, default in pairs:
+                if fn.name == "__init__" or arg.arg == "n_samples":
+                    _literal_into(out, arg.arg, default)
     return out
 
 
-def _choices() -> dict[str, list[str]]:
-    """The registered names: likelihoods, state couplings and pi guides."""
-    from .api import RATE_INITS
-    from .coupling import STATE_COUPLINGS
-    from .guide import PI_GUIDES
-    from .likelihoods import LIKELIHOODS
+def _source(module: str) -> ast.Module:
+    return ast.parse((Path(__file__).resolve().parent / f"{module}.py").read_text(encoding="utf-8"))
 
-    return {"likelihood": list(LIKELIHOODS), "state_coupling": list(STATE_COUPLINGS), "pi_guide": list(PI_GUIDES),
-            "rate_init": list(RATE_INITS)}
+
+def _literal_into(out: dict[str, Any], name: str, node: ast.expr) -> None:
+    try:
+        out[name] = ast.literal_eval(node)
+    except ValueError:  # not a literal: no default shown
+        pass
+
+
+def _choices() -> dict[str, list[str]]:
+    """The registered names (:data:`velopyro._registry.COMPONENTS`: likelihoods, state couplings, guides) and
+    ``rate_init``'s choices, without importing torch: a registry already imported gives its names (with
+    any registered in this process), otherwise the built-in names stand in for it."""
+    from ._registry import COMPONENTS
+
+    out = {}
+    for c in COMPONENTS:
+        module = sys.modules.get(c.module)
+        out[c.option] = list(getattr(module, c.registry)) if module is not None else list(c.builtin)
+    for node in _source("api").body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "RATE_INITS" for t in node.targets):
+            out["rate_init"] = list(ast.literal_eval(node.value))
+    return out
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
