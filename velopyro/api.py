@@ -839,7 +839,7 @@ class VeloPyro:
         if "connectivities" not in self.adata.obsp:
             raise VelopyroInputError("extrinsic uncertainty needs obsp['connectivities']; run velopyro.pp.preprocess "
                                      "(or scanpy.pp.neighbors) first")
-        x = np.asarray(self.data.s.numpy() if self.config["likelihood"] == "normal" else self._kinetic[1])
+        x = np.asarray(self._kinetic[1])  # spliced on the kinetic scale (the data themselves for the Normal)
         base = 0 if seed is None else int(seed)
 
         def displacement(l: int) -> np.ndarray:

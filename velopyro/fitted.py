@@ -28,7 +28,8 @@ class FittedModel:
     Attributes
     ----------
     model, guide
-        The fitted :class:`~velopyro.model.VeloVIModel` and :class:`~velopyro.guide.VeloVIGuide`.
+        The fitted :class:`~velopyro.model.VeloVIModel` and its guide (a :class:`~velopyro.guide.VeloVIGuide` or
+        any registered guide, :func:`velopyro.guide.register_guide`).
     data
         The inputs they were fitted on (:class:`~velopyro.data.VeloData`).
     config

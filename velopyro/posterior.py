@@ -289,6 +289,8 @@ def draw(
     read-outs from its state coupling (:meth:`StateCoupling.collapsed_readouts
     <velopyro.coupling.StateCoupling.collapsed_readouts>`).
 
+    Call it under ``torch.no_grad()`` with both modules in eval mode (as :func:`iterate_samples` does).
+
     Parameters
     ----------
     model, guide
