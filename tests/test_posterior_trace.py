@@ -37,6 +37,8 @@ def single_thread():
 class LaplaceGuide(nn.Module):
     """q(z | u, s) = Laplace(loc, scale) and q(pi_g | z) = Dirichlet(softplus(W z + b)_g + 0.05)."""
 
+    with_pi = True
+
     def __init__(self, n_genes, n_latent, likelihood, n_hidden=256, n_layers=1, dropout_rate=0.1):
         super().__init__()
         self.n_genes = n_genes
@@ -57,8 +59,15 @@ class LaplaceGuide(nn.Module):
             loc, scale = self.encoder(x)
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", dist.Laplace(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1))
-            with pyro.plate("genes", self.n_genes, dim=-1):
-                pyro.sample("pi", self.q_pi(z.squeeze(-2)))
+            if self.with_pi:
+                with pyro.plate("genes", self.n_genes, dim=-1):
+                    pyro.sample("pi", self.q_pi(z.squeeze(-2)))
+
+
+class LaplaceZOnly(LaplaceGuide):
+    """The Laplace q(z | u, s) for a model with pi integrated out (no pi site)."""
+
+    with_pi = False
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +162,10 @@ def test_custom_guide_read_outs_ppc_and_arviz(laplace_model):
     probs = m.get_state_assignment(n_samples=2)
     assert probs.shape == (n, g, 4) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
     assert m.get_latent_representation().shape == (n, m.config["n_latent"])
+    fit_u, fit_s = m.get_expression_fit(n_samples=2)
+    assert fit_u.shape == fit_s.shape == (n, g) and np.isfinite(fit_s).all()
+    out = m.write_to_adata(n_samples=2, copy=True)
+    assert out.layers["velocity"].shape == (n, g) and out.obsm["X_velopyro"].shape == (n, m.config["n_latent"])
     ll = m.get_log_likelihood(n_samples=2)
     assert ll.shape == (2, n) and np.isfinite(ll).all()
     pp = ppc.posterior_predictive(m, n_samples=5, seed=0, states="pi")
@@ -162,3 +175,22 @@ def test_custom_guide_read_outs_ppc_and_arviz(laplace_model):
     assert np.isfinite(idata.log_likelihood.to_array().values).all()
     unc = m.get_directional_uncertainty(n_samples=5)
     assert len(unc) == n
+
+
+@pytest.mark.parametrize("coupling", ["independent", "shared"])
+def test_custom_guide_with_pi_integrated_out(adata, coupling):
+    guide.register_guide("test_laplace_z", LaplaceZOnly, collapse_pi=True)
+    try:
+        m = VeloPyro(adata.copy(), pi_guide="test_laplace_z", state_coupling=coupling)
+        assert m.model.collapse_pi and isinstance(m.guide, LaplaceZOnly)
+        with pytest.warns(UserWarning, match="max_epochs"):
+            m.fit(max_epochs=3, batch_size=64, progress_bar=False)
+        smp = next(posterior.iterate_samples(m.model, m.guide, m.data, batch_size=50))[2]
+        c = m.model.coupling
+        torch.testing.assert_close(smp["pi"], c.collapsed_pi_mean(m.model.pi_prior, smp["ll_u"], smp["ll_s"]))
+        torch.testing.assert_close(smp["log_state_prior"], c.collapsed_state_log_prior(m.model.pi_prior))
+        assert np.isfinite(m.get_velocity(n_samples=2, state_weights="pi")).all()
+        pp = ppc.posterior_predictive(m, n_samples=3, seed=0, states="pi")
+        assert np.isfinite(pp["u"]["mean"]).all()
+    finally:
+        guide.GUIDES.pop("test_laplace_z", None)
