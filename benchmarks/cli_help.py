@@ -44,7 +44,8 @@ def main() -> None:
                                                    "ratio": ratio}, indent=2))
     lines = ["# `velopyro fit --help` without importing torch", "",
              f"Median wall time over {ROUNDS} interleaved rounds in fresh interpreters "
-             "(`python -m benchmarks.cli_help`; a shared, contended machine: read the ratio).", "", "| command | wall s |", "|---|---|"]
+             "(`python -m benchmarks.cli_help`; a shared, contended machine: read the ratio).", "",
+             "| command | wall s |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in med.items()]
     lines += ["", f"The import alone takes {ratio:.1f}x the whole help now."]
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
