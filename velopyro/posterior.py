@@ -67,6 +67,10 @@ class PosteriorSample(dict):
     ``u_bar``, ``s_bar`` (B, G, 4), ``ll_u``, ``ll_s`` (B, G, 4) per-state log-likelihoods,
     ``rates`` (dict of (G,)); for a collapsed model also ``pi_prior`` (4,), the Dirichlet concentrations
     pi was integrated over, and ``log_state_prior`` (4,) (see :func:`log_state_prior`).
+
+    The kinetic keys and ``rates`` are what the model recorded (every value of its ``kinetic_state`` and of
+    its ``rates()``; :meth:`VeloVIModel.readouts <velopyro.model.VeloVIModel.readouts>`), so a model that
+    records more carries more.
     """
 
     __getattr__ = dict.__getitem__
