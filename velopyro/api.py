@@ -24,6 +24,7 @@ from . import kinetics, posterior
 from ._rng import check_seed, seeded
 from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
 from .checkpoint import checkpoint_path, load_checkpoint
+from .covariates import BATCH_EFFECTS, read_batches
 from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
 from .likelihoods import Likelihood, get_likelihood
@@ -87,6 +88,19 @@ class VeloPyro:
         decides which cells lie above the steady-state line (induction, positive velocity): on pancreas
         the constant start reads genes that are being switched off as induced and turns the
         Pre-endocrine -> Beta direction around (see the README, "Velocity direction").
+    batch_key
+        Categorical ``obs`` column(s) of technical covariates (batches, samples), or None. The codes enter
+        the encoder of z and a per-batch, gene-wise map of the observed mean (:mod:`velopyro.covariates`);
+        latent time and velocity stay shared, on the first (reference) category's scale. A missing
+        column or a missing value is an error; a column with one category a warning.
+    batch_effect
+        The covariate's effect on the observation model: ``"auto"`` (default: ``"scale_offset"`` for the
+        Normal likelihood, a per-batch scale and offset of the min-max scaled moments; ``"scale"`` for
+        count likelihoods, a per-batch detection efficiency), ``"scale_offset"``, ``"scale"`` or ``"none"``
+        (the encoder only). Chosen by ``benchmarks/covariates.py`` (README, "Covariates (batch effects)").
+    batch_categories
+        The categories of each key, ``{key: [category, ...]}``, to code ``obs`` against (a saved model's,
+        which :meth:`load` passes); by default read from ``obs``, the first being the reference.
 
     Examples
     --------
@@ -114,6 +128,9 @@ class VeloPyro:
         switch_penalty: float = 0.2,
         size_factor_key: str | None = None,
         rate_init: str = "auto",
+        batch_key: str | list[str] | None = None,
+        batch_effect: str = "auto",
+        batch_categories: dict[str, list[str]] | None = None,
     ) -> None:
         if state_coupling not in STATE_COUPLINGS:
             raise ValueError(f"state_coupling must be one of {STATE_COUPLINGS}, got {state_coupling!r}.")
@@ -121,7 +138,20 @@ class VeloPyro:
             raise ValueError(f"pi_guide must be one of {sorted(PI_GUIDES)}, got {pi_guide!r}.")
         if rate_init not in RATE_INITS:
             raise ValueError(f"rate_init must be one of {RATE_INITS}, got {rate_init!r}.")
+        if batch_effect not in BATCH_EFFECTS:
+            raise ValueError(f"batch_effect must be one of {BATCH_EFFECTS}, got {batch_effect!r}.")
         lik = get_likelihood(likelihood)
+        if batch_effect == "auto":
+            batch_effect = "scale" if lik.is_count else "scale_offset"
+        codes, batch_keys, batch_cats = None, None, None
+        if batch_key is not None:
+            keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
+            known = None if batch_categories is None else [batch_categories.get(k) for k in keys]
+            if known is not None and any(c is None for c in known):
+                raise VelopyroInputError(f"batch_categories {sorted(batch_categories)} does not cover batch_key "
+                                         f"{batch_key!r}; pass the categories of every key (or none).")
+            codes, batch_keys, cats = read_batches(adata, batch_key, known)
+            batch_cats = dict(zip(batch_keys, cats))
         spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
         self.adata = adata
         self.config: dict[str, Any] = dict(
@@ -129,9 +159,12 @@ class VeloPyro:
             state_coupling=state_coupling, pi_guide=pi_guide, n_latent=int(n_latent), n_hidden=int(n_hidden),
             n_layers=int(n_layers), dropout_rate=float(dropout_rate), t_max=float(t_max),
             switch_penalty=float(switch_penalty), size_factor_key=size_factor_key, rate_init=rate_init,
+            batch_key=batch_keys, batch_effect=batch_effect if batch_keys else None, batch_categories=batch_cats,
         )
         self._likelihood_arg = likelihood
         self.data, self._kinetic = self._read(adata, lik)
+        if codes is not None:
+            self.data.batch_index = torch.from_numpy(codes)
         self.n_cells, self.n_genes = self.data.u.shape
         #: The fitted data's gene and cell names (outputs are only written to AnnData with the same ones).
         self.var_names = np.asarray(adata.var_names, dtype=str)
@@ -202,11 +235,39 @@ class VeloPyro:
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
             n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
             state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=cfg["pi_guide"] == "collapsed",
-            **extra,
+            n_categories=self.n_categories, batch_effect=cfg.get("batch_effect") or "none", **extra,
         )
         self.guide = VeloVIGuide(self.n_genes, cfg["n_latent"], lik, pi_guide=cfg["pi_guide"],
                                  n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],
-                                 dropout_rate=cfg["dropout_rate"])
+                                 dropout_rate=cfg["dropout_rate"], n_categories=self.n_categories)
+
+    @property
+    def n_categories(self) -> tuple[int, ...]:
+        """Number of categories of each batch covariate (empty without ``batch_key``)."""
+        cats = self.config.get("batch_categories") or {}
+        return tuple(len(cats[k]) for k in self.config.get("batch_key") or [])
+
+    def get_batch_effects(self) -> dict[str, dict[str, np.ndarray]]:
+        """The fitted per-batch, gene-wise effects on the observed mean, per covariate key.
+
+        Returns
+        -------
+        dict
+            ``{key: {"categories": (C,) str, "scale_u": (C, G), "scale_s": ..., "offset_u": ..., ...}}``
+            with the tables the design has (``scale_*`` multiplies the kinetic mean, ``offset_*`` is added;
+            the first, reference, category is 1 and 0). Empty without ``batch_key``.
+        """
+        effect = self.model.batch_effect
+        if effect is None:
+            return {}
+        with torch.no_grad():
+            tables = {k: v.detach().cpu().numpy() for k, v in effect.effects().items()}
+        out, start = {}, 0
+        for key, n in zip(self.config["batch_key"], self.n_categories):
+            out[key] = {"categories": np.asarray(self.config["batch_categories"][key], dtype=str),
+                        **{name: t[start:start + n] for name, t in tables.items()}}
+            start += n
+        return out
 
     @property
     def likelihood(self) -> Likelihood:
@@ -998,7 +1059,8 @@ class VeloPyro:
                 f"adata's genes differ from the saved model's ({meta['n_genes']} genes); pass the AnnData the "
                 "model was fitted on, subset to the same genes in the same order."
             )
-        kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")}
+        kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")
+                  and not (k == "batch_effect" and v is None)}  # the covariates' categories are the saved ones
         obj = cls(adata, cfg["spliced_layer"], cfg["unspliced_layer"],
                   likelihood=likelihood if likelihood is not None else cfg["likelihood"], **kwargs)
         try:

@@ -57,7 +57,8 @@ QUERY_BATCH_SIZE = 256
 class PosteriorSample(dict):
     """One posterior draw for a batch of cells (a dict of tensors with attribute access).
 
-    Keys: ``idx`` (B,), ``u``, ``s`` (B, G) observed, ``size_factor_u``/``_s`` (B, 1), ``z`` (B, d),
+    Keys: ``idx`` (B,), ``u``, ``s`` (B, G) observed, ``size_factor_u``/``_s`` (B, 1), ``batch_index``
+    (B, K) covariate codes (K = 0 without covariates), ``z`` (B, d),
     ``z_loc`` (B, d), ``pi`` (B, G, 4), ``rho_ind``, ``rho_rep``, ``t_ind``, ``t_rep`` (B, G),
     ``u_bar``, ``s_bar`` (B, G, 4), ``ll_u``, ``ll_s`` (B, G, 4) per-state log-likelihoods,
     ``rates`` (dict of (G,)); for a collapsed model also ``pi_prior`` (4,), the Dirichlet concentrations
@@ -253,13 +254,14 @@ def iterate_samples(
         r = model.rates()
         for bno, start in enumerate(range(0, len(idx_all), batch_size)):
             b = torch.as_tensor(idx_all[start:start + batch_size])
-            idx, u, s, sfu, sfs = data.batch(b, dev)
-            z_loc, z_scale = guide.encode(u, s, sfu, sfs)
+            idx, u, s, sfu, sfs, bix = data.batch(b, dev)
+            z_loc, z_scale = guide.encode(u, s, sfu, sfs, bix)
             for sno in range(n_samples):
                 z = z_loc + z_scale * torch.randn_like(z_loc)
                 ks = model.kinetic_state(z, r)
-                ll_u, ll_s = model.state_log_likelihood(ks["u_bar"], ks["s_bar"], u, s, sfu, sfs)
-                yield bno, sno, PosteriorSample(idx=idx, u=u, s=s, size_factor_u=sfu, size_factor_s=sfs, z=z,
+                ll_u, ll_s = model.state_log_likelihood(ks["u_bar"], ks["s_bar"], u, s, sfu, sfs, bix)
+                yield bno, sno, PosteriorSample(idx=idx, u=u, s=s, size_factor_u=sfu, size_factor_s=sfs,
+                                                batch_index=bix, z=z,
                                                 z_loc=z_loc, ll_u=ll_u, ll_s=ll_s, rates=r,
                                                 **_pi_fields(model, guide, z, ll_u, ll_s), **ks)
 
