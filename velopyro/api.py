@@ -24,7 +24,7 @@ from . import kinetics, posterior
 from ._rng import check_seed, seeded
 from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
 from .checkpoint import checkpoint_path, load_checkpoint
-from .covariates import BATCH_EFFECTS, read_batches
+from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, read_batches
 from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
 from .likelihoods import Likelihood, get_likelihood
@@ -98,6 +98,10 @@ class VeloPyro:
         Normal likelihood, a per-batch scale and offset of the min-max scaled moments; ``"scale"`` for
         count likelihoods, a per-batch detection efficiency), ``"scale_offset"``, ``"scale"`` or ``"none"``
         (the encoder only). Chosen by ``benchmarks/covariates.py`` (README, "Covariates (batch effects)").
+    batch_encoder
+        What the encoder of z sees of the covariate: ``"corrected"`` (default) the observations mapped back
+        to the reference batch by the current fitted effect, ``(x - c_b) / a_b``, and the one-hot codes;
+        ``"onehot"`` the raw observations and the one-hot codes (scVI's conditional encoder).
     batch_categories
         The categories of each key, ``{key: [category, ...]}``, to code ``obs`` against (a saved model's,
         which :meth:`load` passes); by default read from ``obs``, the first being the reference.
@@ -130,6 +134,7 @@ class VeloPyro:
         rate_init: str = "auto",
         batch_key: str | list[str] | None = None,
         batch_effect: str = "auto",
+        batch_encoder: str = "corrected",
         batch_categories: dict[str, list[str]] | None = None,
     ) -> None:
         if state_coupling not in STATE_COUPLINGS:
@@ -138,11 +143,16 @@ class VeloPyro:
             raise ValueError(f"pi_guide must be one of {sorted(PI_GUIDES)}, got {pi_guide!r}.")
         if rate_init not in RATE_INITS:
             raise ValueError(f"rate_init must be one of {RATE_INITS}, got {rate_init!r}.")
+        if batch_encoder not in BATCH_ENCODERS:
+            raise ValueError(f"batch_encoder must be one of {BATCH_ENCODERS}, got {batch_encoder!r}.")
         if batch_effect not in BATCH_EFFECTS:
             raise ValueError(f"batch_effect must be one of {BATCH_EFFECTS}, got {batch_effect!r}.")
         lik = get_likelihood(likelihood)
         if batch_effect == "auto":
             batch_effect = "scale" if lik.is_count else "scale_offset"
+        if batch_key is not None and lik.is_count and batch_effect == "scale_offset":
+            raise VelopyroInputError(f"batch_effect='scale_offset' can make the expected count of likelihood "
+                                     f"{lik.name!r} negative; use batch_effect='scale' (a detection efficiency).")
         codes, batch_keys, batch_cats = None, None, None
         if batch_key is not None:
             keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
@@ -160,6 +170,7 @@ class VeloPyro:
             n_layers=int(n_layers), dropout_rate=float(dropout_rate), t_max=float(t_max),
             switch_penalty=float(switch_penalty), size_factor_key=size_factor_key, rate_init=rate_init,
             batch_key=batch_keys, batch_effect=batch_effect if batch_keys else None, batch_categories=batch_cats,
+            batch_encoder=batch_encoder if batch_keys else None,
         )
         self._likelihood_arg = likelihood
         self.data, self._kinetic = self._read(adata, lik)
@@ -237,9 +248,12 @@ class VeloPyro:
             state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=cfg["pi_guide"] == "collapsed",
             n_categories=self.n_categories, batch_effect=cfg.get("batch_effect") or "none", **extra,
         )
+        effect = self.model.batch_effect
+        correction = effect.inverse if effect is not None and cfg.get("batch_encoder") == "corrected" else None
         self.guide = VeloVIGuide(self.n_genes, cfg["n_latent"], lik, pi_guide=cfg["pi_guide"],
                                  n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],
-                                 dropout_rate=cfg["dropout_rate"], n_categories=self.n_categories)
+                                 dropout_rate=cfg["dropout_rate"], n_categories=self.n_categories,
+                                 batch_correction=correction)
 
     @property
     def n_categories(self) -> tuple[int, ...]:
@@ -1060,7 +1074,7 @@ class VeloPyro:
                 "model was fitted on, subset to the same genes in the same order."
             )
         kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")
-                  and not (k == "batch_effect" and v is None)}  # the covariates' categories are the saved ones
+                  and not (k in ("batch_effect", "batch_encoder") and v is None)}  # the covariates' categories are the saved ones
         obj = cls(adata, cfg["spliced_layer"], cfg["unspliced_layer"],
                   likelihood=likelihood if likelihood is not None else cfg["likelihood"], **kwargs)
         try:

@@ -113,11 +113,12 @@ def _choices() -> dict[str, list[str]]:
     """The registered names: likelihoods, state couplings and pi guides."""
     from .api import RATE_INITS
     from .coupling import STATE_COUPLINGS
+    from .covariates import BATCH_EFFECTS
     from .guide import PI_GUIDES
     from .likelihoods import LIKELIHOODS
 
     return {"likelihood": list(LIKELIHOODS), "state_coupling": list(STATE_COUPLINGS), "pi_guide": list(PI_GUIDES),
-            "rate_init": list(RATE_INITS)}
+            "rate_init": list(RATE_INITS), "batch_effect": list(BATCH_EFFECTS)}
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
@@ -140,6 +141,11 @@ def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
         g.add_argument("--rate-init", choices=choices["rate_init"], default=None,
                        help="starting gamma / beta: each gene's steady-state slope, or one constant for all"
                             + d("rate_init"))
+        g.add_argument("--batch-key", action="append", default=None, metavar="KEY",
+                       help="categorical obs column of a technical covariate (batch, sample); repeat it for "
+                            "several (default: none)")
+        g.add_argument("--batch-effect", choices=choices["batch_effect"], default=None,
+                       help="the covariate's effect on the observed mean" + d("batch_effect"))
         g.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                        help="cells per minibatch" + d("batch_size"))
         g.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
@@ -326,10 +332,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise VelopyroCliError(f"--save-model {str(d)!r} exists and is not an empty directory")
     # validate what can be checked cheaply before any progress output
     adata = _read_h5ad(args.input)
+    if args.batch_key is not None:  # the covariate's column checks (missing, NaN) before any preprocessing
+        import warnings
+
+        from .covariates import read_batches
+
+        with warnings.catch_warnings():  # a single category warns once, when the model is built
+            warnings.simplefilter("ignore")
+            read_batches(adata, args.batch_key)
     has_moments = "Ms" in adata.layers and "Mu" in adata.layers
     do_pp = (not has_moments) if args.preprocess is None else args.preprocess
     spliced, unspliced = args.spliced_layer, args.unspliced_layer
-    model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide", "rate_init")
+    model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide", "rate_init", "batch_key", "batch_effect")
                 if getattr(args, k) is not None}
     model = None
     if do_pp:

@@ -37,10 +37,12 @@ from torch import nn
 
 from ._validation import VelopyroInputError, format_names
 
-__all__ = ["BATCH_EFFECTS", "BatchEffect", "read_batches", "check_batch_index", "one_hot", "batch_mixing_score", "combined_labels"]
+__all__ = ["BATCH_EFFECTS", "BATCH_ENCODERS", "BatchEffect", "read_batches", "check_batch_index", "one_hot", "batch_mixing_score", "combined_labels"]
 
 #: Observation-model designs: ``"none"`` puts the covariate in the encoder only.
 BATCH_EFFECTS = ("auto", "scale_offset", "scale", "none")
+#: What the encoder sees: observations corrected by the fitted effect (and the codes), or the codes alone.
+BATCH_ENCODERS = ("corrected", "onehot")
 _MODALITIES = ("u", "s")
 
 
@@ -236,6 +238,31 @@ class BatchEffect(nn.Module):
         c = self._per_cell(f"raw_offset_{modality}", batch_index)
         out = mean if log_a is None else mean * torch.exp(log_a)
         return out if c is None else out + c
+
+    def inverse(self, x: torch.Tensor, modality: str, batch_index: torch.Tensor | None) -> torch.Tensor:
+        """Observations mapped back to the reference batch's scale, ``(x - c_b) / a_b``, with the current
+        (detached) effect: the encoder's corrected input (``batch_encoder="corrected"``).
+
+        Parameters
+        ----------
+        x
+            Observations ``(B, G)``.
+        modality
+            ``"u"`` or ``"s"``.
+        batch_index
+            ``(B, K)`` codes, or None (the identity).
+
+        Returns
+        -------
+        torch.Tensor
+            Same shape as ``x``; no gradient flows into the effect's parameters from here.
+        """
+        if batch_index is None or batch_index.shape[-1] == 0:
+            return x
+        log_a = self._per_cell(f"raw_log_scale_{modality}", batch_index)
+        c = self._per_cell(f"raw_offset_{modality}", batch_index)
+        out = x if c is None else x - c.detach()
+        return out if log_a is None else out * torch.exp(-log_a.detach())
 
     def effects(self) -> dict[str, torch.Tensor]:
         """The fitted tables by name (``scale_u``, ``offset_u``, ...), each ``(sum(n_categories), G)``.

@@ -13,6 +13,8 @@ q(z | u, s) alone: no pi site, no q(pi | z) network.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -45,6 +47,10 @@ class VeloVIGuide(nn.Module):
         Network shape (reference: 256, 1, 0.1).
     n_categories
         Categories of each batch covariate, whose one-hot codes the encoder also sees (empty: none).
+    batch_correction
+        ``f(x, modality, batch_index)``: the observations mapped back to the reference batch before the
+        encoder (the model's :meth:`velopyro.covariates.BatchEffect.inverse`), or None (the one-hot codes
+        alone). A function, not a submodule: its parameters belong to the model.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class VeloVIGuide(nn.Module):
         n_layers: int = 1,
         dropout_rate: float = 0.1,
         n_categories: tuple[int, ...] = (),
+        batch_correction: Callable[[torch.Tensor, str, torch.Tensor | None], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if pi_guide not in PI_GUIDES:
@@ -68,6 +75,7 @@ class VeloVIGuide(nn.Module):
         head = PI_GUIDES[pi_guide]
         self.pi_head = None if head is None else head(n_latent, n_genes, n_hidden, n_layers)
         self._encoder_input = likelihood.encoder_input  # a function, not a submodule
+        self._batch_correction = batch_correction
         self._pyro_name: str | None = None
 
     def encode(
@@ -94,9 +102,12 @@ class VeloVIGuide(nn.Module):
         tuple of torch.Tensor
             Each ``(B, d)``.
         """
-        parts = [self._encoder_input(u, size_factor_u), self._encoder_input(s, size_factor_s)]
         if self.n_categories:
             check_batch_index(batch_index, u.shape[0], len(self.n_categories))
+            if self._batch_correction is not None:
+                u, s = self._batch_correction(u, "u", batch_index), self._batch_correction(s, "s", batch_index)
+        parts = [self._encoder_input(u, size_factor_u), self._encoder_input(s, size_factor_s)]
+        if self.n_categories:
             parts.append(one_hot(batch_index, self.n_categories).to(parts[0].dtype))
         return self.encoder(torch.cat(parts, dim=-1))
 
