@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "velopyro"
 LAYERS: list[set[str]] = [
     # leaves, no velopyro import
     {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "coupling"},
-    {"pp", "likelihoods", "nn", "collapsed", "_rng"},  # preprocessing; observation models, networks; pi integrated out
+    # preprocessing; observation models, networks; pi integrated out; batch covariates
+    {"pp", "likelihoods", "nn", "collapsed", "_rng", "covariates"},
     {"model", "guide", "datasets"},  # the Pyro program; the simulator draws from its parts
     {"checkpoint", "_scvelo"},  # training state on disk; scVelo's per-gene statistics
     {"train", "fitted"},  # SVI; the fitted pieces

@@ -24,7 +24,7 @@ from . import kinetics, posterior
 from ._rng import check_seed, seeded
 from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
 from .checkpoint import checkpoint_path, load_checkpoint
-from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, read_batches
+from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
 from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
 from .likelihoods import Likelihood, get_likelihood
@@ -161,7 +161,7 @@ class VeloPyro:
                 raise VelopyroInputError(f"batch_categories {sorted(batch_categories)} does not cover batch_key "
                                          f"{batch_key!r}; pass the categories of every key (or none).")
             codes, batch_keys, cats = read_batches(adata, batch_key, known)
-            batch_cats = dict(zip(batch_keys, cats))
+            batch_cats = dict(zip(batch_keys, cats, strict=True))
         spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
         self.adata = adata
         self.config: dict[str, Any] = dict(
@@ -232,6 +232,15 @@ class VeloPyro:
         weights come from torch's global generator)."""
         cfg = self.config
         u_k, s_k = self._kinetic
+        effect = None
+        if self.n_categories:  # the covariate's effect starts at moment matching (velopyro.covariates)
+            effect = BatchEffect(self.n_categories, self.n_genes, cfg.get("batch_effect") or "none")
+            codes = self.data.batch_index.numpy()
+            effect.initialise(u_k, s_k, codes)
+            with torch.no_grad():  # the kinetic starts (u*, s*, gamma / beta) from the batch-corrected data
+                cb = torch.from_numpy(codes)
+                u_k = effect.inverse(torch.as_tensor(u_k), "u", cb).numpy()
+                s_k = effect.inverse(torch.as_tensor(s_k), "s", cb).numpy()
         lik.setup(self.data.u.numpy(), self.data.s.numpy(), self.data.size_factor_u[:, 0].numpy(),
                   self.data.size_factor_s[:, 0].numpy())
         u_star, s_star = switch_targets(u_k, s_k)
@@ -248,6 +257,8 @@ class VeloPyro:
             state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=cfg["pi_guide"] == "collapsed",
             n_categories=self.n_categories, batch_effect=cfg.get("batch_effect") or "none", **extra,
         )
+        if effect is not None:
+            self.model.batch_effect.load_state_dict(effect.state_dict())
         effect = self.model.batch_effect
         correction = effect.inverse if effect is not None and cfg.get("batch_encoder") == "corrected" else None
         self.guide = VeloVIGuide(self.n_genes, cfg["n_latent"], lik, pi_guide=cfg["pi_guide"],
@@ -277,7 +288,7 @@ class VeloPyro:
         with torch.no_grad():
             tables = {k: v.detach().cpu().numpy() for k, v in effect.effects().items()}
         out, start = {}, 0
-        for key, n in zip(self.config["batch_key"], self.n_categories):
+        for key, n in zip(self.config["batch_key"], self.n_categories, strict=True):
             out[key] = {"categories": np.asarray(self.config["batch_categories"][key], dtype=str),
                         **{name: t[start:start + n] for name, t in tables.items()}}
             start += n
@@ -1074,7 +1085,7 @@ class VeloPyro:
                 "model was fitted on, subset to the same genes in the same order."
             )
         kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")
-                  and not (k in ("batch_effect", "batch_encoder") and v is None)}  # the covariates' categories are the saved ones
+                  and not (k in ("batch_effect", "batch_encoder") and v is None)}  # covariates: the saved categories
         obj = cls(adata, cfg["spliced_layer"], cfg["unspliced_layer"],
                   likelihood=likelihood if likelihood is not None else cfg["likelihood"], **kwargs)
         try:

@@ -4,8 +4,10 @@ A covariate is one or more categorical ``obs`` columns (``VeloPyro(adata, batch_
 categories are coded as integers, ``(cells, K)`` for K keys, the first category of each key being the
 reference. The covariate enters the model in two places, and nowhere else:
 
-- the encoder q(z | u, s, b) (eq. 22) sees the one-hot codes next to ``concat(u, s)``, so it can remove
-  the batch from z instead of encoding it;
+- the encoder q(z | u, s, b) (eq. 22) sees the one-hot codes next to ``concat(u, s)``, and by default
+  (``batch_encoder="corrected"``) the observations mapped back to the reference batch by the current
+  fitted effect, ``(x - c_b) / a_b`` (:meth:`BatchEffect.inverse`), so that cells in the same state reach
+  the same z whatever their batch;
 - the observation model (eq. 20-21) sees the kinetic mean of the state after a per-batch, gene-wise
   affine map (:class:`BatchEffect`)::
 
@@ -18,7 +20,8 @@ reference. The covariate enters the model in two places, and nowhere else:
   gene-wise detection efficiency: the expected count becomes
   ``size_factor (scale_g a_bg mean + background_g)``.
 
-The time heads (eq. 16-19) do not see the batch: latent time and velocity are functions of z alone, the
+The effect starts at moment matching of each category against the reference (:meth:`BatchEffect.initialise`)
+and is then fitted with the rates, as a point estimate. The time heads (eq. 16-19) do not see the batch: latent time and velocity are functions of z alone, the
 biological state, and a batch can only change how that state is observed.
 
 Which design: ``benchmarks/covariates.py`` compares them on two-batch simulations (results in
@@ -37,7 +40,8 @@ from torch import nn
 
 from ._validation import VelopyroInputError, format_names
 
-__all__ = ["BATCH_EFFECTS", "BATCH_ENCODERS", "BatchEffect", "read_batches", "check_batch_index", "one_hot", "batch_mixing_score", "combined_labels"]
+__all__ = ["BATCH_EFFECTS", "BATCH_ENCODERS", "BatchEffect", "read_batches", "check_batch_index", "one_hot",
+           "batch_mixing_score", "combined_labels"]
 
 #: Observation-model designs: ``"none"`` puts the covariate in the encoder only.
 BATCH_EFFECTS = ("auto", "scale_offset", "scale", "none")
@@ -263,6 +267,48 @@ class BatchEffect(nn.Module):
         c = self._per_cell(f"raw_offset_{modality}", batch_index)
         out = x if c is None else x - c.detach()
         return out if log_a is None else out * torch.exp(-log_a.detach())
+
+    def initialise(self, u: np.ndarray, s: np.ndarray, codes: np.ndarray) -> None:
+        """Start the effect at moment matching: each category's per-gene mean (and spread) against the reference's.
+
+        If the batches cover the same biology, a gene's distribution in category b is the reference's
+        through ``a mean + c``, so ``a = sd_b / sd_ref`` and ``c = mean_b - a mean_ref`` (``"scale_offset"``)
+        or ``a = mean_b / mean_ref`` (``"scale"``). Each key is matched on its own (the other keys ignored).
+        Only a starting point: the ELBO refines it (and where compositions differ between batches, moves it).
+
+        Parameters
+        ----------
+        u, s
+            Observations on the kinetic scale, cells x genes.
+        codes
+            ``(cells, K)`` integer codes.
+        """
+        if self.design == "none":
+            return
+        starts = self.starts.cpu().numpy()
+        with torch.no_grad():
+            for m, x in (("u", u), ("s", s)):
+                x = np.asarray(x, dtype=np.float64)
+                log_a = np.zeros((sum(self.n_categories), x.shape[1]))
+                c = np.zeros_like(log_a)
+                for k, n in enumerate(self.n_categories):
+                    ref = x[codes[:, k] == 0]
+                    for b in range(1, n):
+                        xb = x[codes[:, k] == b]
+                        if len(ref) < 2 or len(xb) < 2:
+                            continue
+                        if self.design == "scale":
+                            num, den = xb.mean(0), ref.mean(0)
+                        else:
+                            num, den = xb.std(0), ref.std(0)
+                        ok = (num > 1e-8) & (den > 1e-8)
+                        la = np.clip(np.log(np.where(ok, num, 1.0) / np.where(ok, den, 1.0)), -3.0, 3.0)
+                        log_a[starts[k] + b] = la
+                        if self.design == "scale_offset":
+                            c[starts[k] + b] = xb.mean(0) - np.exp(la) * ref.mean(0)
+                getattr(self, f"raw_log_scale_{m}").copy_(torch.as_tensor(log_a, dtype=torch.float32))
+                if self.design == "scale_offset":
+                    getattr(self, f"raw_offset_{m}").copy_(torch.as_tensor(c, dtype=torch.float32))
 
     def effects(self) -> dict[str, torch.Tensor]:
         """The fitted tables by name (``scale_u``, ``offset_u``, ...), each ``(sum(n_categories), G)``.

@@ -45,9 +45,9 @@ from . import distributions as vdist
 from . import kinetics
 from ._chunks import gene_slices
 from .collapsed import conditional_prior
-from .covariates import BatchEffect, check_batch_index
 from .coupling import STATE_COUPLINGS as COUPLINGS
 from .coupling import get_state_coupling
+from .covariates import BatchEffect, check_batch_index
 from .likelihoods import Likelihood
 from .nn import TimeHeads
 
