@@ -7,7 +7,7 @@
 
 Data: ``velopyro.datasets.simulate`` with ``n_batches=2`` (batch 1's kinetic mean observed as
 ``a_g mean + c_g``, ``log a_g ~ Normal(0, 0.5)``, ``c_g ~ 0.2 Uniform(0, 1)`` for the Normal likelihood;
-``a_g`` alone, a detection efficiency, for the Poisson) and, as the reference level, the same cells and
+``a_g`` alone, a detection efficiency, for the Poisson, fitted with the simulation's size factors) and, as the reference level, the same cells and
 genes with ``n_batches=1`` (the batch draws come from their own generator, so the two data sets differ only
 by the batch effect). Each row is a fit of ``VeloPyro`` with:
 
@@ -108,8 +108,10 @@ def run(likelihoods: list[str], seeds: list[int], fit: dict, variants: list[str]
                 if name not in variants or (lik != "normal" and name in NORMAL_ONLY):
                     continue  # the count likelihoods' "auto" is the scale
                 t0 = time.perf_counter()
+                # counts: the simulation's size factors (20 genes leave a cell with no counts now and then)
+                sf_key = "true_size_factor" if lik != "normal" else None
                 m = VeloPyro(data[batched], likelihood=lik, batch_key=key, batch_effect=effect,
-                             batch_encoder=encoder)
+                             batch_encoder=encoder, size_factor_key=sf_key)
                 if name == "corrected_no_init":  # the ablation: fit() rebuilds the model, so patch around it
                     with _no_init():
                         m.fit(seed=seed, **fit)
@@ -150,11 +152,13 @@ def table(summary: list[dict]) -> str:
     """Markdown table of the summary."""
     cols = [("time_cell", "time (cell)"), ("time_gene_median", "time (gene median)"),
             ("velocity_sign", "velocity sign"), ("velocity_gene_pearson", "velocity Pearson"), ("mixing", "z mixing")]
-    lines = ["| likelihood | variant | " + " | ".join(c[1] for c in cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
+    gaps = [("time_cell", "time gap"), ("velocity_sign", "velocity gap")]
+    lines = ["| likelihood | variant | seeds | " + " | ".join(c[1] for c in cols + gaps) + " |",
+             "|---|---|---|" + "---|" * (len(cols) + len(gaps))]
     for s in summary:
         cells = [f"{s[k]:.3f} ± {s[k + '_sd']:.3f}" for k, _ in cols]
-        lines.append(f"| {s['likelihood']} | {s['variant']} | " + " | ".join(cells) + " |")
+        cells += [f"{s[k + '_gap']:+.3f}" if k + "_gap" in s else "" for k, _ in gaps]
+        lines.append(f"| {s['likelihood']} | {s['variant']} | {s['n_seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

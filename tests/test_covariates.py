@@ -134,12 +134,14 @@ def test_batch_mixing_score_bounds() -> None:
 
 # ---- recovery: with batch_key back to the one-batch level, without it not --------------------------------
 
-N_CELLS, N_GENES, EPOCHS = 400, 20, 150
+# the setting of benchmarks/covariates.py (its seed-2 rows): 400 cells x 20 genes, batch 1 observed through
+# log a ~ Normal(0, 0.5) and c ~ 0.2 Uniform(0, 1) per gene and modality, 120 epochs
+N_CELLS, N_GENES, EPOCHS, SEED = 400, 20, 120, 2
 
 
 def _recovery(model: VeloPyro, adata) -> dict[str, float]:
-    cell = model.get_latent_time(level="cell", n_samples=5)
-    v = model.get_velocity(n_samples=5)
+    cell = model.get_latent_time(level="cell")
+    v = model.get_velocity(n_samples=10)
     tv = adata.layers["true_velocity"]
     keep = np.abs(tv) > 0.05 * np.abs(tv).max(0, keepdims=True)  # as benchmarks.metrics.velocity_sign_accuracy
     labels = adata.obs["batch"].to_numpy() if "batch" in adata.obs else _LABELS
@@ -148,31 +150,35 @@ def _recovery(model: VeloPyro, adata) -> dict[str, float]:
             "mixing": batch_mixing_score(model.get_latent_representation(), labels)}
 
 
-_LABELS = simulate(N_CELLS, N_GENES, seed=2, n_batches=2).obs["batch"].to_numpy()
+_LABELS = simulate(N_CELLS, N_GENES, seed=SEED, n_batches=2).obs["batch"].to_numpy()  # for the one-batch fit
 
 
 @pytest.fixture(scope="module")
 def recovery() -> dict[str, dict[str, float]]:
+    """The same cells and genes without a batch effect, with it and no batch_key, with it and batch_key."""
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, n_batches, key in (("one_batch", 1, None), ("no_key", 2, None), ("batch_key", 2, "batch")):
-            adata = simulate(N_CELLS, N_GENES, seed=2, n_batches=n_batches)
-            m = VeloPyro(adata, batch_key=key, n_hidden=64)
-            m.fit(max_epochs=EPOCHS, batch_size=128, progress_bar=False, seed=0)
+            adata = simulate(N_CELLS, N_GENES, seed=SEED, n_batches=n_batches)
+            m = VeloPyro(adata, batch_key=key)
+            m.fit(max_epochs=EPOCHS, batch_size=128, progress_bar=False, seed=SEED)
             out[name] = _recovery(m, adata)
     return out
 
 
+@pytest.mark.slow
 def test_batch_key_returns_to_the_one_batch_level(recovery) -> None:
     one, fixed = recovery["one_batch"], recovery["batch_key"]
     assert fixed["time"] >= one["time"] - 0.02, recovery
     assert fixed["velocity"] >= one["velocity"] - 0.02, recovery
-    assert fixed["mixing"] > 0.7, recovery  # z mixes the batches (random labels score ~0.95)
+    assert fixed["mixing"] > 0.7, recovery  # z mixes the batches (labels without signal score ~0.95)
 
 
+@pytest.mark.slow
 def test_without_batch_key_the_batches_stay_apart(recovery) -> None:
     one, naive = recovery["one_batch"], recovery["no_key"]
+    # recovery does not return: here velocity falls ~0.1 (a rank over the clock, time survives the distortion)
     assert naive["time"] < one["time"] - 0.02 or naive["velocity"] < one["velocity"] - 0.02, recovery
     assert naive["mixing"] < 0.3, recovery  # z encodes the batch
 
