@@ -7,9 +7,9 @@
 
 Data: ``velopyro.datasets.simulate`` with ``n_batches=2`` (batch 1's kinetic mean observed as
 ``a_g mean + c_g``, ``log a_g ~ Normal(0, 0.5)``, ``c_g ~ 0.2 Uniform(0, 1)`` for the Normal likelihood;
-``a_g`` alone, a detection efficiency, for the Poisson, fitted with the simulation's size factors) and, as the reference level, the same cells and
-genes with ``n_batches=1`` (the batch draws come from their own generator, so the two data sets differ only
-by the batch effect). Each row is a fit of ``VeloPyro`` with:
+``a_g`` alone, a detection efficiency, for the Poisson, fitted with the simulation's size factors) and, as
+the reference level, the same cells and genes with ``n_batches=1`` (the batch draws come from their own
+generator, so the two data sets differ only by the batch effect). Each row is a fit of ``VeloPyro`` with:
 
 - ``one_batch``: the data without a batch effect (the level to return to);
 - ``no_key``: the two-batch data, no ``batch_key``;
@@ -186,7 +186,8 @@ def main() -> None:
     md = (f"# Batch covariates ({SIM['n_cells']} cells x {SIM['n_genes']} genes, two batches; mean ± sd over seeds "
           f"{res['settings']['seeds']}, data seed = fit seed, {FIT['max_epochs']} epochs)\n\n"
           "Written by `python -m benchmarks.covariates --summarise` from the `rows_*.jsonl` files. `gap`: the "
-          "one-batch level minus the variant's (positive: below the one-batch level).\n\n" + table(res["summary"]) + "\n")
+          "one-batch level minus the variant's (positive: below the one-batch level).\n\n"
+          + table(res["summary"]) + "\n")
     print(md)
     (OUT / "results.json").write_text(json.dumps(res, indent=1))
     Path(OUT / "results.md").write_text(md)

@@ -21,8 +21,9 @@ reference. The covariate enters the model in two places, and nowhere else:
   ``size_factor (scale_g a_bg mean + background_g)``.
 
 The effect starts at moment matching of each category against the reference (:meth:`BatchEffect.initialise`)
-and is then fitted with the rates, as a point estimate. The time heads (eq. 16-19) do not see the batch: latent time and velocity are functions of z alone, the
-biological state, and a batch can only change how that state is observed.
+and is then fitted with the rates, as a point estimate. The time heads (eq. 16-19) do not see the batch:
+latent time and velocity are functions of z alone, the biological state, and a batch can only change how
+that state is observed.
 
 Which design: ``benchmarks/covariates.py`` compares them on two-batch simulations (results in
 ``benchmarks/results/covariates/``, summary in the README, "Covariates (batch effects)").
