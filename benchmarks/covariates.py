@@ -129,7 +129,7 @@ def run(likelihoods: list[str], seeds: list[int], fit: dict, variants: list[str]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and sd of every score per likelihood and variant, and the gap to ``one_batch``."""
+    """Mean and sd of every score per likelihood and variant, and the difference from ``one_batch``."""
     keys = ("time_cell", "time_gene_median", "velocity_sign", "velocity_gene_pearson", "mixing")
     out = []
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -142,8 +142,11 @@ def summarise(rows: list[dict]) -> list[dict]:
             vals = np.array([r[k] for r in rs], dtype=float)
             s[k] = float(vals.mean())
             s[f"{k}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-            if ref:
-                s[f"{k}_gap"] = float(np.mean([r[k] for r in ref]) - vals.mean())
+            ref_by_seed = {r["seed"]: r[k] for r in ref}
+            diffs = np.array([r[k] - ref_by_seed[r["seed"]] for r in rs if r["seed"] in ref_by_seed])
+            if len(diffs):  # paired by seed: the same cells and genes with and without the batch effect
+                s[f"{k}_gap"] = float(diffs.mean())
+                s[f"{k}_gap_sd"] = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
         out.append(s)
     return out
 
@@ -152,12 +155,12 @@ def table(summary: list[dict]) -> str:
     """Markdown table of the summary."""
     cols = [("time_cell", "time (cell)"), ("time_gene_median", "time (gene median)"),
             ("velocity_sign", "velocity sign"), ("velocity_gene_pearson", "velocity Pearson"), ("mixing", "z mixing")]
-    gaps = [("time_cell", "time gap"), ("velocity_sign", "velocity gap")]
+    gaps = [("time_cell", "Δ time"), ("velocity_sign", "Δ velocity")]
     lines = ["| likelihood | variant | seeds | " + " | ".join(c[1] for c in cols + gaps) + " |",
              "|---|---|---|" + "---|" * (len(cols) + len(gaps))]
     for s in summary:
         cells = [f"{s[k]:.3f} ± {s[k + '_sd']:.3f}" for k, _ in cols]
-        cells += [f"{s[k + '_gap']:+.3f}" if k + "_gap" in s else "" for k, _ in gaps]
+        cells += [f"{s[k + '_gap']:+.3f} ± {s[k + '_gap_sd']:.3f}" if k + "_gap" in s else "" for k, _ in gaps]
         lines.append(f"| {s['likelihood']} | {s['variant']} | {s['n_seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -185,8 +188,9 @@ def main() -> None:
                         "seeds": sorted({r["seed"] for r in rows})}, "summary": summarise(rows), "rows": rows}
     md = (f"# Batch covariates ({SIM['n_cells']} cells x {SIM['n_genes']} genes, two batches; mean ± sd over seeds "
           f"{res['settings']['seeds']}, data seed = fit seed, {FIT['max_epochs']} epochs)\n\n"
-          "Written by `python -m benchmarks.covariates --summarise` from the `rows_*.jsonl` files. `gap`: the "
-          "one-batch level minus the variant's (positive: below the one-batch level).\n\n"
+          "Written by `python -m benchmarks.covariates --summarise` from the `rows_*.jsonl` files. `Δ`: the "
+          "variant minus the one-batch fit of the same seed, mean ± sd over seeds (negative: below the one-batch "
+          "level).\n\n"
           + table(res["summary"]) + "\n")
     print(md)
     (OUT / "results.json").write_text(json.dumps(res, indent=1))
