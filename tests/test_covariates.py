@@ -221,3 +221,28 @@ def test_cli_batch_key(tmp_path, capsys) -> None:
 
     assert list(ad.read_h5ad(tmp_path / "out.h5ad").uns["velopyro"]["config"]["batch_key"]) == ["batch"]
     assert velopyro.covariates.BATCH_EFFECTS[0] == "auto"
+
+
+def test_the_likelihood_and_the_replicates_see_the_batch_effect() -> None:
+    from velopyro import posterior, ppc
+
+    vp = VeloPyro(_tiny(40, 3), batch_key="batch", n_hidden=8)
+    with torch.no_grad():
+        for p in vp.model.batch_effect.parameters():
+            p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    idx, u, s, sfu, sfs, codes = vp.data.batch(torch.arange(40), torch.device("cpu"))
+    u_bar, s_bar = torch.rand(40, 3, 4), torch.rand(40, 3, 4)
+    ll_u, _ = vp.model.state_log_likelihood(u_bar, s_bar, u, s, sfu, sfs, codes)
+    tab = vp.model.batch_effect.effects()
+    mean = u_bar * tab["scale_u"][codes[:, 0]].unsqueeze(-1) + tab["offset_u"][codes[:, 0]].unsqueeze(-1)
+    sd = vp.likelihood.sigma("u")[None, :, None] * vp.likelihood.state_scale
+    torch.testing.assert_close(ll_u, torch.distributions.Normal(mean, sd).log_prob(u.unsqueeze(-1)))
+    # posterior predictive replicates are drawn around the batch's observed mean (here far from the kinetic one)
+    vp.is_trained = True
+    smp = next(posterior.iterate_samples(vp.model, vp.guide, vp.data))[2]
+    k = ppc.posterior_states(smp, "independent")
+    with torch.no_grad():
+        vp.model.batch_effect.raw_offset_u[1] += 50.0
+    u_rep, _ = ppc.replicate(vp, smp, states=k)
+    b1 = codes[:, 0] == 1
+    assert u_rep[b1].mean() > 40 and u_rep[~b1].abs().mean() < 10
