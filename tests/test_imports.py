@@ -20,8 +20,9 @@ LAYERS: list[set[str]] = [
     # leaves, no velopyro import
     # leaves also: collapsed (the algebra of pi integrated out)
     {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "collapsed"},
-    {"pp", "likelihoods", "nn", "coupling", "_rng", "_registry"},  # preprocessing; observation models, networks,
-    # state couplings; the components' registries by name (imported by name, never at import time)
+    {"pp", "likelihoods", "nn", "coupling", "_rng", "_registry",
+     "covariates"},  # preprocessing; observation models, networks,
+    # state couplings; batch covariates; the components' registries by name (imported by name, never at import time)
     {"model", "guide", "datasets"},  # the Pyro program; the simulator draws from its parts
     {"checkpoint", "_scvelo"},  # training state on disk; scVelo's per-gene statistics
     {"train", "fitted"},  # SVI; the fitted pieces

@@ -50,7 +50,7 @@ class LaplaceGuide(nn.Module):
         conc = nn.functional.softplus(self.pi_layer(z)).view(*z.shape[:-1], self.n_genes, 4) + 0.05
         return dist.Dirichlet(conc)
 
-    def forward(self, idx, u=None, s=None, size_factor_u=None, size_factor_s=None, kl_weight=1.0,
+    def forward(self, idx, u=None, s=None, size_factor_u=None, size_factor_s=None, batch_index=None, kl_weight=1.0,
                 penalty_weight=1.0, n_cells=None):
         n_cells = idx.shape[0] if n_cells is None else n_cells
         pyro.module("laplace_guide", self)

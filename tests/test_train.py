@@ -33,7 +33,7 @@ def _record_weights(module: torch.nn.Module) -> list[tuple[float, float]]:
     forward = module.forward
 
     def recording(*args, **kwargs):
-        calls.append((float(args[5]), float(args[6])))
+        calls.append((float(args[6]), float(args[7])))  # after idx, u, s, two size factors, batch codes
         return forward(*args, **kwargs)
 
     module.forward = recording

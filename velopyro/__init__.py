@@ -9,6 +9,7 @@ Public names (loaded on first use, so ``import velopyro`` stays fast):
 - :mod:`velopyro.likelihoods`: observation models (Normal, Poisson, negative binomial)
 - :mod:`velopyro.kinetics`: the closed-form kinetics (seed eq. 1-12)
 - :mod:`velopyro.ppc` / :mod:`velopyro.convert`: posterior predictive checks and ``to_arviz``
+- :mod:`velopyro.covariates`: batch covariates (``VeloPyro(adata, batch_key=...)``) and ``batch_mixing_score``
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {"pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "model", "guide", "train", "posterior",
                "nn", "api", "cli", "distributions", "ppc", "convert", "data", "fitted",
-               "coupling"}
+               "coupling", "covariates"}
 _ATTRS = {"VeloPyro": "api"}
 
 __all__ = ["VeloPyro", "pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "__version__"]

@@ -26,6 +26,7 @@ from ._rng import check_seed, seeded
 from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
 from .checkpoint import checkpoint_path, load_checkpoint
 from .coupling import STATE_COUPLINGS
+from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
 from .fitted import FittedModel
 from .guide import GUIDES, VeloVIGuide, get_guide
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
@@ -90,6 +91,23 @@ class VeloPyro:
         decides which cells lie above the steady-state line (induction, positive velocity): on pancreas
         the constant start reads genes that are being switched off as induced and turns the
         Pre-endocrine -> Beta direction around (see the README, "Velocity direction").
+    batch_key
+        Categorical ``obs`` column(s) of technical covariates (batches, samples), or None. The codes enter
+        the encoder of z and a per-batch, gene-wise map of the observed mean (:mod:`velopyro.covariates`);
+        latent time and velocity stay shared, on the first (reference) category's scale. A missing
+        column or a missing value is an error; a column with one category a warning.
+    batch_effect
+        The covariate's effect on the observation model: ``"auto"`` (default: ``"scale_offset"`` for the
+        Normal likelihood, a per-batch scale and offset of the min-max scaled moments; ``"scale"`` for
+        count likelihoods, a per-batch detection efficiency), ``"scale_offset"``, ``"scale"`` or ``"none"``
+        (the encoder only). Chosen by ``benchmarks/covariates.py`` (README, "Covariates (batch effects)").
+    batch_encoder
+        What the encoder of z sees of the covariate: ``"corrected"`` (default) the observations mapped back
+        to the reference batch by the current fitted effect, ``(x - c_b) / a_b``, and the one-hot codes;
+        ``"onehot"`` the raw observations and the one-hot codes (scVI's conditional encoder).
+    batch_categories
+        The categories of each key, ``{key: [category, ...]}``, to code ``obs`` against (a saved model's,
+        which :meth:`load` passes); by default read from ``obs``, the first being the reference.
 
     Examples
     --------
@@ -117,6 +135,10 @@ class VeloPyro:
         switch_penalty: float = 0.2,
         size_factor_key: str | None = None,
         rate_init: str = "auto",
+        batch_key: str | list[str] | None = None,
+        batch_effect: str = "auto",
+        batch_encoder: str = "corrected",
+        batch_categories: dict[str, list[str]] | None = None,
     ) -> None:
         if state_coupling not in STATE_COUPLINGS:
             raise ValueError(f"state_coupling must be one of {tuple(STATE_COUPLINGS)}, got {state_coupling!r}.")
@@ -124,7 +146,25 @@ class VeloPyro:
             raise ValueError(f"pi_guide must be one of {sorted(GUIDES)}, got {pi_guide!r}.")
         if rate_init not in RATE_INITS:
             raise ValueError(f"rate_init must be one of {RATE_INITS}, got {rate_init!r}.")
+        if batch_encoder not in BATCH_ENCODERS:
+            raise ValueError(f"batch_encoder must be one of {BATCH_ENCODERS}, got {batch_encoder!r}.")
+        if batch_effect not in BATCH_EFFECTS:
+            raise ValueError(f"batch_effect must be one of {BATCH_EFFECTS}, got {batch_effect!r}.")
         lik = get_likelihood(likelihood)
+        if batch_effect == "auto":
+            batch_effect = "scale" if lik.is_count else "scale_offset"
+        if batch_key is not None and lik.is_count and batch_effect == "scale_offset":
+            raise VelopyroInputError(f"batch_effect='scale_offset' can make the expected count of likelihood "
+                                     f"{lik.name!r} negative; use batch_effect='scale' (a detection efficiency).")
+        codes, batch_keys, batch_cats = None, None, None
+        if batch_key is not None:
+            keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
+            known = None if batch_categories is None else [batch_categories.get(k) for k in keys]
+            if known is not None and any(c is None for c in known):
+                raise VelopyroInputError(f"batch_categories {sorted(batch_categories)} does not cover batch_key "
+                                         f"{batch_key!r}; pass the categories of every key (or none).")
+            codes, batch_keys, cats = read_batches(adata, batch_key, known)
+            batch_cats = dict(zip(batch_keys, cats, strict=True))
         spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
         self.adata = adata
         self.config: dict[str, Any] = dict(
@@ -132,9 +172,13 @@ class VeloPyro:
             state_coupling=state_coupling, pi_guide=pi_guide, n_latent=int(n_latent), n_hidden=int(n_hidden),
             n_layers=int(n_layers), dropout_rate=float(dropout_rate), t_max=float(t_max),
             switch_penalty=float(switch_penalty), size_factor_key=size_factor_key, rate_init=rate_init,
+            batch_key=batch_keys, batch_effect=batch_effect if batch_keys else None, batch_categories=batch_cats,
+            batch_encoder=batch_encoder if batch_keys else None,
         )
         self._likelihood_arg = likelihood
         self.data, self._kinetic = self._read(adata, lik)
+        if codes is not None:
+            self.data.batch_index = torch.from_numpy(codes)
         self.n_cells, self.n_genes = self.data.u.shape
         #: The fitted data's gene and cell names (outputs are only written to AnnData with the same ones).
         self.var_names = np.asarray(adata.var_names, dtype=str)
@@ -191,6 +235,15 @@ class VeloPyro:
         weights come from torch's global generator)."""
         cfg = self.config
         u_k, s_k = self._kinetic
+        effect = None
+        if self.n_categories:  # the covariate's effect starts at moment matching (velopyro.covariates)
+            effect = BatchEffect(self.n_categories, self.n_genes, cfg.get("batch_effect") or "none")
+            codes = self.data.batch_index.numpy()
+            effect.initialise(u_k, s_k, codes)
+            with torch.no_grad():  # the kinetic starts (u*, s*, gamma / beta) from the batch-corrected data
+                cb = torch.from_numpy(codes)
+                u_k = effect.inverse(torch.as_tensor(u_k), "u", cb).numpy()
+                s_k = effect.inverse(torch.as_tensor(s_k), "s", cb).numpy()
         lik.setup(self.data.u.numpy(), self.data.s.numpy(), self.data.size_factor_u[:, 0].numpy(),
                   self.data.size_factor_s[:, 0].numpy())
         u_star, s_star = switch_targets(u_k, s_k)
@@ -206,11 +259,44 @@ class VeloPyro:
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
             n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
             state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=family.collapse_pi,
-            **extra,
+            n_categories=self.n_categories, batch_effect=cfg.get("batch_effect") or "none", **extra,
         )
+        if effect is not None:
+            self.model.batch_effect.load_state_dict(effect.state_dict())
+        effect = self.model.batch_effect
+        correction = effect.inverse if effect is not None and cfg.get("batch_encoder") == "corrected" else None
+        covariates = {} if not self.n_categories else dict(n_categories=self.n_categories, batch_correction=correction)
         self.guide = family.build(n_genes=self.n_genes, n_latent=cfg["n_latent"], likelihood=lik,
                                   n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],
-                                  dropout_rate=cfg["dropout_rate"])
+                                  dropout_rate=cfg["dropout_rate"], **covariates)
+
+    @property
+    def n_categories(self) -> tuple[int, ...]:
+        """Number of categories of each batch covariate (empty without ``batch_key``)."""
+        cats = self.config.get("batch_categories") or {}
+        return tuple(len(cats[k]) for k in self.config.get("batch_key") or [])
+
+    def get_batch_effects(self) -> dict[str, dict[str, np.ndarray]]:
+        """The fitted per-batch, gene-wise effects on the observed mean, per covariate key.
+
+        Returns
+        -------
+        dict
+            ``{key: {"categories": (C,) str, "scale_u": (C, G), "scale_s": ..., "offset_u": ..., ...}}``
+            with the tables the design has (``scale_*`` multiplies the kinetic mean, ``offset_*`` is added;
+            the first, reference, category is 1 and 0). Empty without ``batch_key``.
+        """
+        effect = self.model.batch_effect
+        if effect is None:
+            return {}
+        with torch.no_grad():
+            tables = {k: v.detach().cpu().numpy() for k, v in effect.effects().items()}
+        out, start = {}, 0
+        for key, n in zip(self.config["batch_key"], self.n_categories, strict=True):
+            out[key] = {"categories": np.asarray(self.config["batch_categories"][key], dtype=str),
+                        **{name: t[start:start + n] for name, t in tables.items()}}
+            start += n
+        return out
 
     @property
     def likelihood(self) -> Likelihood:
@@ -1010,7 +1096,8 @@ class VeloPyro:
             )
         # every component by its registered name (likelihood, state coupling, guide, ...): refuse unknown ones
         check_registered(cfg, f"the model saved in {str(p)!r}", skip=("likelihood",) if likelihood is not None else ())
-        kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")}
+        kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")
+                  and not (k in ("batch_effect", "batch_encoder") and v is None)}  # covariates: the saved categories
         obj = cls(adata, cfg["spliced_layer"], cfg["unspliced_layer"],
                   likelihood=likelihood if likelihood is not None else cfg["likelihood"], **kwargs)
         try:

@@ -133,18 +133,19 @@ def _literal_into(out: dict[str, Any], name: str, node: ast.expr) -> None:
 
 
 def _choices() -> dict[str, list[str]]:
-    """The registered names (:data:`velopyro._registry.COMPONENTS`: likelihoods, state couplings, guides) and
-    ``rate_init``'s choices, without importing torch: a registry already imported gives its names (with
-    any registered in this process), otherwise the built-in names stand in for it."""
+    """The registered names (:data:`velopyro._registry.COMPONENTS`: likelihoods, state couplings, guides, ...)
+    and ``rate_init``'s and ``batch_effect``'s choices, without importing torch: a registry already imported
+    gives its names (with any registered in this process), otherwise the built-in names stand in for it."""
     from ._registry import COMPONENTS
 
     out = {}
     for c in COMPONENTS:
         module = sys.modules.get(c.module)
         out[c.option] = list(getattr(module, c.registry)) if module is not None else list(c.builtin)
-    for node in _source("api").body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "RATE_INITS" for t in node.targets):
-            out["rate_init"] = list(ast.literal_eval(node.value))
+    for option, module, name in (("rate_init", "api", "RATE_INITS"), ("batch_effect", "covariates", "BATCH_EFFECTS")):
+        for node in _source(module).body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+                out[option] = list(ast.literal_eval(node.value))
     return out
 
 
@@ -168,6 +169,11 @@ def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
         g.add_argument("--rate-init", choices=choices["rate_init"], default=None,
                        help="starting gamma / beta: each gene's steady-state slope, or one constant for all"
                             + d("rate_init"))
+        g.add_argument("--batch-key", action="append", default=None, metavar="KEY",
+                       help="categorical obs column of a technical covariate (batch, sample); repeat it for "
+                            "several (default: none)")
+        g.add_argument("--batch-effect", choices=choices["batch_effect"], default=None,
+                       help="the covariate's effect on the observed mean" + d("batch_effect"))
         g.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                        help="cells per minibatch" + d("batch_size"))
         g.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
@@ -354,10 +360,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise VelopyroCliError(f"--save-model {str(d)!r} exists and is not an empty directory")
     # validate what can be checked cheaply before any progress output
     adata = _read_h5ad(args.input)
+    if args.batch_key is not None:  # the covariate's column checks (missing, NaN) before any preprocessing
+        import warnings
+
+        from .covariates import read_batches
+
+        with warnings.catch_warnings():  # a single category warns once, when the model is built
+            warnings.simplefilter("ignore")
+            read_batches(adata, args.batch_key)
     has_moments = "Ms" in adata.layers and "Mu" in adata.layers
     do_pp = (not has_moments) if args.preprocess is None else args.preprocess
     spliced, unspliced = args.spliced_layer, args.unspliced_layer
-    model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide", "rate_init")
+    model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide", "rate_init", "batch_key", "batch_effect")
                 if getattr(args, k) is not None}
     model = None
     if do_pp:

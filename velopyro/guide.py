@@ -2,7 +2,8 @@
 
 The state k is enumerated out in the model and never appears here. Shapes for a minibatch of B cells::
 
-    x = concat(u, s)  (B, 2G)   encoder input (after the likelihood's encoder transform)
+    x = concat(u, s)  (B, 2G)   encoder input (after the likelihood's encoder transform; with batch
+                                covariates the one-hot codes are appended, :mod:`velopyro.covariates`)
     z                 (B, 1, d) Normal(loc(x), scale(x))
     pi                (B, G, 4) Dirichlet(conc(z)) or LogisticNormal(loc(z), scale(z))
 
@@ -28,6 +29,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .covariates import check_batch_index, one_hot
 from .likelihoods import Likelihood
 from .nn import DirichletHead, Encoder, LogisticNormalHead
 
@@ -51,6 +53,12 @@ class VeloVIGuide(nn.Module):
         (no q(pi | z): the model must be built with ``collapse_pi=True``).
     n_hidden, n_layers, dropout_rate
         Network shape (reference: 256, 1, 0.1).
+    n_categories
+        Categories of each batch covariate, whose one-hot codes the encoder also sees (empty: none).
+    batch_correction
+        ``f(x, modality, batch_index)``: the observations mapped back to the reference batch before the
+        encoder (the model's :meth:`velopyro.covariates.BatchEffect.inverse`), or None (the one-hot codes
+        alone). A function, not a submodule: its parameters belong to the model.
     """
 
     def __init__(
@@ -62,15 +70,20 @@ class VeloVIGuide(nn.Module):
         n_hidden: int = 256,
         n_layers: int = 1,
         dropout_rate: float = 0.1,
+        n_categories: tuple[int, ...] = (),
+        batch_correction: Callable[[torch.Tensor, str, torch.Tensor | None], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if pi_guide not in PI_GUIDES:
             raise ValueError(f"pi_guide must be one of {sorted(PI_GUIDES)}, got {pi_guide!r}.")
         self.n_genes, self.pi_guide = n_genes, pi_guide
-        self.encoder = Encoder(n_genes, n_latent, n_hidden, n_layers, dropout_rate)
+        self.n_categories = tuple(int(n) for n in n_categories)
+        self.encoder = Encoder(n_genes, n_latent, n_hidden, n_layers, dropout_rate,
+                               n_covariates=sum(self.n_categories))
         head = PI_GUIDES[pi_guide]
         self.pi_head = None if head is None else head(n_latent, n_genes, n_hidden, n_layers)
         self._encoder_input = likelihood.encoder_input  # a function, not a submodule
+        self._batch_correction = batch_correction
         self._pyro_name: str | None = None
 
     def encode(
@@ -79,8 +92,9 @@ class VeloVIGuide(nn.Module):
         s: torch.Tensor,
         size_factor_u: torch.Tensor | None = None,
         size_factor_s: torch.Tensor | None = None,
+        batch_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Location and scale of q(z | u, s).
+        """Location and scale of q(z | u, s) (q(z | u, s, b) with covariates).
 
         Parameters
         ----------
@@ -88,14 +102,22 @@ class VeloVIGuide(nn.Module):
             Observations ``(B, G)``.
         size_factor_u, size_factor_s
             ``(B, 1)`` size factors or None.
+        batch_index
+            ``(B, K)`` covariate codes; required when the guide has covariates.
 
         Returns
         -------
         tuple of torch.Tensor
             Each ``(B, d)``.
         """
-        x = torch.cat([self._encoder_input(u, size_factor_u), self._encoder_input(s, size_factor_s)], dim=-1)
-        return self.encoder(x)
+        if self.n_categories:
+            check_batch_index(batch_index, u.shape[0], len(self.n_categories))
+            if self._batch_correction is not None:
+                u, s = self._batch_correction(u, "u", batch_index), self._batch_correction(s, "s", batch_index)
+        parts = [self._encoder_input(u, size_factor_u), self._encoder_input(s, size_factor_s)]
+        if self.n_categories:
+            parts.append(one_hot(batch_index, self.n_categories).to(parts[0].dtype))
+        return self.encoder(torch.cat(parts, dim=-1))
 
     def forward(
         self,
@@ -104,6 +126,7 @@ class VeloVIGuide(nn.Module):
         s: torch.Tensor | None = None,
         size_factor_u: torch.Tensor | None = None,
         size_factor_s: torch.Tensor | None = None,
+        batch_index: torch.Tensor | None = None,
         kl_weight: float | torch.Tensor = 1.0,
         penalty_weight: float | torch.Tensor = 1.0,
         n_cells: int | None = None,
@@ -112,7 +135,7 @@ class VeloVIGuide(nn.Module):
 
         Parameters
         ----------
-        idx, u, s, size_factor_u, size_factor_s, kl_weight, penalty_weight, n_cells
+        idx, u, s, size_factor_u, size_factor_s, batch_index, kl_weight, penalty_weight, n_cells
             As :meth:`velopyro.model.VeloVIModel.forward`; ``u`` and ``s`` are required here.
         """
         if u is None or s is None:
@@ -120,8 +143,9 @@ class VeloVIGuide(nn.Module):
         if self._pyro_name is not None:
             pyro.module(self._pyro_name, self)
         n_cells = idx.shape[0] if n_cells is None else n_cells
+        check_batch_index(batch_index, idx.shape[0], len(self.n_categories))
         with pyro.plate("cells", n_cells, subsample=idx, dim=-2):
-            loc, scale = self.encode(u, s, size_factor_u, size_factor_s)
+            loc, scale = self.encode(u, s, size_factor_u, size_factor_s, batch_index)
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", dist.Normal(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1))
             if self.pi_head is not None:

@@ -49,6 +49,7 @@ from . import kinetics
 from ._chunks import gene_slices
 from .coupling import STATE_COUPLINGS as COUPLINGS
 from .coupling import get_state_coupling
+from .covariates import BatchEffect, check_batch_index
 from .likelihoods import Likelihood
 from .nn import TimeHeads
 
@@ -177,6 +178,11 @@ class VeloVIModel(nn.Module):
         Seed of the small jitter on the switch time's initial value.
     collapse_pi
         Integrate pi out (no pi site; see the module docstring and :mod:`velopyro.collapsed`).
+    n_categories
+        Categories of each batch covariate (:mod:`velopyro.covariates`); empty without covariates.
+    batch_effect
+        The covariate's effect on the observation model: ``"scale_offset"``, ``"scale"`` or ``"none"``
+        (:class:`velopyro.covariates.BatchEffect`).
     """
 
     def __init__(
@@ -196,6 +202,8 @@ class VeloVIModel(nn.Module):
         t_s_init: float = 7.0,
         seed: int = 0,
         collapse_pi: bool = False,
+        n_categories: tuple[int, ...] = (),
+        batch_effect: str = "scale_offset",
     ) -> None:
         super().__init__()
         self.coupling = get_state_coupling(state_coupling)
@@ -218,6 +226,8 @@ class VeloVIModel(nn.Module):
         gamma0 = np.clip(np.broadcast_to(np.asarray(gamma_init, dtype=np.float32), (n_genes,)), 1e-3, RATE_MAX - 1e-3)
         self.raw_gamma = nn.Parameter(rate.inv(torch.as_tensor(gamma0.copy())))
         self.raw_t_s = nn.Parameter(switch.inv(t_s0))
+        # the covariate's technical effect on the observed mean (eq. 20-21 see a_b mean + c_b)
+        self.batch_effect = BatchEffect(n_categories, n_genes, batch_effect) if n_categories else None
         self._pyro_name: str | None = None  # set by the JIT training path to register parameters
         self._readouts = False  # see readouts()
 
@@ -288,6 +298,7 @@ class VeloVIModel(nn.Module):
         s: torch.Tensor,
         size_factor_u: torch.Tensor | None = None,
         size_factor_s: torch.Tensor | None = None,
+        batch_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-state ``log p(u | k)`` and ``log p(s | k)`` through the likelihood component.
 
@@ -299,6 +310,8 @@ class VeloVIModel(nn.Module):
             Observations ``(cells, G)``.
         size_factor_u, size_factor_s
             ``(cells, 1)`` size factors (count likelihoods).
+        batch_index
+            ``(cells, K)`` covariate codes (None or ``(cells, 0)``: none).
 
         Returns
         -------
@@ -308,8 +321,10 @@ class VeloVIModel(nn.Module):
         # the state axis goes in front, as under enumeration (dim -3), so per-gene parameters broadcast
         k = torch.arange(kinetics.N_STATES, device=u_bar.device).view(-1, 1, 1)
         lik = self.likelihood
-        ll_u = lik.dist(u_bar.movedim(-1, 0), k, "u", size_factor_u).log_prob(u).movedim(0, -1)
-        ll_s = lik.dist(s_bar.movedim(-1, 0), k, "s", size_factor_s).log_prob(s).movedim(0, -1)
+        u_obs = self.observed_mean(u_bar.movedim(-1, 0), "u", batch_index)
+        s_obs = self.observed_mean(s_bar.movedim(-1, 0), "s", batch_index)
+        ll_u = lik.dist(u_obs, k, "u", size_factor_u).log_prob(u).movedim(0, -1)
+        ll_s = lik.dist(s_obs, k, "s", size_factor_s).log_prob(s).movedim(0, -1)
         return ll_u, ll_s
 
     # ---- read-outs of a posterior draw ---------------------------------------------------------------
@@ -338,6 +353,27 @@ class VeloVIModel(nn.Module):
             for name, value in values.items():
                 pyro.deterministic(name, value, event_dim=value.dim() - plate_dims)
 
+    def observed_mean(self, mean: torch.Tensor, modality: str, batch_index: torch.Tensor | None) -> torch.Tensor:
+        """The kinetic mean as the likelihood sees it: through the batch effect, if the model has covariates.
+
+        Parameters
+        ----------
+        mean
+            Kinetic mean of one modality, ``(..., cells, G)``.
+        modality
+            ``"u"`` or ``"s"``.
+        batch_index
+            ``(cells, K)`` covariate codes or None.
+
+        Returns
+        -------
+        torch.Tensor
+            ``mean`` unchanged without covariates, else ``a_b mean + c_b`` (:class:`velopyro.covariates.BatchEffect`).
+        """
+        if self.batch_effect is None:
+            return mean
+        return self.batch_effect(mean, modality, batch_index)
+
     # ---- the Pyro model ----------------------------------------------------------------------------
     def forward(
         self,
@@ -346,6 +382,7 @@ class VeloVIModel(nn.Module):
         s: torch.Tensor | None = None,
         size_factor_u: torch.Tensor | None = None,
         size_factor_s: torch.Tensor | None = None,
+        batch_index: torch.Tensor | None = None,
         kl_weight: float | torch.Tensor = 1.0,
         penalty_weight: float | torch.Tensor = 1.0,
         n_cells: int | None = None,
@@ -360,6 +397,9 @@ class VeloVIModel(nn.Module):
             Observed unspliced and spliced ``(B, G)``, or None to sample them (posterior predictive).
         size_factor_u, size_factor_s
             ``(B, 1)`` size factors for count likelihoods.
+        batch_index
+            ``(B, K)`` integer covariate codes (:attr:`velopyro.data.VeloData.batch_index`), ``(B, 0)`` or
+            None without covariates.
         n_cells
             N, the size of the cells plate (defaults to B, i.e. no rescaling).
         kl_weight
@@ -371,6 +411,7 @@ class VeloVIModel(nn.Module):
             pyro.module(self._pyro_name, self)
         n_batch = idx.shape[0]
         n_cells = n_batch if n_cells is None else n_cells
+        check_batch_index(batch_index, n_batch, 0 if self.batch_effect is None else len(self.batch_effect.n_categories))
         r = self.rates()
         self._record({f"rates.{k}": v for k, v in r.items()}, plate_dims=0)
         if self.switch_penalty > 0:
@@ -391,5 +432,8 @@ class VeloVIModel(nn.Module):
                 else:
                     pi = pyro.sample("pi", vdist.Dirichlet(self.pi_prior))  # eq. 14
                     k_u, k_s = self.coupling.sample_states(pi, enum)  # eq. 15, or eq. 23-24
-                pyro.sample("u", lik.dist(select_state(u_bar, k_u), k_u, "u", size_factor_u), obs=u)  # eq. 20
-                pyro.sample("s", lik.dist(select_state(s_bar, k_s), k_s, "s", size_factor_s), obs=s)  # eq. 21
+                u_mean = self.observed_mean(select_state(u_bar, k_u), "u", batch_index)
+                s_mean = self.observed_mean(select_state(s_bar, k_s), "s", batch_index)
+                pyro.sample("u", lik.dist(u_mean, k_u, "u", size_factor_u), obs=u)  # eq. 20
+                pyro.sample("s", lik.dist(s_mean, k_s, "s", size_factor_s), obs=s)  # eq. 21
+

@@ -78,22 +78,25 @@ class FCLayers(nn.Module):
 
 
 class Encoder(nn.Module):
-    """q(z | u, s): Normal(loc(x), scale(x)) with ``x = concat(u, s)`` (eq. 22).
+    """q(z | u, s): Normal(loc(x), scale(x)) with ``x = concat(u, s)`` (eq. 22), or
+    ``x = concat(u, s, onehot(b))`` with batch covariates (:mod:`velopyro.covariates`).
 
     Parameters
     ----------
     n_genes
-        G; the input has 2G features.
+        G; the input has 2G features (plus ``n_covariates``).
     n_latent
         d (10 in the seed).
     n_hidden, n_layers, dropout_rate
         Trunk shape (see :class:`FCLayers`).
+    n_covariates
+        Width of the one-hot covariate codes appended to the input (0: none).
     """
 
     def __init__(self, n_genes: int, n_latent: int = 10, n_hidden: int = 256, n_layers: int = 1,
-                 dropout_rate: float = 0.1) -> None:
+                 dropout_rate: float = 0.1, n_covariates: int = 0) -> None:
         super().__init__()
-        self.trunk = FCLayers(2 * n_genes, n_hidden, n_layers, dropout_rate)
+        self.trunk = FCLayers(2 * n_genes + n_covariates, n_hidden, n_layers, dropout_rate)
         self.loc = nn.Linear(n_hidden, n_latent)
         self.scale = nn.Linear(n_hidden, n_latent)
 
@@ -103,7 +106,7 @@ class Encoder(nn.Module):
         Parameters
         ----------
         x
-            ``concat(u, s)``, ``(cells, 2G)``.
+            ``concat(u, s)``, ``(cells, 2G)`` (with covariates ``(cells, 2G + n_covariates)``).
 
         Returns
         -------

@@ -62,7 +62,8 @@ MAX_PLATE_NESTING = 2
 class PosteriorSample(dict):
     """One posterior draw for a batch of cells (a dict of tensors with attribute access).
 
-    Keys: ``idx`` (B,), ``u``, ``s`` (B, G) observed, ``size_factor_u``/``_s`` (B, 1), ``z`` (B, d),
+    Keys: ``idx`` (B,), ``u``, ``s`` (B, G) observed, ``size_factor_u``/``_s`` (B, 1), ``batch_index``
+    (B, K) covariate codes (K = 0 without covariates), ``z`` (B, d),
     ``z_loc`` (B, d), ``pi`` (B, G, 4), ``rho_ind``, ``rho_rep``, ``t_ind``, ``t_rep`` (B, G),
     ``u_bar``, ``s_bar`` (B, G, 4), ``ll_u``, ``ll_s`` (B, G, 4) per-state log-likelihoods,
     ``rates`` (dict of (G,)); for a collapsed model also ``pi_prior`` (4,), the Dirichlet concentrations
@@ -279,6 +280,7 @@ def draw(
     s: torch.Tensor,
     size_factor_u: torch.Tensor | None = None,
     size_factor_s: torch.Tensor | None = None,
+    batch_index: torch.Tensor | None = None,
     n_cells: int | None = None,
 ) -> PosteriorSample:
     """One posterior draw for a batch of cells: the guide traced, the model replayed against it.
@@ -300,8 +302,9 @@ def draw(
     model, guide
         The Pyro model (a :class:`~velopyro.model.VeloVIModel`) and any guide with the model's signature
         that samples ``"z"`` (and ``"pi"`` when the model has it); ``z_loc`` is the mean of its z site.
-    idx, u, s, size_factor_u, size_factor_s
-        A batch (:meth:`velopyro.data.VeloData.batch`).
+    idx, u, s, size_factor_u, size_factor_s, batch_index
+        A batch (:meth:`velopyro.data.VeloData.batch`; ``batch_index``: the covariate codes, ``(B, 0)`` or None
+        without covariates).
     n_cells
         Size of the cells plate (only scales log-densities; no effect on the draw).
 
@@ -310,7 +313,7 @@ def draw(
     PosteriorSample
         The draw.
     """
-    args = (idx, u, s, size_factor_u, size_factor_s)
+    args = (idx, u, s, size_factor_u, size_factor_s, batch_index)
     guide_tr = poutine.trace(guide).get_trace(*args, n_cells=n_cells)
     replayed = poutine.replay(poutine.block(model, hide=["switch_penalty"]), trace=guide_tr)
     enumerated = poutine.enum(replayed, first_available_dim=-1 - MAX_PLATE_NESTING)
@@ -328,7 +331,8 @@ def draw(
     else:  # pi integrated out of the model
         fields.update(model.coupling.collapsed_readouts(model.pi_prior, ll_u, ll_s))
     return PosteriorSample(idx=idx, u=u, s=s, size_factor_u=size_factor_u, size_factor_s=size_factor_s,
-                           z=z.reshape(z.shape[0], -1), z_loc=_site_mean(guide_tr.nodes["z"]).reshape(z.shape[0], -1),
+                           batch_index=batch_index, z=z.reshape(z.shape[0], -1),
+                           z_loc=_site_mean(guide_tr.nodes["z"]).reshape(z.shape[0], -1),
                            ll_u=ll_u, ll_s=ll_s, rates=rates, **fields)
 
 

@@ -133,7 +133,8 @@ def replicate(
     fixed = poutine.condition(pyro_model, data=data)
     with torch.no_grad():
         tr = poutine.trace(fixed).get_trace(sample["idx"], None, None, sample["size_factor_u"],
-                                            sample["size_factor_s"], n_cells=model.n_cells)
+                                            sample["size_factor_s"], sample.get("batch_index"),
+                                            n_cells=model.n_cells)
     return tr.nodes["u"]["value"], tr.nodes["s"]["value"]
 
 

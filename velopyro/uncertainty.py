@@ -196,10 +196,12 @@ def permutation_scores(
         ps = np.argsort(rng.random((len(cells), model.n_genes)), axis=0)
         cols = np.arange(model.n_genes)[None, :]
         u_t, s_t = d.u[cells].numpy(), d.s[cells].numpy()
+        codes = None if d.batch_index is None else d.batch_index[cells]
         perm = VeloData(torch.from_numpy(np.ascontiguousarray(u_t[pu, cols])),
                         torch.from_numpy(np.ascontiguousarray(s_t[ps, cols])),
-                        d.size_factor_u[cells], d.size_factor_s[cells])
-        real = VeloData(torch.from_numpy(u_t), torch.from_numpy(s_t), d.size_factor_u[cells], d.size_factor_s[cells])
+                        d.size_factor_u[cells], d.size_factor_s[cells], codes)
+        real = VeloData(torch.from_numpy(u_t), torch.from_numpy(s_t), d.size_factor_u[cells], d.size_factor_s[cells],
+                        codes)
         errs = []
         for data, uu, ss in ((perm, u_k[cells][pu, cols], s_k[cells][ps, cols]), (real, u_k[cells], s_k[cells])):
             fu, fs = fit_fn(data, cells)

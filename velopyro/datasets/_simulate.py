@@ -6,6 +6,13 @@ state follows the clock: induction before the switch time, repression after, and
 sits in the steady state of its phase (eq. 5-6, 11-12). Means come from :mod:`velopyro.kinetics`
 (eq. 1-12) and observations from a :mod:`velopyro.likelihoods` object (eq. 20-21 for the Normal; the
 count likelihoods with per-cell size factors), so the simulator and the model share the same maths.
+
+With ``n_batches > 1`` each cell also belongs to a batch, drawn independently of z (every batch covers
+the whole trajectory), and the batch changes how the kinetic mean is observed, as
+:class:`velopyro.covariates.BatchEffect` models it: ``mean' = a_bg mean + c_bg`` per modality, with batch 0
+the reference (``a = 1``, ``c = 0``), ``log a_bg ~ Normal(0, batch_scale)`` and, for the Normal likelihood,
+``c_bg ~ batch_offset * Uniform(0, 1)`` (count likelihoods: ``c = 0``, ``a`` is a detection efficiency).
+These draws come from their own generator, so ``n_batches=1`` gives exactly the data of earlier versions.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ def simulate(
     steady_state_fraction: float = 0.1,
     counts_per_unit: float = 30.0,
     dispersion: float = 5.0,
+    n_batches: int = 1,
+    batch_scale: float = 0.5,
+    batch_offset: float = 0.2,
 ) -> anndata.AnnData:
     """Draw an AnnData from velopyro's generative process, with the truth in documented keys.
 
@@ -65,6 +75,13 @@ def simulate(
         is drawn around it).
     dispersion
         Negative binomial inverse dispersion ``theta``.
+    n_batches
+        Number of batches (1: none). Cells are assigned uniformly at random.
+    batch_scale
+        Standard deviation of the per-batch, gene-wise log scale ``log a_bg`` (batches after the first).
+    batch_offset
+        Normal likelihood: the largest per-batch, gene-wise offset ``c_bg`` (on the kinetic scale, where
+        the induction steady state of u is near 1); ignored for count likelihoods.
 
     Returns
     -------
@@ -79,6 +96,10 @@ def simulate(
         - ``var["true_alpha"]``, ``["true_beta"]``, ``["true_gamma"]``, ``["true_t_"]`` (switch time) and
           the likelihood's parameters as ``var["true_<name>"]`` (e.g. ``true_sigma_u``)
         - ``obs["true_size_factor"]`` for count likelihoods
+        - with ``n_batches > 1``: ``obs["batch"]`` (categorical ``batch0``, ``batch1``, ...) and
+          ``uns["true_batch_effects"]``: ``categories`` and ``scale_u``, ``scale_s``, ``offset_u``,
+          ``offset_s``, each ``(n_batches, n_genes)`` (row 0 is the identity); ``layers["true_u"]`` and
+          ``["true_s"]`` stay the batch-free kinetic means
         - ``uns["simulation"]``: the arguments.
     """
     import anndata as ad
@@ -126,10 +147,16 @@ def simulate(
     truth_params = _set_true_likelihood_params(lik, rng, n_genes, noise, counts_per_unit, dispersion)
     sf_t = torch.as_tensor(sf, dtype=torch.float32)[:, None]
     k32 = torch.as_tensor(state)
+    batch, effects = _batch_effects(seed, n_cells, n_genes, n_batches, batch_scale,
+                                    0.0 if lik.is_count else batch_offset)
+    u_seen, s_seen = u_mean, s_mean
+    if n_batches > 1:
+        u_seen = u_mean * torch.as_tensor(effects["scale_u"][batch]) + torch.as_tensor(effects["offset_u"][batch])
+        s_seen = s_mean * torch.as_tensor(effects["scale_s"][batch]) + torch.as_tensor(effects["offset_s"][batch])
     # the likelihood samples from torch's global generator: seed it for this block only
     with torch.no_grad(), seeded(int(torch.randint(0, 2**31 - 1, (1,), generator=torch_gen))):
-        u_obs = lik.dist(u_mean.float(), k32, "u", sf_t).sample().numpy()
-        s_obs = lik.dist(s_mean.float(), k32, "s", sf_t).sample().numpy()
+        u_obs = lik.dist(u_seen.float(), k32, "u", sf_t).sample().numpy()
+        s_obs = lik.dist(s_seen.float(), k32, "s", sf_t).sample().numpy()
 
     adata = ad.AnnData(np.asarray(s_obs, dtype=np.float32))
     adata.obs_names = [f"cell{i}" for i in range(n_cells)]
@@ -160,7 +187,32 @@ def simulate(
                                    n_latent=n_latent, t_max=t_max, noise=noise,
                                    steady_state_fraction=steady_state_fraction,
                                    counts_per_unit=counts_per_unit, dispersion=dispersion)
+    if n_batches > 1:
+        import pandas as pd
+
+        names = [f"batch{b}" for b in range(n_batches)]
+        adata.obs["batch"] = pd.Categorical.from_codes(batch, categories=names)
+        adata.uns["true_batch_effects"] = {"categories": np.asarray(names), **{
+            k: v.astype(np.float32) for k, v in effects.items()}}
+        adata.uns["simulation"].update(n_batches=n_batches, batch_scale=batch_scale, batch_offset=batch_offset)
     return adata
+
+
+def _batch_effects(seed: int, n_cells: int, n_genes: int, n_batches: int, scale: float,
+                   offset: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Batch labels and per-batch, gene-wise scale and offset (row 0 the identity), from their own generator."""
+    if int(n_batches) != n_batches or n_batches < 1:
+        raise ValueError(f"n_batches must be a positive integer, got {n_batches!r}.")
+    n_batches = int(n_batches)
+    rng = np.random.default_rng([seed, 7919])  # apart from the main stream: n_batches=1 changes nothing
+    batch = rng.integers(0, n_batches, n_cells)
+    out = {}
+    for m in ("u", "s"):
+        log_a = rng.normal(0.0, scale, (n_batches, n_genes))
+        c = offset * rng.uniform(0.0, 1.0, (n_batches, n_genes))
+        log_a[0], c[0] = 0.0, 0.0
+        out[f"scale_{m}"], out[f"offset_{m}"] = np.exp(log_a), c
+    return batch, out
 
 
 def _set_true_likelihood_params(lik: Likelihood, rng: np.random.Generator, n_genes: int, noise: float,
