@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "coupling"},
     {"pp", "likelihoods", "nn", "collapsed", "_rng"},  # preprocessing; observation models, networks; pi integrated out
     {"model", "guide", "datasets"},  # the Pyro program; the simulator draws from its parts
-    {"checkpoint", "_scvelo"},  # training state on disk; scVelo's per-gene statistics
+    {"checkpoint", "_scvelo", "_disk"},  # training state on disk; scVelo's per-gene statistics; data on disk
     {"train", "fitted"},  # SVI; the fitted pieces
     {"lightning"},  # SVI on several processes through Lightning
     {"posterior"},  # queries of the fitted posterior

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import kinetics, posterior
+from . import _disk, kinetics, posterior
 from ._rng import check_seed, seeded
 from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
 from .checkpoint import checkpoint_path, load_checkpoint
@@ -122,7 +122,19 @@ class VeloPyro:
         if rate_init not in RATE_INITS:
             raise ValueError(f"rate_init must be one of {RATE_INITS}, got {rate_init!r}.")
         lik = get_likelihood(likelihood)
-        spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
+        #: The .h5ad file / zarr store the data are read from during training (None: in memory).
+        self.store = _disk.store_path(adata) if _disk.is_on_disk(adata) else None
+        if self.store is not None:
+            if not getattr(adata, "isbacked", False):  # a path: obs and var only, the matrices stay on disk
+                import anndata
+
+                adata = anndata.AnnData(obs=_disk.read_frame(self.store, "obs"),
+                                        var=_disk.read_frame(self.store, "var"))
+            layers = _disk.layer_names(self.store)
+            spliced_layer, unspliced_layer = _default_layers(dict.fromkeys(layers), lik, spliced_layer,
+                                                             unspliced_layer, has_layers=True)
+        else:
+            spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
         self.adata = adata
         self.config: dict[str, Any] = dict(
             spliced_layer=spliced_layer, unspliced_layer=unspliced_layer, likelihood=lik.name,
@@ -131,8 +143,12 @@ class VeloPyro:
             switch_penalty=float(switch_penalty), size_factor_key=size_factor_key, rate_init=rate_init,
         )
         self._likelihood_arg = likelihood
-        self.data, self._kinetic = self._read(adata, lik)
-        self.n_cells, self.n_genes = self.data.u.shape
+        self._sub: _disk.StreamedInputs | None = None
+        if self.store is None:
+            self.data, self._kinetic = self._read(adata, lik)
+        else:
+            self.data, self._kinetic = self._read_store(adata, lik)
+        self.n_cells, self.n_genes = int(self.data.n_cells), len(adata.var_names)
         #: The fitted data's gene and cell names (outputs are only written to AnnData with the same ones).
         self.var_names = np.asarray(adata.var_names, dtype=str)
         self.obs_names = np.asarray(adata.obs_names, dtype=str)
@@ -183,13 +199,49 @@ class VeloPyro:
         kin = (lik.to_kinetic_scale(u, sf_u), lik.to_kinetic_scale(s, sf_s))
         return data, kin
 
+    def _read_store(self, adata: Any, lik: Likelihood) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
+        """The out-of-core path: check the layers on disk and collect size factors and the per-gene
+        statistics' subsample in one streamed pass (:func:`velopyro._disk.stream_inputs`)."""
+        cfg = self.config
+        key = cfg["size_factor_key"]
+        sf = None
+        if key is not None and lik.is_count:
+            if key not in adata.obs:
+                raise VelopyroInputError(f"size_factor_key {key!r} is not a column of adata.obs.")
+            sf = np.asarray(adata.obs[key], dtype=np.float32)
+            if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
+                raise VelopyroInputError(f"adata.obs[{key!r}] must be positive and finite for every cell.")
+        sub = _disk.stream_inputs(self.store, cfg["spliced_layer"], cfg["unspliced_layer"], adata.var_names,
+                                  is_count=lik.is_count, likelihood_name=lik.name, size_factor=sf)
+        if not lik.is_count and sub.max_value > 10:
+            warnings.warn(
+                "The Normal likelihood expects min-max scaled Ms/Mu in [0, 1] (seed eq. 20-21), but "
+                f"the layers reach {sub.max_value:.3g}; run velopyro.pp.preprocess first.",
+                stacklevel=3,
+            )
+        self._sub = sub
+        return sub.data, (lik.to_kinetic_scale(sub.u, sub.size_factor_u),
+                          lik.to_kinetic_scale(sub.s, sub.size_factor_s))
+
+    def _require_memory(self, what: str) -> None:
+        """Raise for read-outs that need every cell's data in memory when the model reads from disk."""
+        if self.store is not None:
+            raise VelopyroInputError(
+                f"{what} needs the data in memory, but this model reads {self.store!r} from disk; load the "
+                "AnnData into memory (anndata.read_h5ad(path)) and build the model on it, or use "
+                "write_to_adata(store=...), which streams."
+            )
+
     def _build(self, lik: Likelihood, seed: int) -> None:
         """Build model and guide; call it inside :func:`velopyro._rng.seeded` (the networks' initial
         weights come from torch's global generator)."""
         cfg = self.config
-        u_k, s_k = self._kinetic
-        lik.setup(self.data.u.numpy(), self.data.s.numpy(), self.data.size_factor_u[:, 0].numpy(),
-                  self.data.size_factor_s[:, 0].numpy())
+        u_k, s_k = self._kinetic  # on disk: the statistics' subsample (all cells when they fit)
+        if self._sub is None:
+            lik.setup(self.data.u.numpy(), self.data.s.numpy(), self.data.size_factor_u[:, 0].numpy(),
+                      self.data.size_factor_s[:, 0].numpy())
+        else:
+            lik.setup(self._sub.u, self._sub.s, self._sub.size_factor_u, self._sub.size_factor_s)
         u_star, s_star = switch_targets(u_k, s_k)
         extra = {}
         # gamma / beta starts at the steady-state slope (models saved before the option: constant)
@@ -1060,12 +1112,13 @@ def _several(devices: Any) -> bool:
     return int(devices) > 1 or int(devices) == -1
 
 
-def _default_layers(adata: Any, lik: Likelihood, spliced: str | None, unspliced: str | None) -> tuple[str, str]:
+def _default_layers(adata: Any, lik: Likelihood, spliced: str | None, unspliced: str | None,
+                    has_layers: bool = False) -> tuple[str, str]:
     if spliced is not None and unspliced is not None:
         return spliced, unspliced
     if not lik.is_count:
         return spliced or "Ms", unspliced or "Mu"
-    layers = getattr(adata, "layers", {})
+    layers = adata if has_layers else getattr(adata, "layers", {})
     if "raw_spliced" in layers and "raw_unspliced" in layers:
         return spliced or "raw_spliced", unspliced or "raw_unspliced"
     return spliced or "spliced", unspliced or "unspliced"
