@@ -303,7 +303,7 @@ class StoreWriter:
         if self.zarr:
             import zarr
 
-            self.root = zarr.open_group(self.path, mode="r+")
+            self.root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
         else:
             import h5py
 
@@ -333,6 +333,10 @@ class StoreWriter:
         """
         if key in self.root:
             del self.root[key]
+        parent = key.rpartition("/")[0]
+        if parent and parent not in self.root:
+            grp = self.root.create_group(parent)
+            grp.attrs["encoding-type"], grp.attrs["encoding-version"] = "dict", "0.1.0"
         chunks = (min(chunk_rows, shape[0]),) + tuple(shape[1:])
         if self.zarr:
             arr = self.root.create_array(key, shape=shape, dtype=dtype, chunks=chunks)
@@ -363,6 +367,10 @@ class StoreWriter:
         write_elem(grp, name, value)
 
     def close(self) -> None:
-        """Flush and close the store."""
+        """Flush and close the store (a zarr store's consolidated metadata is rewritten)."""
         if hasattr(self.root, "close"):
             self.root.close()
+        if self.zarr:
+            import zarr
+
+            zarr.consolidate_metadata(self.path)

@@ -691,7 +691,8 @@ class VeloPyro:
 
     # ---- AnnData -------------------------------------------------------------------------------------
     def write_to_adata(self, adata: Any | None = None, n_samples: int = 25, copy: bool = False,
-                       seed: int | None = 0, exclude_backward_genes: bool = False) -> Any | None:
+                       seed: int | None = 0, exclude_backward_genes: bool = False,
+                       store: str | os.PathLike | None = None) -> Any | None:
         """Write velocity, latent time, rates and states into AnnData under scVelo's keys.
 
         Writes
@@ -715,6 +716,20 @@ class VeloPyro:
           :func:`velopyro.tl.gene_time_consistency` (a gene whose own time runs against the cells' latent time)
         - ``uns["velopyro"]``: configuration, training history, layers used, state weights of each output.
 
+        Every output comes from one pass over the cells (in batches of
+        :data:`velopyro.posterior.QUERY_BATCH_SIZE`) and the draws: each batch's posterior means are written
+        as soon as its draws are done, so the memory holds the outputs themselves (in memory) or one batch
+        (``store``), whatever ``n_samples``; the values equal those of :meth:`get_velocity`,
+        :meth:`get_latent_time` and :meth:`get_state_assignment` with the same seed and
+        ``batch_size=velopyro.posterior.QUERY_BATCH_SIZE``.
+
+        Large data: with ``store`` (or for a model that reads its data from disk) the cells x genes layers
+        and ``obsm["X_velopyro"]`` are written in row chunks into an ``.h5ad`` file or zarr store, never held
+        in memory; the per-gene and per-cell columns, ``uns`` entries, are written there too and also set on
+        the AnnData in memory (not its layers). There ``fit_time_consistency``/``fit_backward`` are computed
+        on the evenly spaced cell subsample of the per-gene statistics (every cell up to
+        :data:`velopyro._disk.STAT_ENTRIES` cells x genes) and ``fit_std_u``/``fit_std_s`` on the same subsample.
+
         scVelo's ``scv.tl.velocity_graph`` and ``scv.pl.velocity_embedding_stream`` run on the result.
 
         Parameters
@@ -731,11 +746,16 @@ class VeloPyro:
         exclude_backward_genes
             Set ``var["velocity_genes"]`` to False for the genes flagged backward, so that the velocity graph
             (velopyro's and scVelo's ``velocity_graph``) leaves them out.
+        store
+            Write into this ``.h5ad`` file or ``.zarr`` store instead of the AnnData's layers: a new path (it
+            gets the fitted cells' ``obs`` and ``var``) or an existing AnnData store with the same cells, e.g.
+            the file the model reads (:attr:`store`; its outputs of the same names are replaced). Required
+            for a model on a backed AnnData (whose file AnnData holds open read-only).
 
         Returns
         -------
         AnnData or None
-            The copy if ``copy`` else None.
+            The copy if ``copy`` (and no ``store``) else None.
         """
         self._check_trained()
         adata = self.adata if adata is None else adata
@@ -746,9 +766,47 @@ class VeloPyro:
             )
         _check_same_names(adata.var_names, self.var_names, "genes", "var_names", "adata = adata[:, model.var_names]")
         _check_same_names(adata.obs_names, self.obs_names, "cells", "obs_names", "adata = adata[model.obs_names]")
+        if store is None and self.store is not None:
+            if getattr(self.adata, "isbacked", False):
+                raise VelopyroInputError(
+                    "this model reads a backed AnnData's file, which AnnData holds open read-only; pass "
+                    "store='results.h5ad' (a new .h5ad or .zarr path) to write the outputs there in chunks."
+                )
+            store = self.store
+        if store is not None:
+            self._write_store(adata, str(store), n_samples, seed, exclude_backward_genes)
+            return None
         if copy:
             adata = adata.copy()
-        t_max = self.config["t_max"]
+        n, g = self.n_cells, self.n_genes
+        arrays = {k: np.empty((n, g), np.float32) for k in ("velocity", "velocity_u", "fit_t", "fit_tau", "fit_tau_")}
+        arrays["fit_state"] = np.empty((n, g), np.int8)
+        arrays["X_velopyro"] = np.empty((n, self.config["n_latent"]), np.float32)
+        per_gene, cell_t, _ = self._write_pass(arrays, n_samples, seed, np.arange(0))
+        for k in ("velocity", "velocity_u", "fit_t", "fit_state"):
+            adata.layers[k] = arrays[k]
+        self._write_small(adata, per_gene, cell_t, n_samples)
+        adata.layers["fit_tau"], adata.layers["fit_tau_"] = arrays["fit_tau"], arrays["fit_tau_"]
+        adata.obsm["X_velopyro"] = arrays["X_velopyro"]
+        from . import tl
+
+        tl.gene_time_consistency(adata, exclude=exclude_backward_genes)
+        adata.uns["velopyro"] = self._uns_entry(n_samples)
+        return adata if copy else None
+
+    def _write_pass(self, arrays: dict[str, Any], n_samples: int, seed: int | None,
+                    keep_rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """One pass over cells and draws: write each batch's outputs into ``arrays`` (numpy arrays or store
+        datasets, by row slices), accumulate the per-gene sums, keep ``fit_t``/``fit_state`` of ``keep_rows``."""
+        n, g, bs = self.n_cells, self.n_genes, posterior.QUERY_BATCH_SIZE
+        t_max, coupling = self.config["t_max"], self.config["state_coupling"]
+        from . import _scvelo
+
+        std_u, std_s = _scvelo.data_std(*self._kinetic)  # on disk: from the statistics' subsample
+        sums = {k: np.zeros(g) for k in ("ll", "d2", "sd")}
+        cell_t = np.empty(n, np.float32)
+        kept = {"fit_t": np.empty((len(keep_rows), g), np.float32),
+                "fit_state": np.empty((len(keep_rows), g), np.int8)}
 
         def fn(smp):  # the defaults of get_velocity and get_latent_time / get_state_assignment
             wv = posterior.state_weights(smp, posterior.VELOCITY_WEIGHTS)
@@ -759,27 +817,68 @@ class VeloPyro:
                     # scVelo's dynamical keys: expression fit, per-branch times, marginal log-likelihood
                     "fu": (smp["u_bar"] * w).sum(-1), "fs": (smp["s_bar"] * w).sum(-1),
                     "tau": smp["t_ind"], "tau_": smp["t_rep"] - smp["rates"]["t_s"],
-                    "ll": posterior.mixture_log_likelihood(smp, self.config["state_coupling"])}
+                    "ll": posterior.mixture_log_likelihood(smp, coupling)}
 
-        out = self._reduce(fn, n_samples, posterior.QUERY_BATCH_SIZE, seed)
-        adata.layers["velocity"] = out["v"].astype(np.float32)
-        adata.layers["velocity_u"] = out["vu"].astype(np.float32)
-        adata.layers["fit_t"] = out["t"].astype(np.float32)
-        adata.layers["fit_state"] = out["w"].argmax(-1).astype(np.int8)
-        rates = self.get_rates()
-        for k, v in rates.items():
+        def on_batch(bno: int, out: dict[str, np.ndarray]) -> None:
+            a = bno * bs
+            b = a + out["v"].shape[0]
+            state = out["w"].argmax(-1).astype(np.int8)
+            for key, val in (("velocity", out["v"]), ("velocity_u", out["vu"]), ("fit_t", out["t"]),
+                             ("fit_state", state), ("fit_tau", out["tau"]), ("fit_tau_", out["tau_"]),
+                             ("X_velopyro", out["z"])):
+                arrays[key][a:b] = val
+            cell_t[a:b] = np.median(out["t"], axis=1)
+            uk, sk = self._kinetic_rows(a, b)
+            d2, sd = _scvelo.residual_sums(uk, sk, out["fu"], out["fs"], std_u, std_s)
+            sums["d2"] += d2
+            sums["sd"] += sd
+            sums["ll"] += out["ll"].sum(0, dtype=np.float64)
+            lo, hi = np.searchsorted(keep_rows, [a, b])
+            kept["fit_t"][lo:hi] = out["t"][keep_rows[lo:hi] - a]
+            kept["fit_state"][lo:hi] = state[keep_rows[lo:hi] - a]
+
+        self._check_trained()
+        with seeded(seed):
+            posterior.reduce_samples(fn, self.model, self.guide, self.data, n_samples=n_samples, batch_size=bs,
+                                     device=self.device, on_batch=on_batch)
+        per_gene = {"std_u": std_u, "std_s": std_s, "likelihood": _scvelo.fit_likelihood(sums["d2"], sums["sd"], n),
+                    "log_likelihood": (sums["ll"] / n).astype(np.float32)}
+        return per_gene, cell_t, kept
+
+    def _kinetic_rows(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Observations of cells ``a .. b - 1`` on the kinetic scale (read from disk for a backed model)."""
+        if self._sub is None:
+            return self._kinetic[0][a:b], self._kinetic[1][a:b]
+        u, s = self.data.read_rows(a, b)
+        if not self.likelihood.is_count:
+            return u, s
+        from .likelihoods import _robust_max
+
+        if not hasattr(self, "_kin_scale"):  # each gene's 99th percentile of normalised counts, as on the subsample
+            self._kin_scale = tuple(_robust_max(x / sf[:, None]) for x, sf in
+                                    ((self._sub.u, self._sub.size_factor_u), (self._sub.s, self._sub.size_factor_s)))
+        return (u / self.data.size_factor_u[a:b].numpy() / self._kin_scale[0],
+                s / self.data.size_factor_s[a:b].numpy() / self._kin_scale[1])
+
+    def _write_small(self, adata: Any, per_gene: dict[str, np.ndarray], cell_t: np.ndarray, n_samples: int) -> None:
+        """The per-gene columns (rates, scVelo's keys) and ``obs["latent_time"]`` on ``adata``."""
+        from . import _scvelo
+
+        for k, v in self.get_rates().items():
             adata.var["fit_t_" if k == "t_s" else f"fit_{k}"] = v
         adata.var["fit_scaling"] = 1.0
         adata.var["velocity_genes"] = True
-        self._write_scvelo_dynamics(adata, out)
-        c = np.median(out["t"], axis=1)
-        span = c.max() - c.min()
-        adata.obs["latent_time"] = (c - c.min()) / span if span > 0 else 0.0
-        adata.obsm["X_velopyro"] = out["z"].astype(np.float32)
-        from . import tl
+        adata.var["fit_likelihood"] = per_gene["likelihood"]
+        adata.var["fit_log_likelihood"] = per_gene["log_likelihood"]
+        adata.var["fit_std_u"], adata.var["fit_std_s"] = per_gene["std_u"], per_gene["std_s"]
+        adata.var["fit_u0"] = 0.0
+        adata.var["fit_s0"] = 0.0
+        adata.uns["recover_dynamics"] = dict(_scvelo.RECOVER_DYNAMICS)
+        span = cell_t.max() - cell_t.min()
+        adata.obs["latent_time"] = (cell_t - cell_t.min()) / span if span > 0 else 0.0
 
-        tl.gene_time_consistency(adata, exclude=exclude_backward_genes)
-        adata.uns["velopyro"] = {
+    def _uns_entry(self, n_samples: int) -> dict[str, Any]:
+        return {
             "config": {k: v for k, v in self.config.items() if v is not None},
             "history": {**{k: np.asarray(self.history[k]) for k in ("epoch", "train_loss", "validation_loss")},
                         **{k: self.history[k] for k in ("best_epoch", "stopped_early", "converged")
@@ -789,21 +888,55 @@ class VeloPyro:
             "state_weights": {"velocity": posterior.VELOCITY_WEIGHTS, "latent_time": posterior.TIME_WEIGHTS,
                               "fit_state": posterior.TIME_WEIGHTS},
         }
-        return adata if copy else None
 
-    def _write_scvelo_dynamics(self, adata: Any, out: dict[str, np.ndarray]) -> None:
-        """The keys scVelo's dynamical-model tools read (see :mod:`velopyro._scvelo`)."""
-        from . import _scvelo
+    def _write_store(self, adata: Any, store: str, n_samples: int, seed: int | None, exclude: bool) -> None:
+        """:meth:`write_to_adata` into an ``.h5ad``/zarr store, in row chunks."""
+        import anndata
 
-        stats = _scvelo.standardised_fit_stats(self._kinetic[0], self._kinetic[1], out["fu"], out["fs"])
-        adata.var["fit_likelihood"] = stats["likelihood"]
-        adata.var["fit_log_likelihood"] = out["ll"].mean(0)
-        adata.var["fit_std_u"], adata.var["fit_std_s"] = stats["std_u"], stats["std_s"]
-        adata.var["fit_u0"] = 0.0
-        adata.var["fit_s0"] = 0.0
-        adata.layers["fit_tau"] = out["tau"].astype(np.float32)
-        adata.layers["fit_tau_"] = out["tau_"].astype(np.float32)
-        adata.uns["recover_dynamics"] = dict(_scvelo.RECOVER_DYNAMICS)
+        from . import tl
+
+        n, g, bs = self.n_cells, self.n_genes, posterior.QUERY_BATCH_SIZE
+        if os.path.exists(store):
+            root = _disk.open_store(store)
+            try:
+                shape = tuple(int(x) for x in (len(root["obs"][root["obs"].attrs["_index"]]),
+                                               len(root["var"][root["var"].attrs["_index"]])))
+            finally:
+                if hasattr(root, "close"):
+                    root.close()
+            if shape != (n, g):
+                raise VelopyroInputError(
+                    f"store {store!r} holds {shape[0]} cells x {shape[1]} genes, not the fitted {n} x {g}; pass a "
+                    "new path or the store of these cells."
+                )
+        same_file = self.store is not None and os.path.abspath(store) == os.path.abspath(self.store)
+        if same_file:
+            self.data.close()
+        writer = _disk.StoreWriter(store, obs=adata.obs, var=adata.var)
+        try:
+            if same_file and not writer.zarr:  # read the inputs through the writable handle
+                self.data._handle = (os.getpid(), writer.root)
+            arrays = {k: writer.create(f"layers/{k}", (n, g), np.float32, bs)
+                      for k in ("velocity", "velocity_u", "fit_t", "fit_tau", "fit_tau_")}
+            arrays["fit_state"] = writer.create("layers/fit_state", (n, g), np.int8, bs)
+            arrays["X_velopyro"] = writer.create("obsm/X_velopyro", (n, self.config["n_latent"]), np.float32, 4096)
+            keep = self._sub.rows if self._sub is not None else _disk.stat_rows(n, g)
+            per_gene, cell_t, kept = self._write_pass(arrays, n_samples, seed, keep)
+            self._write_small(adata, per_gene, cell_t, n_samples)
+            sub = anndata.AnnData(obs={"latent_time": np.asarray(adata.obs["latent_time"])[keep]},
+                                  var={"velocity_genes": np.ones(g, bool)}, layers=kept)
+            tl.gene_time_consistency(sub, exclude=exclude)
+            for k in ("fit_time_consistency", "fit_backward", "velocity_genes"):
+                adata.var[k] = np.asarray(sub.var[k])
+            adata.uns["velopyro"] = self._uns_entry(n_samples)
+            writer.write_elem("var", adata.var)
+            writer.write_elem("obs", adata.obs)
+            writer.write_elem("uns/velopyro", adata.uns["velopyro"])
+            writer.write_elem("uns/recover_dynamics", adata.uns["recover_dynamics"])
+        finally:
+            writer.close()
+            if same_file:
+                self.data._handle = None
 
     # ---- uncertainty (veloVI's read-outs; velopyro.uncertainty) -----------------------------------------
     def _velocity_draws(self, n_samples: int, mode: str, state_weights: str, statistic: str, batch_size: int,

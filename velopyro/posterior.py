@@ -285,6 +285,7 @@ def reduce_samples(
     batch_size: int = QUERY_BATCH_SIZE,
     device: torch.device | str = "cpu",
     indices: np.ndarray | None = None,
+    on_batch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Average ``fn(sample)`` over posterior draws, batch by batch, and stack over cells.
 
@@ -294,6 +295,10 @@ def reduce_samples(
         Maps a draw to a dict of tensors whose first axis is the batch's cells.
     model, guide, data, n_samples, batch_size, device, indices
         As :func:`iterate_samples`.
+    on_batch
+        Streaming: called as ``on_batch(batch_number, means)`` with each batch's posterior means as soon as
+        its draws are done (batch ``b`` holds the visited cells ``b * batch_size ...``); nothing is kept
+        and an empty dict is returned, so the memory does not grow with the number of cells.
 
     Returns
     -------
@@ -306,8 +311,12 @@ def reduce_samples(
     last_b = -1
 
     def flush() -> None:
-        for k, v in acc.items():
-            out.setdefault(k, []).append((v / count).cpu().numpy())
+        means = {k: (v / count).cpu().numpy() for k, v in acc.items()}
+        if on_batch is not None:
+            on_batch(last_b, means)
+        else:
+            for k, v in means.items():
+                out.setdefault(k, []).append(v)
         acc.clear()
 
     for bno, _, sample in iterate_samples(model, guide, data, n_samples=n_samples, batch_size=batch_size,
