@@ -146,7 +146,7 @@ class StreamedInputs:
         self.max_value = max_value
 
 
-def stat_rows(n_cells: int, n_genes: int, max_entries: int = STAT_ENTRIES) -> np.ndarray:
+def stat_rows(n_cells: int, n_genes: int, max_entries: int | None = None) -> np.ndarray:
     """The evenly spaced cells from which per-gene statistics are computed (all cells when they fit).
 
     Parameters
@@ -154,14 +154,14 @@ def stat_rows(n_cells: int, n_genes: int, max_entries: int = STAT_ENTRIES) -> np
     n_cells, n_genes
         Shape of the data.
     max_entries
-        Cells x genes entries at most.
+        Cells x genes entries at most (default :data:`STAT_ENTRIES`).
 
     Returns
     -------
     numpy.ndarray
         Sorted unique cell indices.
     """
-    k = max(1, max_entries // max(n_genes, 1))
+    k = max(1, (STAT_ENTRIES if max_entries is None else max_entries) // max(n_genes, 1))
     if n_cells <= k:
         return np.arange(n_cells)
     return np.unique(np.round(np.linspace(0, n_cells - 1, k)).astype(np.int64))

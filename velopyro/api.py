@@ -1015,6 +1015,7 @@ class VeloPyro:
 
         from . import tl, uncertainty
 
+        self._require_memory("extrinsic uncertainty (n_extrinsic_samples)")
         if n_draws < 2:
             raise VelopyroInputError(f"n_extrinsic_samples must be >= 2, got {n_draws}")
         if "connectivities" not in self.adata.obsp:
@@ -1078,6 +1079,7 @@ class VeloPyro:
         from . import uncertainty
 
         self._check_trained()
+        self._require_memory("get_permutation_scores")
         df = uncertainty.permutation_scores(self, self.adata, labels_key, n_samples=n_samples,
                                             batch_size=batch_size, seed=seed)
         if write:
@@ -1178,7 +1180,9 @@ class VeloPyro:
         p = Path(path)
         meta, state = _read_saved(p)
         cfg = meta["config"]
-        if [str(v) for v in adata.var_names] != meta["var_names"]:
+        var_names = (_disk.read_frame(_disk.store_path(adata), "var").index
+                     if isinstance(adata, (str, os.PathLike)) else adata.var_names)
+        if [str(v) for v in var_names] != meta["var_names"]:
             raise VelopyroInputError(
                 f"adata's genes differ from the saved model's ({meta['n_genes']} genes); pass the AnnData the "
                 "model was fitted on, subset to the same genes in the same order."

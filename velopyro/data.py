@@ -93,7 +93,7 @@ class VeloData:
 
 #: Cells per contiguous block of :meth:`BackedVeloData.shuffle` and cells per window whose blocks are mixed.
 BLOCK_CELLS = 32
-WINDOW_CELLS = 2048
+WINDOW_CELLS = 1024
 #: Rows between two requested cells that a read spans rather than starting a second read.
 MAX_GAP = 64
 
