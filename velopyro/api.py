@@ -312,6 +312,14 @@ class VeloPyro:
         if int(batch_size) < 2:
             raise VelopyroInputError(f"batch_size must be at least 2 (BatchNorm), got {batch_size}.")
         device_ = resolve_device(cfg.device)
+        lightning = cfg.strategy is not None or _several(cfg.devices) or cfg.num_nodes > 1
+        if lightning and (checkpoint_dir is not None or resume is not None):
+            raise VelopyroInputError(
+                f"{'resume' if resume is not None else 'checkpoint_dir'} is not available with devices/strategy "
+                "(Lightning training): velopyro's checkpoints hold one process's model, guide, optimiser and "
+                "random states, which several Lightning processes do not share; train in one process "
+                "(no devices/strategy) to checkpoint and resume, or drop checkpoint_dir/resume."
+            )
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise VelopyroInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
         state = None if resume is None else load_checkpoint(resume)
@@ -351,8 +359,8 @@ class VeloPyro:
                 "var_names": [str(v) for v in self.adata.var_names],
                 "train_indices": torch.as_tensor(self.train_indices),
                 "validation_indices": torch.as_tensor(self.validation_indices)}
-        if cfg.strategy is not None or _several(cfg.devices) or cfg.num_nodes > 1:
-            if cfg.jit or cfg.preload or cfg.loss_per_cell or checkpoint_dir is not None or resume is not None:
+        if lightning:
+            if cfg.jit or cfg.preload or cfg.loss_per_cell:
                 raise VelopyroInputError(
                     "jit, preload, loss_per_cell, checkpoint_dir and resume are not available with devices/strategy "
                     "(Lightning training); drop them, or train in one process without devices/strategy."
