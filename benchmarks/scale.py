@@ -140,10 +140,11 @@ def _markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "steps | s/step | s/cell (epoch) | s/epoch at N | read-out s (draws) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    nan = float("nan")
     for r in rows:
         ro = f"{r['readout_seconds']:.0f} ({r['readout_samples']})" if "readout_seconds" in r else "not run"
         lines.append(
-            f"| {r['cells']:,} | {r.get('file_mb', float('nan')):.0f} | {r.get('simulate_peak_rss_mb', float('nan')):.0f} | "
+            f"| {r['cells']:,} | {r.get('file_mb', nan):.0f} | {r.get('simulate_peak_rss_mb', nan):.0f} | "
             f"{r['peak_rss_mb']:.0f} | {r['rss_after_import_mb']:.0f} | {r['streamed_pass_seconds']:.1f} | "
             f"{r['steps']} | {r['seconds_per_step']:.3f} | {r['seconds_per_cell'] * 1e3:.3f} ms | "
             f"{r['epoch_seconds_at_n']:.0f} | {ro} |"

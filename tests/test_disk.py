@@ -44,7 +44,7 @@ def test_disk_model_starts_as_in_memory(sim, files, kind):
     assert isinstance(disk.data, BackedVeloData) and disk.store is not None
     assert _same_state(disk, mem)
     idx = torch.tensor([299, 5, 3, 200, 201, 0, 150])
-    for x, y in zip(disk.data.batch(idx, CPU), mem.data.batch(idx, CPU)):
+    for x, y in zip(disk.data.batch(idx, CPU), mem.data.batch(idx, CPU), strict=True):
         assert torch.equal(x, y)
 
 
@@ -186,6 +186,13 @@ def test_disk_errors(sim, files, tmp_path):
     bad.write_h5ad(path)
     with pytest.raises(VelopyroInputError, match="gene3"):
         velopyro.VeloPyro(path)
+    for bad_value, what in ((np.nan, "NaN"), (-1.0, "negative")):
+        bad = sim.copy()
+        bad.layers["Ms"][7, 2] = bad_value
+        path = str(tmp_path / f"bad{what}.h5ad")
+        bad.write_h5ad(path)
+        with pytest.raises(VelopyroInputError, match=what):
+            velopyro.VeloPyro(path)
     with pytest.raises(RuntimeError, match="in memory"):
         _ = m.data.u
     with pytest.raises(VelopyroInputError, match="preprocess"):

@@ -232,16 +232,19 @@ def stream_inputs(path: str, spliced_layer: str, unspliced_layer: str, var_names
     for start, u, s in data.blocks(block):
         stop = start + len(u)
         for key, name, x in (("u", unspliced_layer, u), ("s", spliced_layer, s)):
-            check_matrix(x, name)
+            lo_, hi_ = x.min(0), x.max(0)  # NaN propagates into them, inf and negatives show in them
+            if not (np.isfinite(lo_).all() and np.isfinite(hi_).all() and lo_.min() >= 0):
+                check_matrix(x, name)  # raises, naming the problem
             if is_count and not np.all(np.equal(np.mod(x, 1), 0)):
                 raise VelopyroInputError(
                     f"likelihood={likelihood_name!r} models raw counts, but layer {name!r} holds non-integer "
                     "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
                     "likelihood='normal' on Ms/Mu."
                 )
-            np.minimum(mins[key], x.min(0), out=mins[key])
-            np.maximum(maxs[key], x.max(0), out=maxs[key])
-            totals[key][start:stop] = x.sum(1, dtype=np.float64)
+            np.minimum(mins[key], lo_, out=mins[key])
+            np.maximum(maxs[key], hi_, out=maxs[key])
+            if is_count:
+                totals[key][start:stop] = x.sum(1, dtype=np.float64)
         lo, hi = np.searchsorted(rows, [start, stop])
         sub_u[lo:hi] = u[rows[lo:hi] - start]
         sub_s[lo:hi] = s[rows[lo:hi] - start]
