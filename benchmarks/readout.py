@@ -10,7 +10,8 @@ Reported: the write's seconds, the median epoch's seconds (validation included),
 ("epochs' time"), and the added MB. The two versions run one after the other on a shared machine;
 the ratio inside one process is the comparable figure.
 
-Run: ``python -m benchmarks.readout --old e328361`` (50,000 x 200, 25 draws).
+Run: ``python -m benchmarks.readout --old e328361`` (50,000 x 200, 25 draws; ``--only old`` / ``--only new`` runs
+one version and merges it into the results).
 Results: ``benchmarks/results/readout/results.json`` and ``results.md``.
 """
 
@@ -100,6 +101,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--n-samples", type=int, default=25)
     p.add_argument("--old", default=None, help="git commit of the 'before' code (omit to run this checkout only)")
+    p.add_argument("--only", choices=("old", "new"), default=None,
+                   help="run one version (results merge into results.json by version)")
     p.add_argument("--worker", action="store_true")
     p.add_argument("--label", default="this checkout")
     args = p.parse_args()
@@ -109,7 +112,10 @@ def main() -> None:
     runs = [("this checkout", str(BENCH_DIR.parent))]
     if args.old:
         runs.insert(0, (f"before ({args.old})", str(_old_tree(args.old))))
-    rows = []
+    if args.only:
+        runs = [r for r in runs if r[0].startswith("before") == (args.only == "old")]
+    res_file = OUT_DIR / "results.json"
+    new_rows = []
     for label, root in runs:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, str(BENCH_DIR.parent)]),
                "OMP_NUM_THREADS": str(N_THREADS)}
@@ -118,10 +124,15 @@ def main() -> None:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
         if res.returncode:
             raise RuntimeError(f"{label} failed:\n{res.stderr[-3000:]}")
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        print(rows[-1], flush=True)
+        new_rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(new_rows[-1], flush=True)
+    # merge with rows of other versions at this size (read now: --only runs may finish in any order)
+    done = {r["code"] for r in new_rows}
+    rows = [r for r in (json.loads(res_file.read_text()) if res_file.exists() else [])
+            if r["code"] not in done and (r["cells"], r["genes"]) == (args.cells, args.genes)] + new_rows
+    rows.sort(key=lambda r: not r["code"].startswith("before"))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "results.json").write_text(json.dumps(rows, indent=1))
+    res_file.write_text(json.dumps(rows, indent=1))
     lines = [f"# write_to_adata at {args.cells:,} cells x {args.genes} genes, {args.n_samples} draws\n",
              f"`python -m benchmarks.readout{' --old ' + args.old if args.old else ''}` (each version in its own "
              f"process, {N_THREADS} threads, shared machine: compare the ratios).\n",
