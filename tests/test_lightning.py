@@ -77,6 +77,15 @@ def test_ddp_result_trained_saves_and_loads(sim, ddp, tmp_path) -> None:
     assert loaded.history["train_loss"] == ddp.history["train_loss"]
 
 
+def test_ddp_from_disk_equals_in_memory(sim, ddp, tmp_path) -> None:
+    """Lightning processes read the cells from an .h5ad (each opens the file): the same global batches as in
+    memory, so the same loss curve."""
+    path = tmp_path / "sim.h5ad"
+    sim.write_h5ad(path)
+    disk = VeloPyro(str(path), **MODEL).fit(devices=2, strategy="ddp_fork", seed=0, **FIT)
+    np.testing.assert_allclose(disk.history["train_loss"], ddp.history["train_loss"], rtol=1e-6)
+
+
 def test_bad_requests(sim) -> None:
     model = VeloPyro(sim, **MODEL)
     with pytest.raises(VelopyroInputError, match="not divisible by the 2 processes"):
