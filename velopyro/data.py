@@ -1,7 +1,10 @@
-"""Model inputs on the host: :class:`VeloData` (observations and per-cell size factors).
+"""Model inputs on the host: :class:`VeloData` (observations and per-cell size factors in memory) and
+:class:`BackedVeloData` (the same interface, the observations read from an ``.h5ad`` file or a zarr store
+one minibatch at a time).
 
 The lowest layer of the package's data flow: the model, the training loop and the posterior queries all
-take a :class:`VeloData`; it imports nothing from velopyro.
+take one of them (through ``n_cells``, ``batch(idx, device)`` and ``shuffle(train_idx, generator)``); it
+imports nothing from velopyro.
 """
 
 from __future__ import annotations
