@@ -49,6 +49,9 @@ class VeloPyro:
         kNN-smoothed and per-gene min-max scaled to [0, 1] (``velopyro.pp.preprocess`` writes ``Ms``/``Mu``);
         for count likelihoods they are raw counts. The AnnData is read, never modified, except by
         :meth:`write_to_adata`; the two layers are copied, so later edits of them do not change the model.
+        Large data: a path to an ``.h5ad`` file or a ``.zarr`` store, or an AnnData opened with
+        ``anndata.read_h5ad(path, backed="r")``: the layers stay on disk and training reads each minibatch
+        from there (see the README, "Large data", and :mod:`velopyro._disk`).
     spliced_layer, unspliced_layer
         Layer names (``"X"`` for ``adata.X``). Default: ``"Ms"``/``"Mu"`` for the Normal likelihood and
         the raw counts (``"raw_spliced"``/``"raw_unspliced"`` if present, else ``"spliced"``/``"unspliced"``)
