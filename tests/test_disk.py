@@ -148,20 +148,25 @@ def test_write_to_store_equals_in_memory(sim, tmp_path, suffix):
     assert b.uns["velopyro"]["n_samples"] == 2
 
 
-def test_disk_model_writes_into_its_file(files, tmp_path):
+@pytest.mark.parametrize("kind", ["h5ad", "zarr"])
+def test_disk_model_writes_into_its_file(files, tmp_path, kind):
     import shutil
 
-    path = str(tmp_path / "own.h5ad")
-    shutil.copy(files["h5ad"], path)
+    path = str(tmp_path / f"own.{kind}")
+    (shutil.copytree if kind == "zarr" else shutil.copy)(files[kind], path)
     m = velopyro.VeloPyro(path).fit(max_epochs=1, batch_size=64, progress_bar=False)
     m.write_to_adata(n_samples=1)
-    b = ad.read_h5ad(path)
+    b = ad.read_h5ad(path) if kind == "h5ad" else ad.read_zarr(path)
     assert {"Ms", "Mu", "velocity", "fit_t"} <= set(b.layers)
     np.testing.assert_array_equal(b.layers["velocity"], m.get_velocity(n_samples=1, batch_size=256))
     assert "latent_time" in m.adata.obs and "fit_alpha" in b.var
     # a second write replaces the outputs; the model still reads its inputs
     m.write_to_adata(n_samples=1)
     assert np.isfinite(m.get_latent_time(n_samples=1)).all()
+    # saved and loaded onto the path, it answers as before
+    m.save(tmp_path / "model")
+    loaded = velopyro.VeloPyro.load(tmp_path / "model", path)
+    np.testing.assert_array_equal(loaded.get_velocity(n_samples=1), m.get_velocity(n_samples=1))
 
 
 def test_disk_errors(sim, files, tmp_path):
@@ -170,6 +175,11 @@ def test_disk_errors(sim, files, tmp_path):
     m.is_trained = True
     with pytest.raises(VelopyroInputError, match="store="):
         m.write_to_adata()
+    small = str(tmp_path / "small.h5ad")
+    sim[:10].copy().write_h5ad(small)
+    with pytest.raises(VelopyroInputError, match="holds 10 cells"):
+        m.write_to_adata(store=small)
+    assert "velocity" not in ad.read_h5ad(small).layers  # left unchanged
     with pytest.raises(VelopyroInputError, match="not found"):
         velopyro.VeloPyro(files["h5ad"], spliced_layer="nope", unspliced_layer="Mu")
     with pytest.raises(VelopyroInputError, match="does not exist"):

@@ -910,8 +910,7 @@ class VeloPyro:
         if os.path.exists(store):
             root = _disk.open_store(store)
             try:
-                shape = tuple(int(x) for x in (len(root["obs"][root["obs"].attrs["_index"]]),
-                                               len(root["var"][root["var"].attrs["_index"]])))
+                shape = tuple(int(root[k][root[k].attrs["_index"]].shape[0]) for k in ("obs", "var"))
             finally:
                 if hasattr(root, "close"):
                     root.close()
