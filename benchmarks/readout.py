@@ -42,9 +42,10 @@ def _status(key: str) -> float:
 
 def _worker(args: argparse.Namespace) -> dict:
     import numpy as np
-    import torch
 
-    torch.set_num_threads(N_THREADS)
+    from benchmarks.common import set_threads
+
+    set_threads(N_THREADS)  # also OMP_WAIT_POLICY=PASSIVE (see benchmarks/README.md, timing hygiene)
     import velopyro
 
     adata = velopyro.datasets.simulate(args.cells, args.genes, seed=0)

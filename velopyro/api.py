@@ -822,8 +822,9 @@ class VeloPyro:
         def fn(smp):  # the defaults of get_velocity and get_latent_time / get_state_assignment
             wv = posterior.state_weights(smp, posterior.VELOCITY_WEIGHTS)
             w = posterior.state_weights(smp, posterior.TIME_WEIGHTS)
-            return {"v": posterior.velocity(smp, "mean", "spliced", wv),
-                    "vu": posterior.velocity(smp, "mean", "unspliced", wv),
+            r = smp["rates"]  # both derivatives at once (posterior.velocity computes both for either mode)
+            du, ds = kinetics.state_velocities(smp["u_bar"], smp["s_bar"], r["alpha"], r["beta"], r["gamma"])
+            return {"v": (ds * wv).sum(-1), "vu": (du * wv).sum(-1),  # = posterior.velocity(smp, "mean", ...)
                     "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"],
                     # scVelo's dynamical keys: expression fit, per-branch times, marginal log-likelihood
                     "fu": (smp["u_bar"] * w).sum(-1), "fs": (smp["s_bar"] * w).sum(-1),
