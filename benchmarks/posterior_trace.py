@@ -28,7 +28,7 @@ N_CELLS, N_GENES, BATCH, N_DRAWS, ROUNDS = 512, 2000, 256, 10, 3
 
 def _hand_written(m, g, batch, n_samples):
     """The pre-trace read-out: encoder once per batch, then the draws by hand."""
-    idx, u, s, sfu, sfs = batch
+    idx, u, s, sfu, sfs, _ = batch
     r = m.rates()
     z_loc, z_scale = g.encode(u, s, sfu, sfs)
     out = []

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
      "covariates"},  # preprocessing; observation models, networks,
     # state couplings; batch covariates; the components' registries by name (imported by name, never at import time)
     {"model", "guide", "datasets"},  # the Pyro program; the simulator draws from its parts
-    {"checkpoint", "_scvelo"},  # training state on disk; scVelo's per-gene statistics
+    {"checkpoint", "_scvelo", "_disk"},  # training state on disk; scVelo's per-gene statistics; data on disk
     {"train", "fitted"},  # SVI; the fitted pieces
     {"lightning"},  # SVI on several processes through Lightning
     {"posterior"},  # queries of the fitted posterior

@@ -77,6 +77,15 @@ def test_ddp_result_trained_saves_and_loads(sim, ddp, tmp_path) -> None:
     assert loaded.history["train_loss"] == ddp.history["train_loss"]
 
 
+def test_ddp_from_disk_equals_in_memory(sim, ddp, tmp_path) -> None:
+    """Lightning processes read the cells from an .h5ad (each opens the file): the same global batches as in
+    memory, so the same loss curve."""
+    path = tmp_path / "sim.h5ad"
+    sim.write_h5ad(path)
+    disk = VeloPyro(str(path), **MODEL).fit(devices=2, strategy="ddp_fork", seed=0, **FIT)
+    np.testing.assert_allclose(disk.history["train_loss"], ddp.history["train_loss"], rtol=1e-6)
+
+
 def test_bad_requests(sim) -> None:
     model = VeloPyro(sim, **MODEL)
     with pytest.raises(VelopyroInputError, match="not divisible by the 2 processes"):
@@ -85,6 +94,25 @@ def test_bad_requests(sim) -> None:
         model.fit(devices=2, strategy="ddp_fork", seed=0, **{**FIT, "train_size": 1.0})
     with pytest.raises(VelopyroInputError, match="jit, preload"):
         model.fit(devices=2, strategy="ddp_fork", jit=True, **FIT)
+
+
+def test_checkpoints_with_devices_refused(sim, tmp_path) -> None:
+    """Checkpoints are single-process: with devices/strategy a clear error, before anything is written."""
+    from velopyro.cli import main
+
+    model = VeloPyro(sim, **MODEL)
+    with pytest.raises(VelopyroInputError, match="checkpoint_dir is not available with devices/strategy"):
+        model.fit(devices=2, strategy="ddp_fork", checkpoint_dir=tmp_path / "ck", **FIT)
+    assert not (tmp_path / "ck").exists()
+    VeloPyro(sim, **MODEL).fit(max_epochs=1, batch_size=32, progress_bar=False, checkpoint_dir=tmp_path / "one")
+    with pytest.raises(VelopyroInputError, match="resume is not available with devices/strategy"):
+        model.fit(devices=2, strategy="ddp_fork", resume=tmp_path / "one", **FIT)
+    src = tmp_path / "in.h5ad"
+    sim.write_h5ad(src)
+    code = main(["fit", str(src), "-o", str(tmp_path / "out.h5ad"), "--max-epochs", "1", "--devices", "2",
+                 "--accelerator", "cpu", "--strategy", "ddp_fork", "--checkpoint-dir", str(tmp_path / "ck2"),
+                 "--quiet"])
+    assert code != 0 and not (tmp_path / "ck2").exists() and not (tmp_path / "out.h5ad").exists()
 
 
 def test_cli_devices(sim, tmp_path) -> None:

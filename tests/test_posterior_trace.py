@@ -95,7 +95,7 @@ def _old_draws(model, n_samples, batch_size):
         r = m.rates()
         for start in range(0, data.n_cells, batch_size):
             rows = torch.arange(start, min(start + batch_size, data.n_cells))
-            idx, u, s, sfu, sfs = data.batch(rows, torch.device("cpu"))
+            idx, u, s, sfu, sfs, _ = data.batch(rows, torch.device("cpu"))
             z_loc, z_scale = g.encode(u, s, sfu, sfs)
             for _ in range(n_samples):
                 z = z_loc + z_scale * torch.randn_like(z_loc)
@@ -126,7 +126,7 @@ def test_default_guides_draws_equal_the_hand_written_read_out(adata, pi_guide):
 def test_custom_guide_draws_are_its_own(laplace_model):
     m = laplace_model
     assert isinstance(m.guide, LaplaceGuide) and m.config["pi_guide"] == "test_laplace"
-    idx, u, s, sfu, sfs = m.data.batch(torch.arange(40), torch.device("cpu"))
+    idx, u, s, sfu, sfs, _ = m.data.batch(torch.arange(40), torch.device("cpu"))
     m.guide.eval()
     with torch.no_grad(), seeded(3):
         smp = posterior.draw(m.model, m.guide, idx, u, s, sfu, sfs, n_cells=m.n_cells)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._chunks import gene_slices
 
-__all__ = ["standardised_fit_stats", "RECOVER_DYNAMICS"]
+__all__ = ["standardised_fit_stats", "RECOVER_DYNAMICS", "data_std", "residual_sums", "fit_likelihood"]
 
 #: ``uns["recover_dynamics"]`` as scVelo's ``recover_dynamics`` writes it (read by ``get_divergence``).
 RECOVER_DYNAMICS = {"fit_connected_states": False, "fit_basal_transcription": False, "use_raw": False}
@@ -40,6 +40,76 @@ def _scvelo_std(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
     var = np.where(ok, (x - mean) ** 2, 0.0).sum(0) / cnt
     std = np.sqrt(var)
     return np.where(std > 0, std, 1.0)
+
+
+def data_std(u: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scVelo's ``fit_std_u`` and ``fit_std_s`` of the observations (see the module docstring).
+
+    Parameters
+    ----------
+    u, s
+        Observed unspliced / spliced on the kinetic scale, ``(cells, genes)``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(std_u, std_s)``, each ``(genes,)`` float64.
+    """
+    n, g = u.shape
+    std_u, std_s = np.zeros(g), np.zeros(g)
+    for sl in gene_slices(n, g):
+        uu, ss = np.asarray(u[:, sl], np.float64), np.asarray(s[:, sl], np.float64)
+        ok = (uu > 0) & (ss > 0)
+        pos_u, pos_s = np.where(ok, uu, np.nan), np.where(ok, ss, np.nan)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # genes with no positive cell: all cells
+            ub_u, ub_s = np.nanpercentile(pos_u, 99, axis=0), np.nanpercentile(pos_s, 99, axis=0)
+        ok &= (uu <= np.nan_to_num(ub_u, nan=np.inf)) & (ss <= np.nan_to_num(ub_s, nan=np.inf))
+        std_u[sl], std_s[sl] = _scvelo_std(uu, ok), _scvelo_std(ss, ok)
+    return std_u, std_s
+
+
+def residual_sums(u: np.ndarray, s: np.ndarray, fit_u: np.ndarray, fit_s: np.ndarray, std_u: np.ndarray,
+                  std_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene sums over cells of ``d^2`` and ``sign(ds) d`` (``fit_likelihood``'s moments), for streaming.
+
+    Parameters
+    ----------
+    u, s, fit_u, fit_s
+        Observations and fit on the kinetic scale for some cells, ``(cells, genes)``.
+    std_u, std_s
+        From :func:`data_std` over all cells.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(sum_d2, sum_signed_d)``, each ``(genes,)`` float64.
+    """
+    du = (np.asarray(fit_u, np.float64) - np.asarray(u, np.float64)) / std_u
+    ds = (np.asarray(fit_s, np.float64) - np.asarray(s, np.float64)) / std_s
+    d2 = du**2 + ds**2
+    return d2.sum(0), (np.sign(ds) * np.sqrt(d2)).sum(0)
+
+
+def fit_likelihood(sum_d2: np.ndarray, sum_signed_d: np.ndarray, n_cells: int) -> np.ndarray:
+    """scVelo's ``fit_likelihood`` from the sums of :func:`residual_sums` over all cells.
+
+    Parameters
+    ----------
+    sum_d2, sum_signed_d
+        Per-gene sums.
+    n_cells
+        Number of cells summed.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(genes,)`` float64.
+    """
+    m2, m1 = sum_d2 / n_cells, sum_signed_d / n_cells
+    varx = m2 - m1**2
+    varx = np.where(varx > 0, varx, 1.0)
+    return np.exp(-0.5 * m2 / varx - 0.5 * np.log(2 * np.pi * varx))
 
 
 def standardised_fit_stats(u: np.ndarray, s: np.ndarray, fit_u: np.ndarray,
@@ -59,22 +129,9 @@ def standardised_fit_stats(u: np.ndarray, s: np.ndarray, fit_u: np.ndarray,
         ``std_u``, ``std_s``, ``likelihood``, each ``(genes,)`` float64 (see the module docstring).
     """
     n, g = u.shape
-    out = {k: np.zeros(g) for k in ("std_u", "std_s", "likelihood")}
+    std_u, std_s = data_std(u, s)
+    sum_d2, sum_sd = np.zeros(g), np.zeros(g)
     for sl in gene_slices(n, g):
-        uu, ss = np.asarray(u[:, sl], np.float64), np.asarray(s[:, sl], np.float64)
-        ok = (uu > 0) & (ss > 0)
-        pos_u, pos_s = np.where(ok, uu, np.nan), np.where(ok, ss, np.nan)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # genes with no positive cell: all cells
-            ub_u, ub_s = np.nanpercentile(pos_u, 99, axis=0), np.nanpercentile(pos_s, 99, axis=0)
-        ok &= (uu <= np.nan_to_num(ub_u, nan=np.inf)) & (ss <= np.nan_to_num(ub_s, nan=np.inf))
-        std_u, std_s = _scvelo_std(uu, ok), _scvelo_std(ss, ok)
-        du = (np.asarray(fit_u[:, sl], np.float64) - uu) / std_u
-        ds = (np.asarray(fit_s[:, sl], np.float64) - ss) / std_s
-        d2 = du**2 + ds**2
-        varx = d2.mean(0) - (np.sign(ds) * np.sqrt(d2)).mean(0) ** 2
-        varx = np.where(varx > 0, varx, 1.0)
-        ll = -0.5 * d2.mean(0) / varx - 0.5 * np.log(2 * np.pi * varx)
-        out["std_u"][sl], out["std_s"][sl], out["likelihood"][sl] = std_u, std_s, np.exp(ll)
-    return out
-
+        sum_d2[sl], sum_sd[sl] = residual_sums(u[:, sl], s[:, sl], fit_u[:, sl], fit_s[:, sl], std_u[sl],
+                                               std_s[sl])
+    return {"std_u": std_u, "std_s": std_s, "likelihood": fit_likelihood(sum_d2, sum_sd, n)}

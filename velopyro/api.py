@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import kinetics, posterior
+from . import _disk, kinetics, posterior
 from ._registry import check_registered
 from ._rng import check_seed, seeded
 from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
@@ -52,6 +52,9 @@ class VeloPyro:
         kNN-smoothed and per-gene min-max scaled to [0, 1] (``velopyro.pp.preprocess`` writes ``Ms``/``Mu``);
         for count likelihoods they are raw counts. The AnnData is read, never modified, except by
         :meth:`write_to_adata`; the two layers are copied, so later edits of them do not change the model.
+        Large data: a path to an ``.h5ad`` file or a ``.zarr`` store, or an AnnData opened with
+        ``anndata.read_h5ad(path, backed="r")``: the layers stay on disk and training reads each minibatch
+        from there (see the README, "Large data", and :mod:`velopyro._disk`).
     spliced_layer, unspliced_layer
         Layer names (``"X"`` for ``adata.X``). Default: ``"Ms"``/``"Mu"`` for the Normal likelihood and
         the raw counts (``"raw_spliced"``/``"raw_unspliced"`` if present, else ``"spliced"``/``"unspliced"``)
@@ -151,6 +154,19 @@ class VeloPyro:
         if batch_effect not in BATCH_EFFECTS:
             raise ValueError(f"batch_effect must be one of {BATCH_EFFECTS}, got {batch_effect!r}.")
         lik = get_likelihood(likelihood)
+        #: The .h5ad file / zarr store the data are read from during training (None: in memory).
+        self.store = _disk.store_path(adata) if _disk.is_on_disk(adata) else None
+        if self.store is not None:
+            if not getattr(adata, "isbacked", False):  # a path: obs and var only, the matrices stay on disk
+                import anndata
+
+                adata = anndata.AnnData(obs=_disk.read_frame(self.store, "obs"),
+                                        var=_disk.read_frame(self.store, "var"))
+            layers = _disk.layer_names(self.store)
+            spliced_layer, unspliced_layer = _default_layers(dict.fromkeys(layers), lik, spliced_layer,
+                                                             unspliced_layer, has_layers=True)
+        else:
+            spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
         if batch_effect == "auto":
             batch_effect = "scale" if lik.is_count else "scale_offset"
         if batch_key is not None and lik.is_count and batch_effect == "scale_offset":
@@ -165,7 +181,6 @@ class VeloPyro:
                                          f"{batch_key!r}; pass the categories of every key (or none).")
             codes, batch_keys, cats = read_batches(adata, batch_key, known)
             batch_cats = dict(zip(batch_keys, cats, strict=True))
-        spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
         self.adata = adata
         self.config: dict[str, Any] = dict(
             spliced_layer=spliced_layer, unspliced_layer=unspliced_layer, likelihood=lik.name,
@@ -176,10 +191,14 @@ class VeloPyro:
             batch_encoder=batch_encoder if batch_keys else None,
         )
         self._likelihood_arg = likelihood
-        self.data, self._kinetic = self._read(adata, lik)
+        self._sub: _disk.StreamedInputs | None = None
+        if self.store is None:
+            self.data, self._kinetic = self._read(adata, lik)
+        else:
+            self.data, self._kinetic = self._read_store(adata, lik)
         if codes is not None:
             self.data.batch_index = torch.from_numpy(codes)
-        self.n_cells, self.n_genes = self.data.u.shape
+        self.n_cells, self.n_genes = int(self.data.n_cells), len(adata.var_names)
         #: The fitted data's gene and cell names (outputs are only written to AnnData with the same ones).
         self.var_names = np.asarray(adata.var_names, dtype=str)
         self.obs_names = np.asarray(adata.obs_names, dtype=str)
@@ -230,22 +249,60 @@ class VeloPyro:
         kin = (lik.to_kinetic_scale(u, sf_u), lik.to_kinetic_scale(s, sf_s))
         return data, kin
 
+    def _read_store(self, adata: Any, lik: Likelihood) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
+        """The out-of-core path: check the layers on disk and collect size factors and the per-gene
+        statistics' subsample in one streamed pass (:func:`velopyro._disk.stream_inputs`)."""
+        cfg = self.config
+        key = cfg["size_factor_key"]
+        sf = None
+        if key is not None and lik.is_count:
+            if key not in adata.obs:
+                raise VelopyroInputError(f"size_factor_key {key!r} is not a column of adata.obs.")
+            sf = np.asarray(adata.obs[key], dtype=np.float32)
+            if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
+                raise VelopyroInputError(f"adata.obs[{key!r}] must be positive and finite for every cell.")
+        sub = _disk.stream_inputs(self.store, cfg["spliced_layer"], cfg["unspliced_layer"], adata.var_names,
+                                  is_count=lik.is_count, likelihood_name=lik.name, size_factor=sf)
+        if not lik.is_count and sub.max_value > 10:
+            warnings.warn(
+                "The Normal likelihood expects min-max scaled Ms/Mu in [0, 1] (seed eq. 20-21), but "
+                f"the layers reach {sub.max_value:.3g}; run velopyro.pp.preprocess first.",
+                stacklevel=3,
+            )
+        self._sub = sub
+        return sub.data, (lik.to_kinetic_scale(sub.u, sub.size_factor_u),
+                          lik.to_kinetic_scale(sub.s, sub.size_factor_s))
+
+    def _require_memory(self, what: str) -> None:
+        """Raise for read-outs that need every cell's data in memory when the model reads from disk."""
+        if self.store is not None:
+            raise VelopyroInputError(
+                f"{what} needs the data in memory, but this model reads {self.store!r} from disk; load the "
+                "AnnData into memory (anndata.read_h5ad(path)) and build the model on it, or use "
+                "write_to_adata(store=...), which streams."
+            )
+
     def _build(self, lik: Likelihood, seed: int) -> None:
         """Build model and guide; call it inside :func:`velopyro._rng.seeded` (the networks' initial
         weights come from torch's global generator)."""
         cfg = self.config
-        u_k, s_k = self._kinetic
+        u_k, s_k = self._kinetic  # on disk: the statistics' subsample (all cells when they fit)
         effect = None
         if self.n_categories:  # the covariate's effect starts at moment matching (velopyro.covariates)
             effect = BatchEffect(self.n_categories, self.n_genes, cfg.get("batch_effect") or "none")
             codes = self.data.batch_index.numpy()
+            if self._sub is not None:
+                codes = codes[self._sub.rows]
             effect.initialise(u_k, s_k, codes)
             with torch.no_grad():  # the kinetic starts (u*, s*, gamma / beta) from the batch-corrected data
                 cb = torch.from_numpy(codes)
                 u_k = effect.inverse(torch.as_tensor(u_k), "u", cb).numpy()
                 s_k = effect.inverse(torch.as_tensor(s_k), "s", cb).numpy()
-        lik.setup(self.data.u.numpy(), self.data.s.numpy(), self.data.size_factor_u[:, 0].numpy(),
-                  self.data.size_factor_s[:, 0].numpy())
+        if self._sub is None:
+            lik.setup(self.data.u.numpy(), self.data.s.numpy(), self.data.size_factor_u[:, 0].numpy(),
+                      self.data.size_factor_s[:, 0].numpy())
+        else:
+            lik.setup(self._sub.u, self._sub.s, self._sub.size_factor_u, self._sub.size_factor_s)
         u_star, s_star = switch_targets(u_k, s_k)
         extra = {}
         # gamma / beta starts at the steady-state slope (models saved before the option: constant)
@@ -350,6 +407,14 @@ class VeloPyro:
         if int(batch_size) < 2:
             raise VelopyroInputError(f"batch_size must be at least 2 (BatchNorm), got {batch_size}.")
         device_ = resolve_device(cfg.device)
+        lightning = cfg.strategy is not None or _several(cfg.devices) or cfg.num_nodes > 1
+        if lightning and (checkpoint_dir is not None or resume is not None):
+            raise VelopyroInputError(
+                f"{'resume' if resume is not None else 'checkpoint_dir'} is not available with devices/strategy "
+                "(Lightning training): velopyro's checkpoints hold one process's model, guide, optimiser and "
+                "random states, which several Lightning processes do not share; train in one process "
+                "(no devices/strategy) to checkpoint and resume, or drop checkpoint_dir/resume."
+            )
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise VelopyroInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
         state = None if resume is None else load_checkpoint(resume)
@@ -389,8 +454,8 @@ class VeloPyro:
                 "var_names": [str(v) for v in self.adata.var_names],
                 "train_indices": torch.as_tensor(self.train_indices),
                 "validation_indices": torch.as_tensor(self.validation_indices)}
-        if cfg.strategy is not None or _several(cfg.devices) or cfg.num_nodes > 1:
-            if cfg.jit or cfg.preload or cfg.loss_per_cell or checkpoint_dir is not None or resume is not None:
+        if lightning:
+            if cfg.jit or cfg.preload or cfg.loss_per_cell:
                 raise VelopyroInputError(
                     "jit, preload, loss_per_cell, checkpoint_dir and resume are not available with devices/strategy "
                     "(Lightning training); drop them, or train in one process without devices/strategy."
@@ -729,7 +794,8 @@ class VeloPyro:
 
     # ---- AnnData -------------------------------------------------------------------------------------
     def write_to_adata(self, adata: Any | None = None, n_samples: int = 25, copy: bool = False,
-                       seed: int | None = 0, exclude_backward_genes: bool = False) -> Any | None:
+                       seed: int | None = 0, exclude_backward_genes: bool = False,
+                       store: str | os.PathLike | None = None) -> Any | None:
         """Write velocity, latent time, rates and states into AnnData under scVelo's keys.
 
         Writes
@@ -753,6 +819,20 @@ class VeloPyro:
           :func:`velopyro.tl.gene_time_consistency` (a gene whose own time runs against the cells' latent time)
         - ``uns["velopyro"]``: configuration, training history, layers used, state weights of each output.
 
+        Every output comes from one pass over the cells (in batches of
+        :data:`velopyro.posterior.QUERY_BATCH_SIZE`) and the draws: each batch's posterior means are written
+        as soon as its draws are done, so the memory holds the outputs themselves (in memory) or one batch
+        (``store``), whatever ``n_samples``; the values equal those of :meth:`get_velocity`,
+        :meth:`get_latent_time` and :meth:`get_state_assignment` with the same seed and
+        ``batch_size=velopyro.posterior.QUERY_BATCH_SIZE``.
+
+        Large data: with ``store`` (or for a model that reads its data from disk) the cells x genes layers
+        and ``obsm["X_velopyro"]`` are written in row chunks into an ``.h5ad`` file or zarr store, never held
+        in memory; the per-gene and per-cell columns, ``uns`` entries, are written there too and also set on
+        the AnnData in memory (not its layers). There ``fit_time_consistency``/``fit_backward`` are computed
+        on the evenly spaced cell subsample of the per-gene statistics (every cell up to
+        :data:`velopyro._disk.STAT_ENTRIES` cells x genes) and ``fit_std_u``/``fit_std_s`` on the same subsample.
+
         scVelo's ``scv.tl.velocity_graph`` and ``scv.pl.velocity_embedding_stream`` run on the result.
 
         Parameters
@@ -769,11 +849,16 @@ class VeloPyro:
         exclude_backward_genes
             Set ``var["velocity_genes"]`` to False for the genes flagged backward, so that the velocity graph
             (velopyro's and scVelo's ``velocity_graph``) leaves them out.
+        store
+            Write into this ``.h5ad`` file or ``.zarr`` store instead of the AnnData's layers: a new path (it
+            gets the fitted cells' ``obs`` and ``var``) or an existing AnnData store with the same cells, e.g.
+            the file the model reads (:attr:`store`; its outputs of the same names are replaced). Required
+            for a model on a backed AnnData (whose file AnnData holds open read-only).
 
         Returns
         -------
         AnnData or None
-            The copy if ``copy`` else None.
+            The copy if ``copy`` (and no ``store``) else None.
         """
         self._check_trained()
         adata = self.adata if adata is None else adata
@@ -784,40 +869,120 @@ class VeloPyro:
             )
         _check_same_names(adata.var_names, self.var_names, "genes", "var_names", "adata = adata[:, model.var_names]")
         _check_same_names(adata.obs_names, self.obs_names, "cells", "obs_names", "adata = adata[model.obs_names]")
+        if store is None and self.store is not None:
+            if getattr(self.adata, "isbacked", False):
+                raise VelopyroInputError(
+                    "this model reads a backed AnnData's file, which AnnData holds open read-only; pass "
+                    "store='results.h5ad' (a new .h5ad or .zarr path) to write the outputs there in chunks."
+                )
+            store = self.store
+        if store is not None:
+            self._write_store(adata, str(store), n_samples, seed, exclude_backward_genes)
+            return None
         if copy:
             adata = adata.copy()
-        t_max = self.config["t_max"]
+        n, g = self.n_cells, self.n_genes
+        arrays = {k: np.empty((n, g), np.float32) for k in ("velocity", "velocity_u", "fit_t", "fit_tau", "fit_tau_")}
+        arrays["fit_state"] = np.empty((n, g), np.int8)
+        arrays["X_velopyro"] = np.empty((n, self.config["n_latent"]), np.float32)
+        per_gene, cell_t, _ = self._write_pass(arrays, n_samples, seed, np.arange(0))
+        for k in ("velocity", "velocity_u", "fit_t", "fit_state"):
+            adata.layers[k] = arrays[k]
+        self._write_small(adata, per_gene, cell_t, n_samples)
+        adata.layers["fit_tau"], adata.layers["fit_tau_"] = arrays["fit_tau"], arrays["fit_tau_"]
+        adata.obsm["X_velopyro"] = arrays["X_velopyro"]
+        from . import tl
+
+        tl.gene_time_consistency(adata, exclude=exclude_backward_genes)
+        adata.uns["velopyro"] = self._uns_entry(n_samples)
+        return adata if copy else None
+
+    def _write_pass(self, arrays: dict[str, Any], n_samples: int, seed: int | None,
+                    keep_rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """One pass over cells and draws: write each batch's outputs into ``arrays`` (numpy arrays or store
+        datasets, by row slices), accumulate the per-gene sums, keep ``fit_t``/``fit_state`` of ``keep_rows``."""
+        n, g, bs = self.n_cells, self.n_genes, posterior.QUERY_BATCH_SIZE
+        t_max, coupling = self.config["t_max"], self.config["state_coupling"]
+        from . import _scvelo
+
+        std_u, std_s = _scvelo.data_std(*self._kinetic)  # on disk: from the statistics' subsample
+        sums = {k: np.zeros(g) for k in ("ll", "d2", "sd")}
+        cell_t = np.empty(n, np.float32)
+        kept = {"fit_t": np.empty((len(keep_rows), g), np.float32),
+                "fit_state": np.empty((len(keep_rows), g), np.int8)}
 
         def fn(smp):  # the defaults of get_velocity and get_latent_time / get_state_assignment
             wv = posterior.state_weights(smp, posterior.VELOCITY_WEIGHTS)
             w = posterior.state_weights(smp, posterior.TIME_WEIGHTS)
-            return {"v": posterior.velocity(smp, "mean", "spliced", wv),
-                    "vu": posterior.velocity(smp, "mean", "unspliced", wv),
+            r = smp["rates"]  # both derivatives at once (posterior.velocity computes both for either mode)
+            du, ds = kinetics.state_velocities(smp["u_bar"], smp["s_bar"], r["alpha"], r["beta"], r["gamma"])
+            return {"v": (ds * wv).sum(-1), "vu": (du * wv).sum(-1),  # = posterior.velocity(smp, "mean", ...)
                     "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"],
                     # scVelo's dynamical keys: expression fit, per-branch times, marginal log-likelihood
                     "fu": (smp["u_bar"] * w).sum(-1), "fs": (smp["s_bar"] * w).sum(-1),
                     "tau": smp["t_ind"], "tau_": smp["t_rep"] - smp["rates"]["t_s"],
-                    "ll": posterior.mixture_log_likelihood(smp, self.config["state_coupling"])}
+                    "ll": posterior.mixture_log_likelihood(smp, coupling)}
 
-        out = self._reduce(fn, n_samples, posterior.QUERY_BATCH_SIZE, seed)
-        adata.layers["velocity"] = out["v"].astype(np.float32)
-        adata.layers["velocity_u"] = out["vu"].astype(np.float32)
-        adata.layers["fit_t"] = out["t"].astype(np.float32)
-        adata.layers["fit_state"] = out["w"].argmax(-1).astype(np.int8)
-        rates = self.get_rates()
-        for k, v in rates.items():
+        def on_batch(bno: int, out: dict[str, np.ndarray]) -> None:
+            a = bno * bs
+            b = a + out["v"].shape[0]
+            state = out["w"].argmax(-1).astype(np.int8)
+            for key, val in (("velocity", out["v"]), ("velocity_u", out["vu"]), ("fit_t", out["t"]),
+                             ("fit_state", state), ("fit_tau", out["tau"]), ("fit_tau_", out["tau_"]),
+                             ("X_velopyro", out["z"])):
+                arrays[key][a:b] = val
+            cell_t[a:b] = np.median(out["t"], axis=1)
+            uk, sk = self._kinetic_rows(a, b)
+            d2, sd = _scvelo.residual_sums(uk, sk, out["fu"], out["fs"], std_u, std_s)
+            sums["d2"] += d2
+            sums["sd"] += sd
+            sums["ll"] += out["ll"].sum(0, dtype=np.float64)
+            lo, hi = np.searchsorted(keep_rows, [a, b])
+            kept["fit_t"][lo:hi] = out["t"][keep_rows[lo:hi] - a]
+            kept["fit_state"][lo:hi] = state[keep_rows[lo:hi] - a]
+
+        self._check_trained()
+        with seeded(seed):
+            posterior.reduce_samples(fn, self.model, self.guide, self.data, n_samples=n_samples, batch_size=bs,
+                                     device=self.device, on_batch=on_batch)
+        per_gene = {"std_u": std_u, "std_s": std_s, "likelihood": _scvelo.fit_likelihood(sums["d2"], sums["sd"], n),
+                    "log_likelihood": (sums["ll"] / n).astype(np.float32)}
+        return per_gene, cell_t, kept
+
+    def _kinetic_rows(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Observations of cells ``a .. b - 1`` on the kinetic scale (read from disk for a backed model)."""
+        if self._sub is None:
+            return self._kinetic[0][a:b], self._kinetic[1][a:b]
+        u, s = self.data.read_rows(a, b)
+        if not self.likelihood.is_count:
+            return u, s
+        from .likelihoods import _robust_max
+
+        if not hasattr(self, "_kin_scale"):  # each gene's 99th percentile of normalised counts, as on the subsample
+            self._kin_scale = tuple(_robust_max(x / sf[:, None]) for x, sf in
+                                    ((self._sub.u, self._sub.size_factor_u), (self._sub.s, self._sub.size_factor_s)))
+        return (u / self.data.size_factor_u[a:b].numpy() / self._kin_scale[0],
+                s / self.data.size_factor_s[a:b].numpy() / self._kin_scale[1])
+
+    def _write_small(self, adata: Any, per_gene: dict[str, np.ndarray], cell_t: np.ndarray, n_samples: int) -> None:
+        """The per-gene columns (rates, scVelo's keys) and ``obs["latent_time"]`` on ``adata``."""
+        from . import _scvelo
+
+        for k, v in self.get_rates().items():
             adata.var["fit_t_" if k == "t_s" else f"fit_{k}"] = v
         adata.var["fit_scaling"] = 1.0
         adata.var["velocity_genes"] = True
-        self._write_scvelo_dynamics(adata, out)
-        c = np.median(out["t"], axis=1)
-        span = c.max() - c.min()
-        adata.obs["latent_time"] = (c - c.min()) / span if span > 0 else 0.0
-        adata.obsm["X_velopyro"] = out["z"].astype(np.float32)
-        from . import tl
+        adata.var["fit_likelihood"] = per_gene["likelihood"]
+        adata.var["fit_log_likelihood"] = per_gene["log_likelihood"]
+        adata.var["fit_std_u"], adata.var["fit_std_s"] = per_gene["std_u"], per_gene["std_s"]
+        adata.var["fit_u0"] = 0.0
+        adata.var["fit_s0"] = 0.0
+        adata.uns["recover_dynamics"] = dict(_scvelo.RECOVER_DYNAMICS)
+        span = cell_t.max() - cell_t.min()
+        adata.obs["latent_time"] = (cell_t - cell_t.min()) / span if span > 0 else 0.0
 
-        tl.gene_time_consistency(adata, exclude=exclude_backward_genes)
-        adata.uns["velopyro"] = {
+    def _uns_entry(self, n_samples: int) -> dict[str, Any]:
+        return {
             "config": {k: v for k, v in self.config.items() if v is not None},
             "history": {**{k: np.asarray(self.history[k]) for k in ("epoch", "train_loss", "validation_loss")},
                         **{k: self.history[k] for k in ("best_epoch", "stopped_early", "converged")
@@ -827,21 +992,54 @@ class VeloPyro:
             "state_weights": {"velocity": posterior.VELOCITY_WEIGHTS, "latent_time": posterior.TIME_WEIGHTS,
                               "fit_state": posterior.TIME_WEIGHTS},
         }
-        return adata if copy else None
 
-    def _write_scvelo_dynamics(self, adata: Any, out: dict[str, np.ndarray]) -> None:
-        """The keys scVelo's dynamical-model tools read (see :mod:`velopyro._scvelo`)."""
-        from . import _scvelo
+    def _write_store(self, adata: Any, store: str, n_samples: int, seed: int | None, exclude: bool) -> None:
+        """:meth:`write_to_adata` into an ``.h5ad``/zarr store, in row chunks."""
+        import anndata
 
-        stats = _scvelo.standardised_fit_stats(self._kinetic[0], self._kinetic[1], out["fu"], out["fs"])
-        adata.var["fit_likelihood"] = stats["likelihood"]
-        adata.var["fit_log_likelihood"] = out["ll"].mean(0)
-        adata.var["fit_std_u"], adata.var["fit_std_s"] = stats["std_u"], stats["std_s"]
-        adata.var["fit_u0"] = 0.0
-        adata.var["fit_s0"] = 0.0
-        adata.layers["fit_tau"] = out["tau"].astype(np.float32)
-        adata.layers["fit_tau_"] = out["tau_"].astype(np.float32)
-        adata.uns["recover_dynamics"] = dict(_scvelo.RECOVER_DYNAMICS)
+        from . import tl
+
+        n, g, bs = self.n_cells, self.n_genes, posterior.QUERY_BATCH_SIZE
+        if os.path.exists(store):
+            root = _disk.open_store(store)
+            try:
+                shape = tuple(int(root[k][root[k].attrs["_index"]].shape[0]) for k in ("obs", "var"))
+            finally:
+                if hasattr(root, "close"):
+                    root.close()
+            if shape != (n, g):
+                raise VelopyroInputError(
+                    f"store {store!r} holds {shape[0]} cells x {shape[1]} genes, not the fitted {n} x {g}; pass a "
+                    "new path or the store of these cells."
+                )
+        same_file = self.store is not None and os.path.abspath(store) == os.path.abspath(self.store)
+        if same_file:
+            self.data.close()
+        writer = _disk.StoreWriter(store, obs=adata.obs, var=adata.var)
+        try:
+            if same_file and not writer.zarr:  # read the inputs through the writable handle
+                self.data._handle = (os.getpid(), writer.root)
+            arrays = {k: writer.create(f"layers/{k}", (n, g), np.float32, bs)
+                      for k in ("velocity", "velocity_u", "fit_t", "fit_tau", "fit_tau_")}
+            arrays["fit_state"] = writer.create("layers/fit_state", (n, g), np.int8, bs)
+            arrays["X_velopyro"] = writer.create("obsm/X_velopyro", (n, self.config["n_latent"]), np.float32, 4096)
+            keep = self._sub.rows if self._sub is not None else _disk.stat_rows(n, g)
+            per_gene, cell_t, kept = self._write_pass(arrays, n_samples, seed, keep)
+            self._write_small(adata, per_gene, cell_t, n_samples)
+            sub = anndata.AnnData(obs={"latent_time": np.asarray(adata.obs["latent_time"])[keep]},
+                                  var={"velocity_genes": np.ones(g, bool)}, layers=kept)
+            tl.gene_time_consistency(sub, exclude=exclude)
+            for k in ("fit_time_consistency", "fit_backward", "velocity_genes"):
+                adata.var[k] = np.asarray(sub.var[k])
+            adata.uns["velopyro"] = self._uns_entry(n_samples)
+            writer.write_elem("var", adata.var)
+            writer.write_elem("obs", adata.obs)
+            writer.write_elem("uns/velopyro", adata.uns["velopyro"])
+            writer.write_elem("uns/recover_dynamics", adata.uns["recover_dynamics"])
+        finally:
+            writer.close()
+            if same_file:
+                self.data._handle = None
 
     # ---- uncertainty (veloVI's read-outs; velopyro.uncertainty) -----------------------------------------
     def _velocity_draws(self, n_samples: int, mode: str, state_weights: str, statistic: str, batch_size: int,
@@ -920,6 +1118,7 @@ class VeloPyro:
 
         from . import tl, uncertainty
 
+        self._require_memory("extrinsic uncertainty (n_extrinsic_samples)")
         if n_draws < 2:
             raise VelopyroInputError(f"n_extrinsic_samples must be >= 2, got {n_draws}")
         if "connectivities" not in self.adata.obsp:
@@ -983,6 +1182,7 @@ class VeloPyro:
         from . import uncertainty
 
         self._check_trained()
+        self._require_memory("get_permutation_scores")
         df = uncertainty.permutation_scores(self, self.adata, labels_key, n_samples=n_samples,
                                             batch_size=batch_size, seed=seed)
         if write:
@@ -1089,7 +1289,9 @@ class VeloPyro:
         p = Path(path)
         meta, state = _read_saved(p)
         cfg = meta["config"]
-        if [str(v) for v in adata.var_names] != meta["var_names"]:
+        var_names = (_disk.read_frame(_disk.store_path(adata), "var").index
+                     if isinstance(adata, (str, os.PathLike)) else adata.var_names)
+        if [str(v) for v in var_names] != meta["var_names"]:
             raise VelopyroInputError(
                 f"adata's genes differ from the saved model's ({meta['n_genes']} genes); pass the AnnData the "
                 "model was fitted on, subset to the same genes in the same order."
@@ -1159,12 +1361,13 @@ def _several(devices: Any) -> bool:
     return int(devices) > 1 or int(devices) == -1
 
 
-def _default_layers(adata: Any, lik: Likelihood, spliced: str | None, unspliced: str | None) -> tuple[str, str]:
+def _default_layers(adata: Any, lik: Likelihood, spliced: str | None, unspliced: str | None,
+                    has_layers: bool = False) -> tuple[str, str]:
     if spliced is not None and unspliced is not None:
         return spliced, unspliced
     if not lik.is_count:
         return spliced or "Ms", unspliced or "Mu"
-    layers = getattr(adata, "layers", {})
+    layers = adata if has_layers else getattr(adata, "layers", {})
     if "raw_spliced" in layers and "raw_unspliced" in layers:
         return spliced or "raw_spliced", unspliced or "raw_unspliced"
     return spliced or "spliced", unspliced or "unspliced"

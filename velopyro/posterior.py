@@ -111,7 +111,9 @@ def state_posterior(sample: PosteriorSample) -> torch.Tensor:
         Probabilities over the four states.
     """
     logits = log_state_prior(sample) + sample["ll_u"] + sample["ll_s"]
-    return torch.softmax(logits, dim=-1)
+    # torch's CPU softmax over a last axis of 4 runs ~20x slower than over a leading axis of 4 (measured on
+    # (256, 200, 4)); the states go first for the reduction and come back as a view
+    return torch.softmax(logits.movedim(-1, 0).contiguous(), dim=0).movedim(0, -1)
 
 
 def state_weights(sample: PosteriorSample, kind: str | torch.Tensor) -> torch.Tensor:
@@ -366,6 +368,7 @@ def reduce_samples(
     batch_size: int = QUERY_BATCH_SIZE,
     device: torch.device | str = "cpu",
     indices: np.ndarray | None = None,
+    on_batch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Average ``fn(sample)`` over posterior draws, batch by batch, and stack over cells.
 
@@ -375,6 +378,10 @@ def reduce_samples(
         Maps a draw to a dict of tensors whose first axis is the batch's cells.
     model, guide, data, n_samples, batch_size, device, indices
         As :func:`iterate_samples`.
+    on_batch
+        Streaming: called as ``on_batch(batch_number, means)`` with each batch's posterior means as soon as
+        its draws are done (batch ``b`` holds the visited cells ``b * batch_size ...``); nothing is kept
+        and an empty dict is returned, so the memory does not grow with the number of cells.
 
     Returns
     -------
@@ -387,8 +394,12 @@ def reduce_samples(
     last_b = -1
 
     def flush() -> None:
-        for k, v in acc.items():
-            out.setdefault(k, []).append((v / count).cpu().numpy())
+        means = {k: (v / count).cpu().numpy() for k, v in acc.items()}
+        if on_batch is not None:
+            on_batch(last_b, means)
+        else:
+            for k, v in means.items():
+                out.setdefault(k, []).append(v)
         acc.clear()
 
     for bno, _, sample in iterate_samples(model, guide, data, n_samples=n_samples, batch_size=batch_size,

@@ -396,7 +396,7 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
             pen_w = torch.tensor(1.0 - w if penalty_fade else 1.0, device=dev)
             model.train()
             guide.train()
-            order = train_t[torch.randperm(n_train, generator=gen)]
+            order = host.shuffle(train_t, gen)  # in memory: a uniform permutation; on disk: in blocks
             total, seen = 0.0, 0
             for start in range(0, n_train, batch_size):
                 b = order[start:start + batch_size]

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from ._pancreas import pancreas
-from ._simulate import simulate
+from ._simulate import simulate, simulate_to_disk
 
-__all__ = ["pancreas", "simulate"]
+__all__ = ["pancreas", "simulate", "simulate_to_disk"]

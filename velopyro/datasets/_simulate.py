@@ -17,6 +17,7 @@ These draws come from their own generator, so ``n_batches=1`` gives exactly the 
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +31,7 @@ from ..likelihoods import Likelihood, get_likelihood
 if TYPE_CHECKING:
     import anndata
 
-__all__ = ["simulate"]
+__all__ = ["simulate", "simulate_to_disk"]
 
 
 def simulate(
@@ -238,3 +239,158 @@ def _set_true_likelihood_params(lik: Likelihood, rng: np.random.Generator, n_gen
             p.copy_(inv(torch.as_tensor(val, dtype=p.dtype)))
         values[key] = val
     return values
+
+
+def simulate_to_disk(
+    path: str | os.PathLike,
+    n_cells: int = 1_000_000,
+    n_genes: int = 500,
+    seed: int = 0,
+    *,
+    likelihood: str = "normal",
+    n_latent: int = 10,
+    t_max: float = 20.0,
+    noise: float = 0.05,
+    steady_state_fraction: float = 0.1,
+    counts_per_unit: float = 30.0,
+    dispersion: float = 5.0,
+    chunk_cells: int | None = None,
+    truth_layers: bool = False,
+) -> str:
+    """Write a simulation of :func:`simulate`'s generative process to an ``.h5ad`` file or zarr store in chunks.
+
+    The same process as :func:`simulate`, drawn chunk by chunk of cells, so the memory does not grow with
+    ``n_cells`` (1M cells x 500 genes: 4 GB on disk for the two layers). The draws differ from
+    :func:`simulate` with the same seed (the random streams are split per chunk: the gene parameters come
+    from ``seed``, the cells of chunk ``c`` from ``(seed, c)``); the same arguments give the same file.
+
+    Parameters
+    ----------
+    path
+        Target; a name ending in ``.zarr`` writes a zarr store, anything else an ``.h5ad`` file. Must not exist.
+    n_cells, n_genes, seed, likelihood, n_latent, t_max, noise, steady_state_fraction, counts_per_unit, dispersion
+        As :func:`simulate` (``likelihood`` by name).
+    chunk_cells
+        Cells per chunk (default: about 2^20 cells x genes entries).
+    truth_layers
+        Also write ``layers["true_velocity"]``, ``["true_state"]`` and ``["true_t"]`` (three more
+        cells x genes arrays on disk).
+
+    Returns
+    -------
+    str
+        ``path``. The store holds ``layers["Ms"]``/``["Mu"]`` (Normal) or ``["spliced"]``/``["unspliced"]``
+        (counts, float32 integers), ``obs["true_t"]`` (and ``obs["true_size_factor"]`` for counts),
+        ``obsm["true_z"]``, the true gene parameters in ``var`` and the arguments in ``uns["simulation"]``;
+        no ``X``.
+    """
+    import anndata as ad
+    import pandas as pd
+
+    path = str(path)
+    if os.path.exists(path):
+        raise FileExistsError(f"{path!r} exists; pass a new path (or delete it first).")
+    lik = get_likelihood(likelihood)
+    chunk = int(chunk_cells) if chunk_cells else max(1, 2**20 // max(n_genes, 1))
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(n_latent)
+    w /= np.linalg.norm(w)
+    beta = np.exp(rng.uniform(np.log(0.1), np.log(0.8), n_genes))
+    gamma = beta * np.exp(rng.uniform(np.log(0.4), np.log(2.5), n_genes))
+    alpha = beta * rng.uniform(0.8, 1.2, n_genes)
+    t_s = rng.uniform(0.3, 0.7, n_genes) * t_max
+    ones = np.ones((1, n_genes), dtype=np.float32)
+    lik.setup(ones, ones, np.ones(1, np.float32), np.ones(1, np.float32))
+    truth_params = _set_true_likelihood_params(lik, rng, n_genes, noise, counts_per_unit, dispersion)
+    tt = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
+    a_t, b_t, g_t, ts_t = tt(alpha), tt(beta), tt(gamma), tt(t_s)
+
+    var = pd.DataFrame({"true_alpha": alpha.astype(np.float32), "true_beta": beta.astype(np.float32),
+                        "true_gamma": gamma.astype(np.float32), "true_t_": t_s.astype(np.float32),
+                        **{f"true_{k}": v.astype(np.float32) for k, v in truth_params.items()}},
+                       index=[f"gene{j}" for j in range(n_genes)])
+    obs = pd.DataFrame(index=[f"cell{i}" for i in range(n_cells)])
+    obs_cols = {"true_t": np.empty(n_cells, np.float32)}
+    if lik.is_count:
+        obs_cols["true_size_factor"] = np.empty(n_cells, np.float32)
+    true_z = np.empty((n_cells, n_latent), np.float32)
+    names = ("spliced", "unspliced") if lik.is_count else ("Ms", "Mu")
+    layers = {names[0]: np.float32, names[1]: np.float32}
+    if truth_layers:
+        layers.update(true_velocity=np.float32, true_state=np.int8, true_t=np.float32)
+    skeleton = ad.AnnData(obs=obs, var=var)
+    skeleton.uns["simulation"] = dict(n_cells=n_cells, n_genes=n_genes, seed=seed, likelihood=lik.name,
+                                      n_latent=n_latent, t_max=t_max, noise=noise,
+                                      steady_state_fraction=steady_state_fraction,
+                                      counts_per_unit=counts_per_unit, dispersion=dispersion, chunk_cells=chunk)
+    zarr_store = path.endswith(".zarr")
+    skeleton.write_zarr(path) if zarr_store else skeleton.write_h5ad(path)
+    del skeleton, obs
+    if zarr_store:
+        import zarr
+
+        root = zarr.open_group(path, mode="r+", use_consolidated=False)
+    else:
+        import h5py
+
+        root = h5py.File(path, "r+")
+    try:
+        if "layers" not in root:
+            grp = root.create_group("layers")
+            grp.attrs["encoding-type"], grp.attrs["encoding-version"] = "dict", "0.1.0"
+        arrays = {}
+        for name, dtype in layers.items():
+            shape, chunks = (n_cells, n_genes), (min(chunk, n_cells), n_genes)
+            arr = (root.create_array(f"layers/{name}", shape=shape, dtype=dtype, chunks=chunks) if zarr_store
+                   else root.create_dataset(f"layers/{name}", shape=shape, dtype=dtype, chunks=chunks))
+            arr.attrs["encoding-type"], arr.attrs["encoding-version"] = "array", "0.2.0"
+            arrays[name] = arr
+        for c, start in enumerate(range(0, n_cells, chunk)):
+            stop = min(start + chunk, n_cells)
+            m = stop - start
+            crng = np.random.default_rng([seed, c])
+            z = crng.standard_normal((m, n_latent))
+            clock = t_max * norm.cdf(z @ w)
+            t = np.repeat(clock[:, None], n_genes, axis=1)
+            state = np.where(t < t_s[None, :], 0, 2) + (crng.random((m, n_genes)) < steady_state_fraction)
+            u_bar, s_bar = kinetics.state_means(tt(np.minimum(t, t_s[None, :])), tt(np.maximum(t, t_s[None, :])),
+                                                a_t, b_t, g_t, ts_t)
+            k = torch.as_tensor(state).unsqueeze(-1)
+            pick = lambda x: torch.gather(x, -1, k).squeeze(-1)  # noqa: E731, B023
+            u_mean, s_mean = pick(u_bar).float(), pick(s_bar).float()
+            sf = np.ones(m)
+            if lik.is_count:
+                sf = np.exp(crng.normal(0.0, 0.3, m))
+                obs_cols["true_size_factor"][start:stop] = sf
+            sf_t = torch.as_tensor(sf, dtype=torch.float32)[:, None]
+            k32 = torch.as_tensor(state)
+            with torch.no_grad(), seeded(int(crng.integers(0, 2**31 - 1))):
+                u_obs = lik.dist(u_mean, k32, "u", sf_t).sample().numpy()
+                s_obs = lik.dist(s_mean, k32, "s", sf_t).sample().numpy()
+            if not lik.is_count:
+                u_obs, s_obs = np.clip(u_obs, 0.0, None), np.clip(s_obs, 0.0, None)
+            arrays[names[0]][start:stop] = s_obs.astype(np.float32)
+            arrays[names[1]][start:stop] = u_obs.astype(np.float32)
+            if truth_layers:
+                _, ds = kinetics.state_velocities(u_bar, s_bar, a_t, b_t, g_t)
+                arrays["true_velocity"][start:stop] = pick(ds).numpy().astype(np.float32)
+                arrays["true_state"][start:stop] = state.astype(np.int8)
+                arrays["true_t"][start:stop] = t.astype(np.float32)
+            obs_cols["true_t"][start:stop] = clock
+            true_z[start:stop] = z
+        from anndata.io import write_elem
+
+        for key, val in obs_cols.items():
+            write_elem(root["obs"], key, val)
+        order = list(root["obs"].attrs["column-order"]) + list(obs_cols)
+        root["obs"].attrs["column-order"] = order
+        if "obsm" not in root:
+            grp = root.create_group("obsm")
+            grp.attrs["encoding-type"], grp.attrs["encoding-version"] = "dict", "0.1.0"
+        write_elem(root["obsm"], "true_z", true_z)
+    finally:
+        if hasattr(root, "close"):
+            root.close()
+    if zarr_store:
+        zarr.consolidate_metadata(path)
+    return path
