@@ -26,6 +26,7 @@ from ._validation import VelopyroInputError, check_constant_genes, check_express
 from .checkpoint import checkpoint_path, load_checkpoint
 from .fitted import FittedModel
 from .guide import PI_GUIDES, VeloVIGuide
+from .kinetics import KINETICS, Kinetics, get_kinetics
 from .likelihoods import Likelihood, get_likelihood
 from .model import BETA_INIT, STATE_COUPLINGS, VeloVIModel, steady_state_ratio, switch_targets
 from .train import TrainConfig, VeloData, resolve_device, split_indices, train_svi
@@ -87,6 +88,11 @@ class VeloPyro:
         decides which cells lie above the steady-state line (induction, positive velocity): on pancreas
         the constant start reads genes that are being switched off as induced and turns the
         Pre-endocrine -> Beta direction around (see the README, "Velocity direction").
+    kinetics
+        The transcription kinetics, a name registered in :mod:`velopyro.kinetics` or a registered
+        :class:`~velopyro.kinetics.Kinetics` subclass: ``"constant"`` (default; veloVI's constant rate in
+        induction, eq. 1-12) or ``"time_dependent"`` (velovi's ``time_dep_transcription_rate``: the rate
+        relaxes from ``alpha`` to ``alpha_1`` at rate ``lambda_alpha``). See the README, "Kinetics".
 
     Examples
     --------
@@ -114,6 +120,7 @@ class VeloPyro:
         switch_penalty: float = 0.2,
         size_factor_key: str | None = None,
         rate_init: str = "auto",
+        kinetics: str | type[Kinetics] = "constant",
     ) -> None:
         if state_coupling not in STATE_COUPLINGS:
             raise ValueError(f"state_coupling must be one of {STATE_COUPLINGS}, got {state_coupling!r}.")
@@ -121,6 +128,7 @@ class VeloPyro:
             raise ValueError(f"pi_guide must be one of {sorted(PI_GUIDES)}, got {pi_guide!r}.")
         if rate_init not in RATE_INITS:
             raise ValueError(f"rate_init must be one of {RATE_INITS}, got {rate_init!r}.")
+        kin = get_kinetics(kinetics)
         lik = get_likelihood(likelihood)
         spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
         self.adata = adata
@@ -129,6 +137,7 @@ class VeloPyro:
             state_coupling=state_coupling, pi_guide=pi_guide, n_latent=int(n_latent), n_hidden=int(n_hidden),
             n_layers=int(n_layers), dropout_rate=float(dropout_rate), t_max=float(t_max),
             switch_penalty=float(switch_penalty), size_factor_key=size_factor_key, rate_init=rate_init,
+            kinetics=kin.name,
         )
         self._likelihood_arg = likelihood
         self.data, self._kinetic = self._read(adata, lik)
@@ -202,7 +211,7 @@ class VeloPyro:
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
             n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
             state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=cfg["pi_guide"] == "collapsed",
-            **extra,
+            kinetics=cfg.get("kinetics", "constant"), **extra,
         )
         self.guide = VeloVIGuide(self.n_genes, cfg["n_latent"], lik, pi_guide=cfg["pi_guide"],
                                  n_hidden=cfg["n_hidden"], n_layers=cfg["n_layers"],
@@ -998,6 +1007,12 @@ class VeloPyro:
                 f"adata's genes differ from the saved model's ({meta['n_genes']} genes); pass the AnnData the "
                 "model was fitted on, subset to the same genes in the same order."
             )
+        kin = cfg.get("kinetics", "constant")  # models saved before kinetics objects: constant
+        if kin not in KINETICS:
+            raise VelopyroInputError(
+                f"{p / _CONFIG_FILE} names kinetics {kin!r}, which is not registered (registered: "
+                f"{', '.join(sorted(KINETICS))}); import the module that registers it "
+                "(velopyro.register_kinetics) before VeloPyro.load.")
         kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")}
         obj = cls(adata, cfg["spliced_layer"], cfg["unspliced_layer"],
                   likelihood=likelihood if likelihood is not None else cfg["likelihood"], **kwargs)

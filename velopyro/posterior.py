@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from . import collapsed, kinetics
+from . import collapsed
 from .coupling import StateCoupling, get_state_coupling
 from .data import VeloData
 
@@ -60,7 +60,8 @@ class PosteriorSample(dict):
     Keys: ``idx`` (B,), ``u``, ``s`` (B, G) observed, ``size_factor_u``/``_s`` (B, 1), ``z`` (B, d),
     ``z_loc`` (B, d), ``pi`` (B, G, 4), ``rho_ind``, ``rho_rep``, ``t_ind``, ``t_rep`` (B, G),
     ``u_bar``, ``s_bar`` (B, G, 4), ``ll_u``, ``ll_s`` (B, G, 4) per-state log-likelihoods,
-    ``rates`` (dict of (G,)); for a collapsed model also ``pi_prior`` (4,), the Dirichlet concentrations
+    ``rates`` (dict of (G,)), ``kinetics`` (the model's :class:`~velopyro.kinetics.Kinetics`, whose closed
+    forms give the velocities); for a collapsed model also ``pi_prior`` (4,), the Dirichlet concentrations
     pi was integrated over, and ``log_state_prior`` (4,) (see :func:`log_state_prior`).
     """
 
@@ -171,8 +172,7 @@ def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spli
     torch.Tensor
         ``(B, G)``.
     """
-    r = sample["rates"]
-    du, ds = kinetics.state_velocities(sample["u_bar"], sample["s_bar"], r["alpha"], r["beta"], r["gamma"])
+    du, ds = sample["kinetics"].state_velocities(sample["u_bar"], sample["s_bar"], sample["t_ind"], sample["rates"])
     if mode not in ("spliced", "unspliced"):
         raise ValueError(f"mode must be 'spliced' or 'unspliced', got {mode!r}.")
     v = ds if mode == "spliced" else du
@@ -261,6 +261,7 @@ def iterate_samples(
                 ll_u, ll_s = model.state_log_likelihood(ks["u_bar"], ks["s_bar"], u, s, sfu, sfs)
                 yield bno, sno, PosteriorSample(idx=idx, u=u, s=s, size_factor_u=sfu, size_factor_s=sfs, z=z,
                                                 z_loc=z_loc, ll_u=ll_u, ll_s=ll_s, rates=r,
+                                                kinetics=model.kinetics,
                                                 **_pi_fields(model, guide, z, ll_u, ll_s), **ks)
 
 
