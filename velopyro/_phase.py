@@ -1,7 +1,8 @@
 """Read a fitted AnnData back for the phase portraits: observed and fitted (u, s) per cell and gene.
 
 What :meth:`velopyro.VeloPyro.write_to_adata` wrote (``var['fit_*']``, ``layers['fit_t']``,
-``layers['fit_state']``) is turned into the kinetic trajectory (seed eq. 1-12) on the scale drawn.
+``layers['fit_state']``) is turned into the kinetic trajectory (seed eq. 1-12) on the scale drawn, through the
+fit's kinetics object (its registered name is ``uns['velopyro']['config']['kinetics']``; ``"constant"`` when absent).
 Used by :func:`velopyro.tl.gene_fit_r2` and :mod:`velopyro.pl`; it sits below both so that neither
 imports the other for it.
 """
@@ -15,15 +16,32 @@ import scipy.sparse as sp
 
 from ._validation import VelopyroInputError
 
-_FIT_KEYS = ("fit_alpha", "fit_beta", "fit_gamma", "fit_t_")
-
 
 def _config(adata: Any) -> dict[str, Any]:
     return dict(adata.uns.get("velopyro", {}).get("config", {}))
 
 
+def _kinetics(adata: Any) -> Any:
+    """The fit's kinetics object (:mod:`velopyro.kinetics`), by the name recorded in the configuration."""
+    from .kinetics import KINETICS
+
+    name = _config(adata).get("kinetics", "constant")
+    if name not in KINETICS:
+        raise VelopyroInputError(
+            f"adata was fitted with kinetics {name!r}, which is not registered (registered: "
+            f"{', '.join(sorted(KINETICS))}); import the module that registers it (velopyro.register_kinetics)."
+        )
+    return KINETICS[name]()
+
+
+def _fit_keys(adata: Any) -> dict[str, str]:
+    """``var`` key of each of the kinetics' rates: ``fit_<rate>``, ``fit_t_`` for the switch time."""
+    kin = _kinetics(adata)
+    return {k: "fit_t_" if k == "t_s" else f"fit_{k}" for k in (*kin.rate_names, "t_s")}
+
+
 def _require_fit(adata: Any, what: str) -> None:
-    missing = [k for k in _FIT_KEYS if k not in adata.var]
+    missing = [k for k in _fit_keys(adata).values() if k not in adata.var]
     missing += [k for k in ("fit_t", "fit_state") if k not in adata.layers]
     if missing:
         raise VelopyroInputError(
@@ -52,8 +70,15 @@ def _is_count(adata: Any) -> bool:
         "fit_scale_s" in adata.var and "fit_sigma_s" not in adata.var)
 
 
-def _gene_rates(adata: Any, idx: np.ndarray) -> dict[str, np.ndarray]:
-    out = {k: np.asarray(adata.var[k], dtype=np.float64)[idx] for k in _FIT_KEYS}
+def _gene_rates(adata: Any, idx: np.ndarray) -> dict[str, Any]:
+    """The fitted rates of the genes ``idx`` (``fit_*``; ``kinetics``: the object, ``rates``: its rate dict of
+    float64 tensors) and the likelihood's scale and background."""
+    import torch
+
+    keys = _fit_keys(adata)
+    out: dict[str, Any] = {v: np.asarray(adata.var[v], dtype=np.float64)[idx] for v in keys.values()}
+    out["kinetics"] = _kinetics(adata)
+    out["rates"] = {k: torch.as_tensor(out[v]) for k, v in keys.items()}
     for m in ("u", "s"):
         out[f"scale_{m}"] = (np.asarray(adata.var[f"fit_scale_{m}"], dtype=np.float64)[idx]
                              if f"fit_scale_{m}" in adata.var else np.ones(len(idx)))
@@ -90,11 +115,7 @@ def _curve(rates: dict[str, np.ndarray], t: np.ndarray) -> tuple[np.ndarray, np.
     """Fitted mean (u, s) at absolute times ``t`` (shape ``(..., genes)``), on the scale drawn."""
     import torch
 
-    from . import kinetics
-
-    tt = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64))  # noqa: E731
-    u, s = kinetics.trajectory(tt(t), tt(rates["fit_alpha"]), tt(rates["fit_beta"]), tt(rates["fit_gamma"]),
-                               tt(rates["fit_t_"]))
+    u, s = rates["kinetics"].trajectory(torch.as_tensor(np.asarray(t, dtype=np.float64)), rates["rates"])
     u = u.numpy() * rates["scale_u"] + rates["background_u"]
     s = s.numpy() * rates["scale_s"] + rates["background_s"]
     return u, s
@@ -109,9 +130,12 @@ def _phase_data(adata: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     t = _dense_cols(adata.layers["fit_t"], idx)
     state = _dense_cols(adata.layers["fit_state"], idx).astype(int)
     fit_u, fit_s = _curve(rates, t)
-    a, b, g = rates["fit_alpha"], rates["fit_beta"], rates["fit_gamma"]
-    ss_u = (a / b) * rates["scale_u"] + rates["background_u"]
-    ss_s = (a / g) * rates["scale_s"] + rates["background_s"]
-    fit_u = np.where(state == 1, ss_u, np.where(state == 3, rates["background_u"], fit_u))
-    fit_s = np.where(state == 1, ss_s, np.where(state == 3, rates["background_s"], fit_s))
+    kin, r = rates["kinetics"], rates["rates"]
+    (iss_u, iss_s), (rss_u, rss_s) = kin.steady_state(r), kin.repression_steady_state(r)
+    ss_u = iss_u.numpy() * rates["scale_u"] + rates["background_u"]
+    ss_s = iss_s.numpy() * rates["scale_s"] + rates["background_s"]
+    rs_u = rss_u.numpy() * rates["scale_u"] + rates["background_u"]
+    rs_s = rss_s.numpy() * rates["scale_s"] + rates["background_s"]
+    fit_u = np.where(state == 1, ss_u, np.where(state == 3, rs_u, fit_u))
+    fit_s = np.where(state == 1, ss_s, np.where(state == 3, rs_s, fit_s))
     return obs_u, obs_s, fit_u, fit_s

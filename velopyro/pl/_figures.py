@@ -105,8 +105,9 @@ def phase_portraits(
 
     Each panel shows one gene: the cells' ``Ms`` (x) against ``Mu`` (y), coloured by the inferred state
     (``layers["fit_state"]``: induction, induction steady state, repression, repression steady
-    state), the fitted trajectory from ``var["fit_alpha"]``, ``["fit_beta"]``, ``["fit_gamma"]``,
-    ``["fit_t_"]`` (:func:`velopyro.kinetics.trajectory` over ``[0, t_max]``) as a black line, and
+    state), the fitted trajectory from the fit's kinetics and its rates ``var["fit_<rate>"]`` (``fit_alpha``,
+    ``fit_beta``, ``fit_gamma``, ``fit_t_`` for the constant kinetics;
+    :meth:`velopyro.kinetics.Kinetics.trajectory` over ``[0, t_max]``) as a black line, and
     the switch point (the state at ``t_s``) as a star. For count likelihoods the data are counts
     divided by the cell's size factor and the curve is ``scale * trajectory + background`` (from
     ``var["fit_scale_u"]`` etc.).
