@@ -638,7 +638,8 @@ class VeloPyro:
         Returns
         -------
         dict of str to numpy.ndarray
-            ``alpha``, ``beta``, ``gamma``, ``t_s`` and the likelihood's parameters (``sigma_u``,
+            The kinetics' rates (``alpha``, ``beta``, ``gamma`` for the constant kinetics; also ``alpha_1``,
+            ``lambda_alpha`` for the time-dependent one), ``t_s`` and the likelihood's parameters (``sigma_u``,
             ``sigma_s`` for the Normal), each ``(genes,)``.
         """
         with torch.no_grad():
@@ -658,7 +659,8 @@ class VeloPyro:
           ``layers["fit_t"]`` (latent time per cell and gene, model scale [0, t_max]) and
           ``layers["fit_state"]`` (most probable state, 0..3), both as :meth:`get_latent_time` /
           :meth:`get_state_assignment` (states weighted by p(k | data))
-        - ``var["fit_alpha"]``, ``var["fit_beta"]``, ``var["fit_gamma"]``, ``var["fit_t_"]`` (switch time),
+        - ``var["fit_<rate>"]`` for each of the kinetics' rates (``fit_alpha``, ``fit_beta``, ``fit_gamma`` for
+          the constant kinetics), ``var["fit_t_"]`` (switch time),
           ``var["fit_scaling"]`` (1.0), ``var["velocity_genes"]`` (True), ``var["fit_sigma_u"]`` etc.
         - for scVelo's dynamical-model tools (``scv.tl.latent_time``, ``rank_dynamical_genes``):
           ``var["fit_likelihood"]`` (scVelo's gene likelihood of the standardised residuals of the
