@@ -3,11 +3,12 @@ untrained model (issue 13).
 
 The data: :func:`velopyro.datasets.simulate` with ``kinetics="time_dependent"`` (Normal likelihood on the
 kinetic scale). Each seed simulates one data set and fits the time-dependent and the constant kinetics with the
-same settings as ``tests/test_kinetics_model.py``; the untrained time-dependent model is scored too. Scores
-(Spearman correlations with the truth): cell latent time (the median over genes) against the clock, and the
-rate ratios the data identify (absolute rates trade off against each gene's time scale): ``gamma / beta``,
-the induction steady state ``alpha_1 / beta``, and the transcription ramp, ``lambda_alpha / beta`` and
-``alpha / alpha_1``; also the velocity sign accuracy and the held-out log-likelihood per cell.
+same settings as ``tests/test_kinetics_model.py``; the untrained time-dependent model is scored too. Scores:
+Spearman correlations with the truth of the cell latent time (the median over genes) against the clock, and of
+the rate ratios the data identify (absolute rates trade off against each gene's time scale): ``gamma / beta``,
+the induction steady states ``alpha_1 / beta`` (u) and ``alpha_1 / gamma`` (s), and the transcription ramp,
+``lambda_alpha / beta`` and ``alpha / alpha_1``; the median fitted ``alpha / alpha_1`` (1 at the start); the
+velocity sign accuracy and the held-out log-likelihood per cell.
 
 Usage::
 
@@ -51,10 +52,13 @@ def scores(model, adata) -> dict:
            "velocity_sign_accuracy": float((np.sign(v) == np.sign(adata.layers["true_velocity"])).mean()),
            "gamma/beta": sp(r["gamma"] / r["beta"], tv["true_gamma"] / tv["true_beta"]),
            "alpha_1/beta": sp(a1 / r["beta"], tv["true_alpha_1"] / tv["true_beta"]),
+           "alpha_1/gamma": sp(a1 / r["gamma"], tv["true_alpha_1"] / tv["true_gamma"]),
            "heldout_loglik_per_cell": ll}
     if "lambda_alpha" in r:
         out["lambda_alpha/beta"] = sp(r["lambda_alpha"] / r["beta"], tv["true_lambda_alpha"] / tv["true_beta"])
         out["alpha/alpha_1"] = sp(r["alpha"] / r["alpha_1"], tv["true_alpha"] / tv["true_alpha_1"])
+        out["median alpha/alpha_1 (fitted; truth below)"] = float(np.median(r["alpha"] / r["alpha_1"]))
+        out["median alpha/alpha_1 (truth)"] = float(np.median(tv["true_alpha"] / tv["true_alpha_1"]))
     return out
 
 

@@ -85,7 +85,8 @@ def td_sim():
 
 def _recovery(model, sim) -> dict[str, float]:
     """Spearman with the truth: cell time, and the rate ratios the data identify (each gene's time scale trades
-    off against its absolute rates): the degradation ratio, the spliced steady state, the transcription ramp."""
+    off against its absolute rates): the degradation ratio, the spliced steady state, the start of the
+    transcription ramp relative to its limit; and the ramp's depth, 1 - median fitted alpha / alpha_1."""
     trained, model.is_trained = model.is_trained, True  # the untrained model answers too
     try:
         r, t = model.get_rates(), model.get_latent_time(n_samples=10)
@@ -95,15 +96,17 @@ def _recovery(model, sim) -> dict[str, float]:
     return {"time": spearmanr(np.median(t, 1), sim.obs["true_t"])[0],
             "gamma/beta": spearmanr(r["gamma"] / r["beta"], v["true_gamma"] / v["true_beta"])[0],
             "alpha_1/gamma": spearmanr(r["alpha_1"] / r["gamma"], v["true_alpha_1"] / v["true_gamma"])[0],
-            "lambda_alpha/beta": spearmanr(r["lambda_alpha"] / r["beta"],
-                                           v["true_lambda_alpha"] / v["true_beta"])[0],
-            "alpha/alpha_1": spearmanr(r["alpha"] / r["alpha_1"], v["true_alpha"] / v["true_alpha_1"])[0]}
+            "alpha/alpha_1": spearmanr(r["alpha"] / r["alpha_1"], v["true_alpha"] / v["true_alpha_1"])[0],
+            "ramp depth": 1.0 - float(np.median(r["alpha"] / r["alpha_1"]))}
 
 
-#: Measured (benchmarks/results/kinetics, seed 0): time 0.82, gamma/beta 0.86, alpha_1/gamma 0.89,
-#: lambda_alpha/beta 0.37, alpha/alpha_1 0.31; the untrained model: 0.08, undefined, 0.05, undefined, undefined.
-#: The ramp's shape is only weakly identified at this size, hence its lower bars.
-RECOVERY = {"time": 0.7, "gamma/beta": 0.7, "alpha_1/gamma": 0.7, "lambda_alpha/beta": 0.15, "alpha/alpha_1": 0.1}
+#: Over three seeds (``python -m benchmarks.kinetics_recovery``, benchmarks/results/kinetics/recovery.md; seed 0
+#: is this test) the fit reaches time >= 0.81, gamma/beta >= 0.83, alpha_1/gamma >= 0.88, alpha/alpha_1 >= 0.13
+#: and a ramp depth >= 0.17 (the truth's is 0.8: the fit underestimates it); the untrained model (alpha = alpha_1,
+#: constant beta, gamma) has time 0.005 ± 0.2, gamma/beta undefined, alpha_1/gamma 0.16 and no ramp, and the
+#: constant kinetics cannot express a ramp. lambda_alpha/beta is not recovered at this size (0.06 ± 0.39) and is
+#: not asserted.
+RECOVERY = {"time": 0.7, "gamma/beta": 0.7, "alpha_1/gamma": 0.7, "alpha/alpha_1": 0.1, "ramp depth": 0.1}
 
 
 @pytest.mark.slow
