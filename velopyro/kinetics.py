@@ -1,7 +1,8 @@
 """Closed-form transcription kinetics of veloVI (seed eq. 1-12) and their time derivatives.
 
 This module is the only place the kinetic maths lives: the model's likelihood, velocity, latent time,
-expression fit, the simulator and the plots all call these functions.
+expression fit, the simulator and the plots all go through its kinetics objects (below), which are built on
+these functions.
 
 All functions are pure torch, broadcast over any leading shape (cells x genes x ...), and work in
 float32 or float64. The one delicate term, ``(exp(-gamma tau) - exp(-beta tau)) / (gamma - beta)``,
@@ -34,8 +35,9 @@ ask it for all of these, so nothing else knows a rate by name. Kinetics are regi
   ``alpha(t) = alpha_1 - (alpha_1 - alpha) exp(-lambda_alpha t)`` during induction, with its exact closed
   form (see the class).
 
-A new kinetics is one subclass that names its rates and writes :meth:`Kinetics.induction` and
-:meth:`Kinetics.transcription` (``tutorials/custom_kinetics.py``).
+A new kinetics is one registered subclass that names its rates and writes :meth:`Kinetics.initial_rates`,
+:meth:`Kinetics.transcription`, :meth:`Kinetics.induction` and :meth:`Kinetics.steady_state`
+(``tutorials/custom_kinetics.py``).
 """
 
 from __future__ import annotations
