@@ -33,14 +33,17 @@ def _load(tool_variant: str, seed: int) -> dict | None:
 
 
 def _trajectory(rates: dict, g: int, t_max: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted trajectory of gene ``g`` through the run's kinetics: the registered kinetics with the most
+    rates that the run's arrays hold (``rate_<name>``; velovi's runs hold the constant kinetics' rates)."""
     import torch
 
-    from velopyro import kinetics
+    from velopyro.kinetics import KINETICS
 
+    kin = max((c for c in KINETICS.values() if all(f"rate_{k}" in rates for k in c.rate_names)),
+              key=lambda c: len(c.rate_names))()
     t = torch.linspace(0, t_max, 400, dtype=torch.float64)
-    a, b, c, ts = (torch.tensor(float(rates[f"rate_{k}"][g]), dtype=torch.float64)
-                   for k in ("alpha", "beta", "gamma", "t_s"))
-    u, s = kinetics.trajectory(t, a, b, c, ts)
+    r = {k: torch.tensor(float(rates[f"rate_{k}"][g]), dtype=torch.float64) for k in (*kin.rate_names, "t_s")}
+    u, s = kin.trajectory(t, r)
     return u.numpy(), s.numpy()
 
 

@@ -193,9 +193,10 @@ class VelopyroAdapter:
         return {} if state_weights is None else {"state_weights": state_weights}
 
     def rates(self) -> dict:
-        """Per-gene alpha, beta, gamma and switch time t_s."""
+        """Per-gene rates of the model's kinetics (alpha, beta, gamma for the default) and switch time t_s."""
         r = self.model.get_rates()
-        return {k: np.asarray(r[k]) for k in ("alpha", "beta", "gamma", "t_s")}
+        kin = self.model.model.kinetics
+        return {k: np.asarray(r[k]) for k in (*kin.rate_names, "t_s")}
 
     def state_mean_draws(self, indices: np.ndarray, n_samples: int = 10, chunk: int = 1024) -> list[dict]:
         """Per-state means, pi and per-gene noise std for ``indices``, one dict per posterior draw.

@@ -69,7 +69,7 @@ def test_ddp_loss_curve_close_to_single_process(sim, ddp) -> None:
 def test_ddp_result_trained_saves_and_loads(sim, ddp, tmp_path) -> None:
     # the weights trained in the worker processes came back to this one
     fresh = VeloPyro(sim, **MODEL)
-    assert not torch.equal(fresh.model.raw_alpha, ddp.model.raw_alpha)
+    assert not torch.equal(fresh.model.kinetics.raw_alpha, ddp.model.kinetics.raw_alpha)
     assert ddp.history["settings"]["strategy"] == "ddp_fork"
     ddp.save(tmp_path / "m")
     loaded = VeloPyro.load(tmp_path / "m", sim)

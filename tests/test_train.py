@@ -102,7 +102,7 @@ def test_the_best_validation_state_is_restored(monkeypatch) -> None:
     assert hist["best_epoch"] == 2 and hist["validation_loss"] == [5.0, 3.0, 4.0, 6.0, 7.0]
     final = vp.model.state_dict()
     moved = [k for k in final if not torch.equal(snapshots[1][k], snapshots[-1][k])]
-    assert "raw_alpha" in moved  # training went on after epoch 2, so restoring is visible
+    assert "kinetics.raw_alpha" in moved  # training went on after epoch 2, so restoring is visible
     for k, v in final.items():
         torch.testing.assert_close(v, snapshots[1][k], rtol=0, atol=0, msg=f"{k} is not epoch 2's")
 
@@ -121,7 +121,7 @@ def test_parameter_groups_exclude_raw_parameters_from_weight_decay() -> None:
     names = {id(p): n for m in (vp.model, vp.guide) for n, p in m.named_parameters()}
     decayed = [names[id(p)] for p in groups[0]["params"]]
     kept = [names[id(p)] for p in groups[1]["params"]]
-    assert {"raw_alpha", "raw_beta", "raw_gamma", "raw_t_s"} <= set(kept)
+    assert {"kinetics.raw_alpha", "kinetics.raw_beta", "kinetics.raw_gamma", "kinetics.raw_t_s"} <= set(kept)
     assert any(n.startswith("likelihood.raw_") for n in kept)
     assert all(n.split(".")[-1].startswith("raw_") for n in kept)
     assert decayed and not any(n.split(".")[-1].startswith("raw_") for n in decayed)

@@ -16,6 +16,8 @@ EXPECTED = {
     "ppc_pancreas.py": ("ppc_pancreas", ["PIT conditional: KS", "PIT    marginal: KS", "predictive interval"]),
     "count_likelihoods_loo.py": ("count_likelihoods_loo", ["best by LOO:", "elpd_loo", "Pareto k > 0.7"]),
     "custom_likelihood.py": ("custom_likelihood", ["fitted zero-inflation gate", "elpd_loo", "replicated zeros"]),
+    "custom_kinetics.py": ("custom_kinetics", ["held-out log-likelihood per cell", "basal level alpha_0 / beta, "
+                                               "fitted vs truth"]),
 }
 
 

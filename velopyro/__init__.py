@@ -7,7 +7,8 @@ Public names (loaded on first use, so ``import velopyro`` stays fast):
 - :mod:`velopyro.pl`: figures (phase portraits, latent time, velocity stream, loss curve, PPC)
 - :mod:`velopyro.datasets`: the bundled pancreas data and the simulator
 - :mod:`velopyro.likelihoods`: observation models (Normal, Poisson, negative binomial)
-- :mod:`velopyro.kinetics`: the closed-form kinetics (seed eq. 1-12)
+- :mod:`velopyro.kinetics`: the kinetics objects and their closed forms (seed eq. 1-12); a new one is a
+  registered :class:`~velopyro.kinetics.Kinetics` subclass (:func:`register_kinetics`)
 - :mod:`velopyro.ppc` / :mod:`velopyro.convert`: posterior predictive checks and ``to_arviz``
 - :mod:`velopyro.covariates`: batch covariates (``VeloPyro(adata, batch_key=...)``) and ``batch_mixing_score``
 """
@@ -22,9 +23,9 @@ __version__ = "0.1.0"
 _SUBMODULES = {"pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "model", "guide", "train", "posterior",
                "nn", "api", "cli", "distributions", "ppc", "convert", "data", "fitted",
                "coupling", "covariates"}
-_ATTRS = {"VeloPyro": "api"}
+_ATTRS = {"VeloPyro": "api", "register_kinetics": "kinetics"}
 
-__all__ = ["VeloPyro", "pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "__version__"]
+__all__ = ["VeloPyro", "register_kinetics", "pp", "pl", "tl", "datasets", "likelihoods", "kinetics", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

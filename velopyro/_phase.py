@@ -1,8 +1,9 @@
 """Read a fitted AnnData back for the phase portraits: observed and fitted (u, s) per cell and gene.
 
 What :meth:`velopyro.VeloPyro.write_to_adata` wrote (``var['fit_*']``, ``layers['fit_t']``,
-``layers['fit_state']``) is turned into the kinetic trajectory (seed eq. 1-12) on the scale drawn: the
-fitted likelihood's expected observation of the kinetic mean (:meth:`velopyro.likelihoods.Likelihood.
+``layers['fit_state']``) is turned into the kinetic trajectory (seed eq. 1-12) through the fit's kinetics object
+(its registered name is ``uns['velopyro']['config']['kinetics']``; ``"constant"`` when absent), on the scale drawn:
+the fitted likelihood's expected observation of the kinetic mean (:meth:`velopyro.likelihoods.Likelihood.
 expected_observation`), the likelihood rebuilt from the ``var['fit_<name>']`` columns of its parameters.
 Used by :func:`velopyro.tl.gene_fit_r2` and :mod:`velopyro.pl`; it sits below both so that neither
 imports the other for it.
@@ -17,15 +18,32 @@ import scipy.sparse as sp
 
 from ._validation import VelopyroInputError
 
-_FIT_KEYS = ("fit_alpha", "fit_beta", "fit_gamma", "fit_t_")
-
 
 def _config(adata: Any) -> dict[str, Any]:
     return dict(adata.uns.get("velopyro", {}).get("config", {}))
 
 
+def _kinetics(adata: Any) -> Any:
+    """The fit's kinetics object (:mod:`velopyro.kinetics`), by the name recorded in the configuration."""
+    from .kinetics import KINETICS
+
+    name = _config(adata).get("kinetics", "constant")
+    if name not in KINETICS:
+        raise VelopyroInputError(
+            f"adata was fitted with kinetics {name!r}, which is not registered (registered: "
+            f"{', '.join(sorted(KINETICS))}); import the module that registers it (velopyro.register_kinetics)."
+        )
+    return KINETICS[name]()
+
+
+def _fit_keys(adata: Any) -> dict[str, str]:
+    """``var`` key of each of the kinetics' rates: ``fit_<rate>``, ``fit_t_`` for the switch time."""
+    kin = _kinetics(adata)
+    return {k: "fit_t_" if k == "t_s" else f"fit_{k}" for k in (*kin.rate_names, "t_s")}
+
+
 def _require_fit(adata: Any, what: str) -> None:
-    missing = [k for k in _FIT_KEYS if k not in adata.var]
+    missing = [k for k in _fit_keys(adata).values() if k not in adata.var]
     missing += [k for k in ("fit_t", "fit_state") if k not in adata.layers]
     if missing:
         raise VelopyroInputError(
@@ -76,8 +94,16 @@ def _is_count(adata: Any) -> bool:
     return bool(_likelihood(adata).is_count)
 
 
-def _gene_rates(adata: Any, idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: np.asarray(adata.var[k], dtype=np.float64)[idx] for k in _FIT_KEYS}
+def _gene_rates(adata: Any, idx: np.ndarray) -> dict[str, Any]:
+    """The fitted rates of the genes ``idx`` (``fit_*``; ``kinetics``: the object, ``rates``: its rate dict of
+    float64 tensors)."""
+    import torch
+
+    keys = _fit_keys(adata)
+    out: dict[str, Any] = {v: np.asarray(adata.var[v], dtype=np.float64)[idx] for v in keys.values()}
+    out["kinetics"] = _kinetics(adata)
+    out["rates"] = {k: torch.as_tensor(out[v]) for k, v in keys.items()}
+    return out
 
 
 def _layers(adata: Any) -> tuple[str, str]:
@@ -118,11 +144,7 @@ def _curve(rates: dict[str, np.ndarray], t: np.ndarray, lik: Any) -> tuple[np.nd
     :func:`_likelihood` of the same genes)."""
     import torch
 
-    from . import kinetics
-
-    tt = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64))  # noqa: E731
-    u, s = kinetics.trajectory(tt(t), tt(rates["fit_alpha"]), tt(rates["fit_beta"]), tt(rates["fit_gamma"]),
-                               tt(rates["fit_t_"]))
+    u, s = rates["kinetics"].trajectory(torch.as_tensor(np.asarray(t, dtype=np.float64)), rates["rates"])
     return _observe(lik, u.numpy(), "u"), _observe(lik, s.numpy(), "s")
 
 
@@ -136,9 +158,10 @@ def _phase_data(adata: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     t = _dense_cols(adata.layers["fit_t"], idx)
     state = _dense_cols(adata.layers["fit_state"], idx).astype(int)
     fit_u, fit_s = _curve(rates, t, lik)
-    a, b, g = rates["fit_alpha"], rates["fit_beta"], rates["fit_gamma"]
-    ss_u, ss_s = _observe(lik, a / b, "u"), _observe(lik, a / g, "s")  # induction steady state
-    zero_u, zero_s = _observe(lik, np.zeros_like(a), "u"), _observe(lik, np.zeros_like(a), "s")  # repression's
-    fit_u = np.where(state == 1, ss_u, np.where(state == 3, zero_u, fit_u))
-    fit_s = np.where(state == 1, ss_s, np.where(state == 3, zero_s, fit_s))
+    kin, r = rates["kinetics"], rates["rates"]
+    (iss_u, iss_s), (rss_u, rss_s) = kin.steady_state(r), kin.repression_steady_state(r)
+    ss_u, ss_s = _observe(lik, iss_u.numpy(), "u"), _observe(lik, iss_s.numpy(), "s")  # induction steady state
+    rs_u, rs_s = _observe(lik, rss_u.numpy(), "u"), _observe(lik, rss_s.numpy(), "s")  # repression's
+    fit_u = np.where(state == 1, ss_u, np.where(state == 3, rs_u, fit_u))
+    fit_s = np.where(state == 1, ss_s, np.where(state == 3, rs_s, fit_s))
     return obs_u, obs_s, fit_u, fit_s

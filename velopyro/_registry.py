@@ -63,6 +63,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("state_coupling", "velopyro.coupling", "STATE_COUPLINGS", "register_state_coupling",
               ("independent", "shared")),
     Component("pi_guide", "velopyro.guide", "GUIDES", "register_guide", ("dirichlet", "logistic_normal", "collapsed")),
+    Component("kinetics", "velopyro.kinetics", "KINETICS", "register_kinetics", ("constant", "time_dependent")),
 )
 
 

@@ -29,6 +29,7 @@ from .coupling import STATE_COUPLINGS
 from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
 from .fitted import FittedModel
 from .guide import GUIDES, VeloVIGuide, get_guide
+from .kinetics import Kinetics, get_kinetics
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import BETA_INIT, VeloVIModel, steady_state_ratio, switch_targets
 from .train import TrainConfig, VeloData, resolve_device, split_indices, train_svi
@@ -111,6 +112,11 @@ class VeloPyro:
     batch_categories
         The categories of each key, ``{key: [category, ...]}``, to code ``obs`` against (a saved model's,
         which :meth:`load` passes); by default read from ``obs``, the first being the reference.
+    kinetics
+        The transcription kinetics, a name registered in :mod:`velopyro.kinetics` or a registered
+        :class:`~velopyro.kinetics.Kinetics` subclass: ``"constant"`` (default; veloVI's constant rate in
+        induction, eq. 1-12) or ``"time_dependent"`` (velovi's ``time_dep_transcription_rate``: the rate
+        relaxes from ``alpha`` to ``alpha_1`` at rate ``lambda_alpha``). See the README, "Kinetics".
 
     Examples
     --------
@@ -142,6 +148,7 @@ class VeloPyro:
         batch_effect: str = "auto",
         batch_encoder: str = "corrected",
         batch_categories: dict[str, list[str]] | None = None,
+        kinetics: str | type[Kinetics] = "constant",
     ) -> None:
         if state_coupling not in STATE_COUPLINGS:
             raise ValueError(f"state_coupling must be one of {tuple(STATE_COUPLINGS)}, got {state_coupling!r}.")
@@ -153,6 +160,7 @@ class VeloPyro:
             raise ValueError(f"batch_encoder must be one of {BATCH_ENCODERS}, got {batch_encoder!r}.")
         if batch_effect not in BATCH_EFFECTS:
             raise ValueError(f"batch_effect must be one of {BATCH_EFFECTS}, got {batch_effect!r}.")
+        kin = get_kinetics(kinetics)
         lik = get_likelihood(likelihood)
         #: The .h5ad file / zarr store the data are read from during training (None: in memory).
         self.store = _disk.store_path(adata) if _disk.is_on_disk(adata) else None
@@ -189,6 +197,7 @@ class VeloPyro:
             switch_penalty=float(switch_penalty), size_factor_key=size_factor_key, rate_init=rate_init,
             batch_key=batch_keys, batch_effect=batch_effect if batch_keys else None, batch_categories=batch_cats,
             batch_encoder=batch_encoder if batch_keys else None,
+            kinetics=kin.name,
         )
         self._likelihood_arg = likelihood
         self._sub: _disk.StreamedInputs | None = None
@@ -316,7 +325,8 @@ class VeloPyro:
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
             n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
             state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=family.collapse_pi,
-            n_categories=self.n_categories, batch_effect=cfg.get("batch_effect") or "none", **extra,
+            n_categories=self.n_categories, batch_effect=cfg.get("batch_effect") or "none",
+            kinetics=cfg.get("kinetics", "constant"), **extra,
         )
         if effect is not None:
             self.model.batch_effect.load_state_dict(effect.state_dict())
@@ -784,7 +794,8 @@ class VeloPyro:
         Returns
         -------
         dict of str to numpy.ndarray
-            ``alpha``, ``beta``, ``gamma``, ``t_s`` and the likelihood's parameters (``sigma_u``,
+            The kinetics' rates (``alpha``, ``beta``, ``gamma`` for the constant kinetics; also ``alpha_1``,
+            ``lambda_alpha`` for the time-dependent one), ``t_s`` and the likelihood's parameters (``sigma_u``,
             ``sigma_s`` for the Normal), each ``(genes,)``.
         """
         with torch.no_grad():
@@ -805,7 +816,8 @@ class VeloPyro:
           ``layers["fit_t"]`` (latent time per cell and gene, model scale [0, t_max]) and
           ``layers["fit_state"]`` (most probable state, 0..3), both as :meth:`get_latent_time` /
           :meth:`get_state_assignment` (states weighted by p(k | data))
-        - ``var["fit_alpha"]``, ``var["fit_beta"]``, ``var["fit_gamma"]``, ``var["fit_t_"]`` (switch time),
+        - ``var["fit_<rate>"]`` for each of the kinetics' rates (``fit_alpha``, ``fit_beta``, ``fit_gamma`` for
+          the constant kinetics), ``var["fit_t_"]`` (switch time),
           ``var["fit_scaling"]`` (1.0), ``var["velocity_genes"]`` (True), ``var["fit_sigma_u"]`` etc.
         - for scVelo's dynamical-model tools (``scv.tl.latent_time``, ``rank_dynamical_genes``):
           ``var["fit_likelihood"]`` (scVelo's gene likelihood of the standardised residuals of the
@@ -915,7 +927,7 @@ class VeloPyro:
             wv = posterior.state_weights(smp, posterior.VELOCITY_WEIGHTS)
             w = posterior.state_weights(smp, posterior.TIME_WEIGHTS)
             r = smp["rates"]  # both derivatives at once (posterior.velocity computes both for either mode)
-            du, ds = kinetics.state_velocities(smp["u_bar"], smp["s_bar"], r["alpha"], r["beta"], r["gamma"])
+            du, ds = smp["kinetics"].state_velocities(smp["u_bar"], smp["s_bar"], smp["t_ind"], r)
             return {"v": (ds * wv).sum(-1), "vu": (du * wv).sum(-1),  # = posterior.velocity(smp, "mean", ...)
                     "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"],
                     # scVelo's dynamical keys: expression fit, per-branch times, marginal log-likelihood
@@ -1296,7 +1308,8 @@ class VeloPyro:
                 f"adata's genes differ from the saved model's ({meta['n_genes']} genes); pass the AnnData the "
                 "model was fitted on, subset to the same genes in the same order."
             )
-        # every component by its registered name (likelihood, state coupling, guide, ...): refuse unknown ones
+        # every component by its registered name (likelihood, state coupling, guide, kinetics, ...): refuse unknown
+        # ones (models saved before kinetics objects have no "kinetics": constant)
         check_registered(cfg, f"the model saved in {str(p)!r}", skip=("likelihood",) if likelihood is not None else ())
         kwargs = {k: v for k, v in cfg.items() if k not in ("spliced_layer", "unspliced_layer", "likelihood")
                   and not (k in ("batch_effect", "batch_encoder") and v is None)}  # covariates: the saved categories

@@ -174,6 +174,9 @@ def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
                             "several (default: none)")
         g.add_argument("--batch-effect", choices=choices["batch_effect"], default=None,
                        help="the covariate's effect on the observed mean" + d("batch_effect"))
+        g.add_argument("--kinetics", choices=choices["kinetics"], default=None,
+                       help="transcription kinetics registered in velopyro.kinetics: constant is veloVI's, "
+                            "time_dependent lets alpha relax to alpha_1 during induction" + d("kinetics"))
         g.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                        help="cells per minibatch" + d("batch_size"))
         g.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
@@ -207,7 +210,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser(
         "fit", help="fit velopyro on an .h5ad file and write velocity, latent time, states",
         description="Fit velopyro on IN.h5ad and write OUT.h5ad with layers velocity, velocity_u, fit_t, "
-                    "fit_state; var fit_alpha, fit_beta, fit_gamma, fit_t_, ...; obs latent_time; "
+                    "fit_state; var fit_<rate> (fit_alpha, fit_beta, fit_gamma for constant kinetics), fit_t_, ...; "
+                    "obs latent_time; "
                     "obsm X_velopyro; uns velopyro. Raw counts are preprocessed first (velopyro.pp."
                     "preprocess: filter, normalise, kNN moments Ms/Mu, min-max scaling, gene selection) "
                     "when the input has no Ms/Mu layers.",
@@ -371,7 +375,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     has_moments = "Ms" in adata.layers and "Mu" in adata.layers
     do_pp = (not has_moments) if args.preprocess is None else args.preprocess
     spliced, unspliced = args.spliced_layer, args.unspliced_layer
-    model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide", "rate_init", "batch_key", "batch_effect")
+    model_kw = {k: getattr(args, k) for k in ("state_coupling", "pi_guide", "rate_init", "batch_key", "batch_effect",
+                                        "kinetics")
                 if getattr(args, k) is not None}
     model = None
     if do_pp:

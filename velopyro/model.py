@@ -42,10 +42,9 @@ import torch
 from pyro import poutine
 from pyro.ops.indexing import Vindex
 from torch import nn
-from torch.distributions import constraints, transform_to
 
 from . import distributions as vdist
-from . import kinetics
+from . import kinetics as kinetics_
 from ._chunks import gene_slices
 from .coupling import STATE_COUPLINGS as COUPLINGS
 from .coupling import get_state_coupling
@@ -56,8 +55,8 @@ from .nn import TimeHeads
 __all__ = ["VeloVIModel", "switch_targets", "select_state", "STATE_COUPLINGS"]
 
 STATE_COUPLINGS = tuple(COUPLINGS)  # the names registered in velopyro.coupling
-RATE_MAX = 50.0
-BETA_INIT = 0.97  # the reference's initial splicing rate (softplus(0.5))
+RATE_MAX = kinetics_.RATE_MAX
+BETA_INIT = kinetics_.BETA_INIT  # the reference's initial splicing rate (softplus(0.5))
 
 
 def select_state(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -153,6 +152,9 @@ def steady_state_ratio(u: np.ndarray, s: np.ndarray, quantile: float = 95.0) -> 
 class VeloVIModel(nn.Module):
     """Generative model p(u, s, z, pi, k) with point-estimated kinetic parameters.
 
+    The rates and the closed forms (eq. 1-12) are the :attr:`kinetics` object's
+    (:class:`velopyro.kinetics.Kinetics`, chosen by name).
+
     Parameters
     ----------
     n_genes
@@ -183,6 +185,9 @@ class VeloVIModel(nn.Module):
     batch_effect
         The covariate's effect on the observation model: ``"scale_offset"``, ``"scale"`` or ``"none"``
         (:class:`velopyro.covariates.BatchEffect`).
+    kinetics
+        A registered kinetics name (``"constant"``, veloVI's, or ``"time_dependent"``) or class
+        (:mod:`velopyro.kinetics`).
     """
 
     def __init__(
@@ -204,28 +209,23 @@ class VeloVIModel(nn.Module):
         collapse_pi: bool = False,
         n_categories: tuple[int, ...] = (),
         batch_effect: str = "scale_offset",
+        kinetics: str | type[kinetics_.Kinetics] = "constant",
     ) -> None:
         super().__init__()
         self.coupling = get_state_coupling(state_coupling)
         state_coupling = self.coupling.name
         self.n_genes, self.n_latent, self.t_max = n_genes, n_latent, float(t_max)
         self.switch_penalty, self.state_coupling = float(switch_penalty), state_coupling
+        # the rates (point estimates) and the closed forms, eq. 1-12; the first submodule, so the parameters keep
+        # the order they had as the model's own (the order of the gradient-norm sum in clipping)
+        self.kinetics = kinetics_.get_kinetics(kinetics)(n_genes, u_star, t_max=self.t_max, beta_init=beta_init,
+                                                        gamma_init=gamma_init, t_s_init=t_s_init, seed=seed)
         self.likelihood = likelihood
         self.time_heads = TimeHeads(n_latent, n_genes, n_hidden, n_layers)
         self.register_buffer("u_star", torch.as_tensor(u_star, dtype=torch.float32))
         self.register_buffer("s_star", torch.as_tensor(s_star, dtype=torch.float32))
-        self.register_buffer("pi_prior", torch.full((kinetics.N_STATES,), 0.25))  # eq. 14
+        self.register_buffer("pi_prior", torch.full((kinetics_.N_STATES,), 0.25))  # eq. 14
         self.collapse_pi = bool(collapse_pi)
-        rate = transform_to(constraints.interval(0.0, RATE_MAX))
-        switch = transform_to(constraints.interval(0.0, self.t_max))
-        gen = torch.Generator().manual_seed(seed)
-        alpha0 = torch.as_tensor(np.clip(u_star, 1e-3, RATE_MAX - 1e-3), dtype=torch.float32)
-        t_s0 = (t_s_init + 0.5 * torch.randn(n_genes, generator=gen)).clamp(0.5, self.t_max - 0.5)
-        self.raw_alpha = nn.Parameter(rate.inv(alpha0))
-        self.raw_beta = nn.Parameter(rate.inv(torch.full((n_genes,), beta_init)))
-        gamma0 = np.clip(np.broadcast_to(np.asarray(gamma_init, dtype=np.float32), (n_genes,)), 1e-3, RATE_MAX - 1e-3)
-        self.raw_gamma = nn.Parameter(rate.inv(torch.as_tensor(gamma0.copy())))
-        self.raw_t_s = nn.Parameter(switch.inv(t_s0))
         # the covariate's technical effect on the observed mean (eq. 20-21 see a_b mean + c_b)
         self.batch_effect = BatchEffect(n_categories, n_genes, batch_effect) if n_categories else None
         self._pyro_name: str | None = None  # set by the JIT training path to register parameters
@@ -233,21 +233,23 @@ class VeloVIModel(nn.Module):
 
     # ---- point-estimated globals ------------------------------------------------------------------
     def rates(self) -> dict[str, torch.Tensor]:
-        """Constrained kinetic parameters: alpha, beta, gamma in (0, 50), 0 < t_s < t_max.
+        """Constrained kinetic parameters (:meth:`velopyro.kinetics.Kinetics.rates`): the kinetics' rates in
+        (0, 50) (``alpha``, ``beta``, ``gamma`` for the constant kinetics) and 0 < t_s < t_max.
 
         Returns
         -------
         dict of str to torch.Tensor
-            ``alpha``, ``beta``, ``gamma``, ``t_s``, each ``(G,)``.
+            Each ``(G,)``.
         """
-        rate = transform_to(constraints.interval(0.0, RATE_MAX))
-        switch = transform_to(constraints.interval(0.0, self.t_max))
-        return {
-            "alpha": rate(self.raw_alpha),
-            "beta": rate(self.raw_beta),
-            "gamma": rate(self.raw_gamma),
-            "t_s": switch(self.raw_t_s),
-        }
+        return self.kinetics.rates()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # models saved before kinetics objects kept the rates on the model itself: raw_alpha, ...
+        for key in (*self.kinetics.rate_names, "t_s"):
+            old = f"{prefix}raw_{key}"
+            if old in state_dict:
+                state_dict[f"{prefix}kinetics.raw_{key}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def switch_loss(self, r: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """L_switch of eq. 27: squared distance of the switch point (eq. 9-10) from (u*, s*).
@@ -263,7 +265,7 @@ class VeloVIModel(nn.Module):
             A scalar, summed over genes.
         """
         r = self.rates() if r is None else r
-        u0, s0 = kinetics.switch_point(r["alpha"], r["beta"], r["gamma"], r["t_s"])
+        u0, s0 = self.kinetics.switch_point(r)  # eq. 9-10
         return ((u0 - self.u_star) ** 2 + (s0 - self.s_star) ** 2).sum()
 
     # ---- deterministic part of the generative process -------------------------------------------
@@ -285,8 +287,8 @@ class VeloVIModel(nn.Module):
         """
         r = self.rates() if r is None else r
         rho_ind, rho_rep = self.time_heads(z)  # eq. 16, 18
-        t_ind, t_rep = kinetics.state_times(rho_ind, rho_rep, r["t_s"], self.t_max)  # eq. 17, 19
-        u_bar, s_bar = kinetics.state_means(t_ind, t_rep, r["alpha"], r["beta"], r["gamma"], r["t_s"])
+        t_ind, t_rep = kinetics_.state_times(rho_ind, rho_rep, r["t_s"], self.t_max)  # eq. 17, 19
+        u_bar, s_bar = self.kinetics.state_means(t_ind, t_rep, r)  # eq. 1-12
         return {"rho_ind": rho_ind, "rho_rep": rho_rep, "t_ind": t_ind, "t_rep": t_rep,
                 "u_bar": u_bar, "s_bar": s_bar}
 
@@ -319,7 +321,7 @@ class VeloVIModel(nn.Module):
             Each ``(cells, G, 4)``.
         """
         # the state axis goes in front, as under enumeration (dim -3), so per-gene parameters broadcast
-        k = torch.arange(kinetics.N_STATES, device=u_bar.device).view(-1, 1, 1)
+        k = torch.arange(kinetics_.N_STATES, device=u_bar.device).view(-1, 1, 1)
         lik = self.likelihood
         u_obs = self.observed_mean(u_bar.movedim(-1, 0), "u", batch_index)
         s_obs = self.observed_mean(s_bar.movedim(-1, 0), "s", batch_index)

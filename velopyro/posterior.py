@@ -66,7 +66,8 @@ class PosteriorSample(dict):
     (B, K) covariate codes (K = 0 without covariates), ``z`` (B, d),
     ``z_loc`` (B, d), ``pi`` (B, G, 4), ``rho_ind``, ``rho_rep``, ``t_ind``, ``t_rep`` (B, G),
     ``u_bar``, ``s_bar`` (B, G, 4), ``ll_u``, ``ll_s`` (B, G, 4) per-state log-likelihoods,
-    ``rates`` (dict of (G,)); for a collapsed model also ``pi_prior`` (4,), the Dirichlet concentrations
+    ``rates`` (dict of (G,)), ``kinetics`` (the model's :class:`~velopyro.kinetics.Kinetics`, whose closed
+    forms give the velocities); for a collapsed model also ``pi_prior`` (4,), the Dirichlet concentrations
     pi was integrated over, and ``log_state_prior`` (4,) (see :func:`log_state_prior`).
 
     The kinetic keys and ``rates`` are what the model recorded (every value of its ``kinetic_state`` and of
@@ -185,8 +186,7 @@ def velocity(sample: PosteriorSample, statistic: str = "mean", mode: str = "spli
     torch.Tensor
         ``(B, G)``.
     """
-    r = sample["rates"]
-    du, ds = kinetics.state_velocities(sample["u_bar"], sample["s_bar"], r["alpha"], r["beta"], r["gamma"])
+    du, ds = sample["kinetics"].state_velocities(sample["u_bar"], sample["s_bar"], sample["t_ind"], sample["rates"])
     if mode not in ("spliced", "unspliced"):
         raise ValueError(f"mode must be 'spliced' or 'unspliced', got {mode!r}.")
     v = ds if mode == "spliced" else du
@@ -335,7 +335,7 @@ def draw(
     return PosteriorSample(idx=idx, u=u, s=s, size_factor_u=size_factor_u, size_factor_s=size_factor_s,
                            batch_index=batch_index, z=z.reshape(z.shape[0], -1),
                            z_loc=_site_mean(guide_tr.nodes["z"]).reshape(z.shape[0], -1),
-                           ll_u=ll_u, ll_s=ll_s, rates=rates, **fields)
+                           ll_u=ll_u, ll_s=ll_s, rates=rates, kinetics=model.kinetics, **fields)
 
 
 def _per_state_log_prob(site: dict) -> torch.Tensor:

@@ -437,8 +437,8 @@ def gene_fit_r2(adata: Any) -> np.ndarray:
     """Per-gene R^2 of the fitted kinetics against the data in the phase portrait (higher is better).
 
     For every cell, the fitted mean is the kinetic trajectory at ``layers["fit_t"]`` for the transient
-    states, ``(alpha/beta, alpha/gamma)`` for the induction steady state and ``(0, 0)`` for the
-    repression steady state (state from ``layers["fit_state"]``); the R^2 is
+    states and the kinetics' steady states (``(alpha/beta, alpha/gamma)`` and ``(0, 0)`` for the constant
+    kinetics; :mod:`velopyro.kinetics`) for the steady-state cells (state from ``layers["fit_state"]``); the R^2 is
     ``1 - SSE / SST`` over unspliced and spliced together, each modality scaled by its variance, on
     the scale drawn by :func:`velopyro.pl.phase_portraits`. :func:`velopyro.pl.phase_portraits` shows
     the genes with the highest value by default.

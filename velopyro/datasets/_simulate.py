@@ -3,9 +3,10 @@
 Each cell draws ``z_n ~ Normal(0, I_d)`` (eq. 13); its position on a shared clock is
 ``t_n = t_max Phi(w . z_n)`` (a function of z, as the time heads are, eq. 16-19). For each gene the
 state follows the clock: induction before the switch time, repression after, and a fraction of cells
-sits in the steady state of its phase (eq. 5-6, 11-12). Means come from :mod:`velopyro.kinetics`
-(eq. 1-12) and observations from a :mod:`velopyro.likelihoods` object (eq. 20-21 for the Normal; the
-count likelihoods with per-cell size factors), so the simulator and the model share the same maths.
+sits in the steady state of its phase (eq. 5-6, 11-12). Rates and means come from a kinetics object of
+:mod:`velopyro.kinetics` (eq. 1-12 for the default constant kinetics; its ``sample_rates`` draws the
+truth) and observations from a :mod:`velopyro.likelihoods` object (eq. 20-21 for the Normal; the count
+likelihoods with per-cell size factors), so the simulator and the model share the same maths.
 
 With ``n_batches > 1`` each cell also belongs to a batch, drawn independently of z (every batch covers
 the whole trajectory), and the batch changes how the kinetic mean is observed, as
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from .. import kinetics
 from .._rng import seeded
+from ..kinetics import Kinetics, get_kinetics
 from ..likelihoods import Likelihood, get_likelihood
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def simulate(
     n_batches: int = 1,
     batch_scale: float = 0.5,
     batch_offset: float = 0.2,
+    kinetics: str | type[Kinetics] = "constant",
 ) -> anndata.AnnData:
     """Draw an AnnData from velopyro's generative process, with the truth in documented keys.
 
@@ -83,6 +85,10 @@ def simulate(
     batch_offset
         Normal likelihood: the largest per-batch, gene-wise offset ``c_bg`` (on the kinetic scale, where
         the induction steady state of u is near 1); ignored for count likelihoods.
+    kinetics
+        A registered kinetics name or class (:mod:`velopyro.kinetics`): ``"constant"`` (veloVI's, eq. 1-12)
+        or ``"time_dependent"`` (transcription relaxing from ``alpha`` to ``alpha_1``); its
+        :meth:`~velopyro.kinetics.Kinetics.sample_rates` draws the true rates.
 
     Returns
     -------
@@ -94,7 +100,8 @@ def simulate(
           (induction, induction steady state, repression, repression steady state)
         - ``layers["true_velocity"]`` (ds/dt) and ``layers["true_velocity_u"]`` (du/dt);
           ``layers["true_u"]``/``["true_s"]``: the noiseless means
-        - ``var["true_alpha"]``, ``["true_beta"]``, ``["true_gamma"]``, ``["true_t_"]`` (switch time) and
+        - ``var["true_<rate>"]`` for each of the kinetics' rates (``true_alpha``, ``true_beta``,
+          ``true_gamma`` for the constant kinetics), ``["true_t_"]`` (switch time) and
           the likelihood's parameters as ``var["true_<name>"]`` (e.g. ``true_sigma_u``)
         - ``obs["true_size_factor"]`` for count likelihoods
         - with ``n_batches > 1``: ``obs["batch"]`` (categorical ``batch0``, ``batch1``, ...) and
@@ -108,6 +115,7 @@ def simulate(
     rng = np.random.default_rng(seed)
     torch_gen = torch.Generator().manual_seed(seed)
     lik = get_likelihood(likelihood)
+    kin = get_kinetics(kinetics)(n_genes, t_max=t_max)
 
     # cells: z (eq. 13) and a clock that is a function of z
     z = rng.standard_normal((n_cells, n_latent))
@@ -115,12 +123,9 @@ def simulate(
     w /= np.linalg.norm(w)
     clock = t_max * norm.cdf(z @ w)
 
-    # genes: rates on the kinetic scale of order one, switch inside the time range
-    # splicing on the scale of the time window, so that the phases do not saturate in a few time units
-    beta = np.exp(rng.uniform(np.log(0.1), np.log(0.8), n_genes))
-    gamma = beta * np.exp(rng.uniform(np.log(0.4), np.log(2.5), n_genes))
-    alpha = beta * rng.uniform(0.8, 1.2, n_genes)  # induction steady state u = alpha / beta near 1
-    t_s = rng.uniform(0.3, 0.7, n_genes) * t_max
+    # genes: rates on the kinetic scale of order one, switch inside the time range (the kinetics' draws)
+    truth = kin.sample_rates(rng, n_genes, t_max)
+    t_s = truth["t_s"]
 
     t = np.repeat(clock[:, None], n_genes, axis=1)
     induction = t < t_s[None, :]
@@ -128,12 +133,12 @@ def simulate(
     state = np.where(induction, 0, 2) + steady.astype(int)
 
     tt = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
-    a_t, b_t, g_t, ts_t = tt(alpha), tt(beta), tt(gamma), tt(t_s)
+    r = {k: tt(v) for k, v in truth.items()}
     # times per state (eq. 17, 19): the clock within each phase
     t_ind = tt(np.minimum(t, t_s[None, :]))
     t_rep = tt(np.maximum(t, t_s[None, :]))
-    u_bar, s_bar = kinetics.state_means(t_ind, t_rep, a_t, b_t, g_t, ts_t)  # eq. 1-12
-    du, ds = kinetics.state_velocities(u_bar, s_bar, a_t, b_t, g_t)
+    u_bar, s_bar = kin.state_means(t_ind, t_rep, r)  # eq. 1-12
+    du, ds = kin.state_velocities(u_bar, s_bar, t_ind, r)
     k = torch.as_tensor(state).unsqueeze(-1)
     pick = lambda x: torch.gather(x, -1, k).squeeze(-1)  # noqa: E731
     u_mean, s_mean, v_u, v_s = pick(u_bar), pick(s_bar), pick(du), pick(ds)
@@ -178,16 +183,14 @@ def simulate(
     adata.layers["true_s"] = s_mean.numpy().astype(np.float32)
     adata.layers["true_velocity"] = v_s.numpy().astype(np.float32)
     adata.layers["true_velocity_u"] = v_u.numpy().astype(np.float32)
-    adata.var["true_alpha"] = alpha.astype(np.float32)
-    adata.var["true_beta"] = beta.astype(np.float32)
-    adata.var["true_gamma"] = gamma.astype(np.float32)
-    adata.var["true_t_"] = t_s.astype(np.float32)
+    for name, val in truth.items():
+        adata.var["true_t_" if name == "t_s" else f"true_{name}"] = np.asarray(val, dtype=np.float32)
     for name, val in truth_params.items():
         adata.var[f"true_{name}"] = val.astype(np.float32)
     adata.uns["simulation"] = dict(n_cells=n_cells, n_genes=n_genes, seed=seed, likelihood=lik.name,
                                    n_latent=n_latent, t_max=t_max, noise=noise,
                                    steady_state_fraction=steady_state_fraction,
-                                   counts_per_unit=counts_per_unit, dispersion=dispersion)
+                                   counts_per_unit=counts_per_unit, dispersion=dispersion, kinetics=kin.name)
     if n_batches > 1:
         import pandas as pd
 
@@ -303,7 +306,8 @@ def simulate_to_disk(
     lik.setup(ones, ones, np.ones(1, np.float32), np.ones(1, np.float32))
     truth_params = _set_true_likelihood_params(lik, rng, n_genes, noise, counts_per_unit, dispersion)
     tt = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
-    a_t, b_t, g_t, ts_t = tt(alpha), tt(beta), tt(gamma), tt(t_s)
+    kin = get_kinetics("constant")(n_genes, t_max=t_max)  # veloVI's kinetics (eq. 1-12)
+    r = {"alpha": tt(alpha), "beta": tt(beta), "gamma": tt(gamma), "t_s": tt(t_s)}
 
     var = pd.DataFrame({"true_alpha": alpha.astype(np.float32), "true_beta": beta.astype(np.float32),
                         "true_gamma": gamma.astype(np.float32), "true_t_": t_s.astype(np.float32),
@@ -353,8 +357,8 @@ def simulate_to_disk(
             clock = t_max * norm.cdf(z @ w)
             t = np.repeat(clock[:, None], n_genes, axis=1)
             state = np.where(t < t_s[None, :], 0, 2) + (crng.random((m, n_genes)) < steady_state_fraction)
-            u_bar, s_bar = kinetics.state_means(tt(np.minimum(t, t_s[None, :])), tt(np.maximum(t, t_s[None, :])),
-                                                a_t, b_t, g_t, ts_t)
+            t_ind = tt(np.minimum(t, t_s[None, :]))
+            u_bar, s_bar = kin.state_means(t_ind, tt(np.maximum(t, t_s[None, :])), r)
             k = torch.as_tensor(state).unsqueeze(-1)
             pick = lambda x: torch.gather(x, -1, k).squeeze(-1)  # noqa: E731, B023
             u_mean, s_mean = pick(u_bar).float(), pick(s_bar).float()
@@ -372,7 +376,7 @@ def simulate_to_disk(
             arrays[names[0]][start:stop] = s_obs.astype(np.float32)
             arrays[names[1]][start:stop] = u_obs.astype(np.float32)
             if truth_layers:
-                _, ds = kinetics.state_velocities(u_bar, s_bar, a_t, b_t, g_t)
+                _, ds = kin.state_velocities(u_bar, s_bar, t_ind, r)
                 arrays["true_velocity"][start:stop] = pick(ds).numpy().astype(np.float32)
                 arrays["true_state"][start:stop] = state.astype(np.int8)
                 arrays["true_t"][start:stop] = t.astype(np.float32)

@@ -105,8 +105,9 @@ def phase_portraits(
 
     Each panel shows one gene: the cells' ``Ms`` (x) against ``Mu`` (y), coloured by the inferred state
     (``layers["fit_state"]``: induction, induction steady state, repression, repression steady
-    state), the fitted trajectory from ``var["fit_alpha"]``, ``["fit_beta"]``, ``["fit_gamma"]``,
-    ``["fit_t_"]`` (:func:`velopyro.kinetics.trajectory` over ``[0, t_max]``) as a black line, and
+    state), the fitted trajectory from the fit's kinetics and its rates ``var["fit_<rate>"]`` (``fit_alpha``,
+    ``fit_beta``, ``fit_gamma``, ``fit_t_`` for the constant kinetics;
+    :meth:`velopyro.kinetics.Kinetics.trajectory` over ``[0, t_max]``) as a black line, and
     the switch point (the state at ``t_s``) as a star. The curve is the fitted likelihood's expected
     observation of the trajectory (:meth:`velopyro.likelihoods.Likelihood.expected_observation`, its
     parameters read from ``var["fit_<name>"]``): the trajectory itself for the Normal likelihood; for count
