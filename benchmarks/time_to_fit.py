@@ -45,7 +45,8 @@ def _velovi_validation(seed: int):
     return np.load(path)["validation_indices"] if path.exists() else None
 
 
-def run_one(candidate: str, seed: int, every: int, max_epochs: int = 500, fit_kwargs: dict | None = None) -> dict:
+def run_one(candidate: str, seed: int, every: int, max_epochs: int = 500, fit_kwargs: dict | None = None, *,
+            validation_indices=None, write: bool = True, adata=None, target: float | None = None) -> dict:
     """Fit one candidate at one seed and record its curves (see the module docstring).
 
     Parameters
@@ -60,6 +61,15 @@ def run_one(candidate: str, seed: int, every: int, max_epochs: int = 500, fit_kw
         Upper bound on epochs.
     fit_kwargs
         Training options instead of the candidate's.
+    validation_indices
+        Cells to hold out (default: velovi's at ``seed`` when cached, else velopyro's own split).
+    write
+        Write the row to ``OUT``.
+    adata
+        The data (default: :func:`benchmarks.data.pancreas`).
+    target
+        A held-out log-likelihood per cell: the row gets the first curve epoch reaching it and the seconds
+        (sum of epoch times) to it.
 
     Returns
     -------
@@ -75,8 +85,8 @@ def run_one(candidate: str, seed: int, every: int, max_epochs: int = 500, fit_kw
     from velopyro import posterior
     from velopyro._rng import seeded
 
-    adata = data.pancreas()
-    val = _velovi_validation(seed)
+    adata = data.pancreas() if adata is None else adata
+    val = _velovi_validation(seed) if validation_indices is None else validation_indices
     kwargs = dict(CANDIDATES[candidate] if fit_kwargs is None else fit_kwargs)
     adapter = VelopyroAdapter(n_samples=25, fit_kwargs=kwargs)
     u_all, s_all = layer_array(adata, "Mu"), layer_array(adata, "Ms")
@@ -121,7 +131,7 @@ def run_one(candidate: str, seed: int, every: int, max_epochs: int = 500, fit_kw
     vtrain.elbo_per_cell = hooked
     try:
         t0 = time.time()
-        rec = adapter.fit(adata.copy(), "pancreas", max_epochs=max_epochs, early_stopping=True, seed=seed,
+        adapter.fit(adata.copy(), "pancreas", max_epochs=max_epochs, early_stopping=True, seed=seed,
                           validation_indices=val)
         fit_s = time.time() - t0
     finally:
@@ -141,8 +151,13 @@ def run_one(candidate: str, seed: int, every: int, max_epochs: int = 500, fit_kw
         "heldout_loglik_per_cell": ll["mean_per_cell"], "same_validation_cells_as_velovi": val is not None,
         "batch_size": int(hist["batch_size"]),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{candidate}_s{seed}.json").write_text(json.dumps(row, indent=1))
+    if target is not None:
+        hit = next((e for e, v in zip(curve["heldout_epoch"], curve["heldout"], strict=True) if v >= target), None)
+        row["first_epoch_reaching_target"] = hit
+        row["seconds_to_target"] = None if hit is None else float(sum(seconds[:hit]))
+    if write:
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / f"{candidate}_s{seed}.json").write_text(json.dumps(row, indent=1))
     return row
 
 
