@@ -16,8 +16,12 @@ Variants (each its own copy of the same initial model; Pyro's handlers stay outs
   closed forms, eq. 1-12).
 - ``compile:networks``: the guide's encoder and q(pi | z)'s network trunk.
 - ``compile:likelihood``: the Normal log-density (eq. 20-21) the enumerated sites evaluate.
-- ``compile:all``: the three together, as :func:`velopyro.train.compiled_parts` installs them for
-  ``fit(compile=True)``.
+- ``compile:all``: the three together (:func:`compiled_parts`).
+
+The result (median CPU time per step, interleaved): no compiled part pays on CPU (0.96-1.02x eager, within
+the noise), while compiling costs tens of seconds to minutes; TorchScript's trace of the whole ELBO
+(``jit=True``) is the faster one (0.86x). velopyro therefore offers no compile option; the compiled path
+lives here so that the measurement can be repeated (e.g. on a GPU, where fewer kernel launches may pay).
 
 The enumerated contraction (the sum over the states and the plates) happens inside Pyro's
 ``TraceEnum_ELBO``, between its handlers, and so is not compiled here.
@@ -26,6 +30,7 @@ The enumerated contraction (the sum over the states and the plates) happens insi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -33,6 +38,103 @@ import time
 from benchmarks.common import RESULTS_DIR, set_threads
 
 OUT = RESULTS_DIR / "speed"
+COMPILE_PARTS = ("kinetics", "networks", "likelihood")
+
+
+class _CompiledNormalLogProb:
+    """``velopyro.distributions.Normal.log_prob`` as one compiled function per backend (made on first use)."""
+
+    fn: dict = {}
+
+    @classmethod
+    def get(cls, backend: str):
+        import torch
+
+        from velopyro.distributions import Normal
+
+        if backend not in cls.fn:
+            cls.fn[backend] = torch.compile(Normal.log_prob, dynamic=False, backend=backend)
+        return cls.fn[backend]
+
+
+def _compiled_normal_type(backend: str):
+    import torch
+
+    from velopyro.distributions import Normal
+
+    class CompiledNormal(Normal):
+        """The same density; ``log_prob`` runs the compiled kernel."""
+
+        def log_prob(self, value):
+            return _CompiledNormalLogProb.get(backend)(self, value)
+
+    return CompiledNormal
+
+
+@contextlib.contextmanager
+def compiled_parts(model, guide, parts: tuple[str, ...] = COMPILE_PARTS, backend: str = "inductor"):
+    """Run the pure-tensor parts of a training step through ``torch.compile`` while the context is open.
+
+    Pyro's handlers (the trace, the plates, the enumeration) stay outside every compiled region; what is
+    compiled is called from inside the Pyro program:
+
+    - ``"kinetics"``: the model's :meth:`~velopyro.model.VeloVIModel.kinetic_state` (time heads, eq. 16-19,
+      and the closed forms, eq. 1-12);
+    - ``"networks"``: the guide's encoder (eq. 22) and the trunk of q(pi | z)'s network;
+    - ``"likelihood"``: the Normal log-density of eq. 20-21 (other likelihoods stay eager).
+
+    The compiled callables are instance attributes that shadow the methods; leaving the context removes
+    them, so saving, copying and the read-outs see the plain modules.
+
+    Parameters
+    ----------
+    model, guide
+        :class:`~velopyro.model.VeloVIModel` and :class:`~velopyro.guide.VeloVIGuide`.
+    parts
+        Which of :data:`COMPILE_PARTS` to compile.
+    backend
+        ``torch.compile``'s backend (``"inductor"`` generates fused C++ kernels; ``"aot_eager"`` only
+        captures the graphs, a quick check that they are the eager computation).
+
+    Yields
+    ------
+    None
+    """
+    import torch
+
+    unknown = sorted(set(parts) - set(COMPILE_PARTS))
+    if unknown:
+        raise ValueError(f"unknown compile part(s) {unknown}; choose from {COMPILE_PARTS}.")
+    installed: list[tuple[object, str]] = []
+
+    def shadow(obj: object, name: str, value: object) -> None:
+        object.__setattr__(obj, name, value)
+        installed.append((obj, name))
+
+    try:
+        if "kinetics" in parts:
+            shadow(model, "kinetic_state", torch.compile(model.kinetic_state, dynamic=False, backend=backend))
+        if "networks" in parts:
+            shadow(guide.encoder, "forward", torch.compile(guide.encoder.forward, dynamic=False, backend=backend))
+            if getattr(guide, "pi_head", None) is not None:
+                trunk = guide.pi_head.trunk
+                shadow(trunk, "forward", torch.compile(trunk.forward, dynamic=False, backend=backend))
+        if "likelihood" in parts and model.likelihood.name == "normal":
+            lik = model.likelihood
+            cls = _compiled_normal_type(backend)
+            plain = lik.dist
+
+            def dist_(mean, state, modality, size_factor=None):
+                d = plain(mean, state, modality, size_factor)
+                return cls(d.loc, d.scale, validate_args=False)
+
+            shadow(lik, "dist", dist_)
+        yield
+    finally:
+        for obj, name in reversed(installed):
+            object.__delattr__(obj, name)
+
+
 VARIANTS = ("eager", "jit", "compile:kinetics", "compile:networks", "compile:likelihood", "compile:all")
 
 
@@ -67,11 +169,9 @@ def step_times(adata, variants=VARIANTS, reps: int = 20, warmup: int = 2, batch_
     import copy
 
     import pyro
-    import torch
     from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
 
     import velopyro
-    from velopyro.train import compiled_parts
 
     base = velopyro.VeloPyro(adata, spliced_layer="Ms", unspliced_layer="Mu", pi_guide=pi_guide)
     n = adata.n_obs
@@ -138,7 +238,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     set_threads(args.threads)
     import numpy as np
-    import torch
 
     from benchmarks import data
 

@@ -48,22 +48,44 @@ OUT = RESULTS_DIR / "speed"
 VARIANTS: dict[str, tuple[str, str, dict]] = {
     "independent,dirichlet (default)": ("independent", "dirichlet", {}),
     "independent,dirichlet,jit": ("independent", "dirichlet", {"jit": True}),
-    "independent,dirichlet,compile": ("independent", "dirichlet", {"compile": True}),
+    # torch.compile of the pure-tensor parts (benchmarks.compile_speed.compiled_parts): not a velopyro option
+    "independent,dirichlet,compile": ("independent", "dirichlet", {"_compile": True}),
     "independent,logistic_normal": ("independent", "logistic_normal", {}),
     "independent,collapsed": ("independent", "collapsed", {}),
     "shared,dirichlet": ("shared", "dirichlet", {}),
     "shared,logistic_normal": ("shared", "logistic_normal", {}),
     "shared,collapsed": ("shared", "collapsed", {}),
 }
-QUICK_VARIANTS = ("independent,dirichlet (default)", "independent,collapsed", "independent,dirichlet,jit")
+QUICK_VARIANTS = ("independent,dirichlet (default)", "independent,collapsed", "independent,dirichlet,jit",
+                  "independent,dirichlet,compile")
 
 
 def _load() -> float:
     return float(os.getloadavg()[0])
 
 
+def _compiled_training():
+    """Patch ``VeloPyro.fit``'s trainer so that it trains inside :func:`benchmarks.compile_speed.compiled_parts`."""
+    from unittest import mock
+
+    import velopyro.api
+    from benchmarks.compile_speed import compiled_parts
+
+    plain = velopyro.api.train_svi
+
+    def train_svi(model, guide, *args, **kwargs):
+        with compiled_parts(model, guide):
+            return plain(model, guide, *args, **kwargs)
+
+    return mock.patch.object(velopyro.api, "train_svi", train_svi)
+
+
 def _fit_row(adapter, adata, dataset: str, epochs: int) -> dict:
-    rec = adapter.fit(adata.copy(), dataset, max_epochs=epochs, early_stopping=False)
+    import contextlib
+
+    compiled = adapter.fit_kwargs.pop("_compile", False) if hasattr(adapter, "fit_kwargs") else False
+    with _compiled_training() if compiled else contextlib.nullcontext():
+        rec = adapter.fit(adata.copy(), dataset, max_epochs=epochs, early_stopping=False)
     return {"seconds_per_epoch": rec.seconds_per_epoch, "whole_call_seconds": rec.setup_seconds + rec.wall_seconds,
             "cpu_seconds": rec.cpu_seconds, "epochs": rec.n_epochs, "epoch_seconds": rec.epoch_seconds}
 
@@ -82,7 +104,8 @@ def section_variants(adata, dataset: str, epochs: int, names: tuple[str, ...]) -
                 adapter = VeloviAdapter(n_samples=1)
             else:
                 coupling, guide, fit_kwargs = spec
-                adapter = VelopyroAdapter(n_samples=1, state_coupling=coupling, pi_guide=guide, fit_kwargs=fit_kwargs)
+                adapter = VelopyroAdapter(n_samples=1, state_coupling=coupling, pi_guide=guide,
+                                          fit_kwargs=dict(fit_kwargs))
             rows[key] = _fit_row(adapter, adata, dataset, epochs)
             print(f"[{dataset}] {key}: {rows[key]['seconds_per_epoch']:.3f} s/epoch, whole call "
                   f"{rows[key]['whole_call_seconds']:.1f} s", flush=True)
@@ -108,7 +131,13 @@ def section_counts(epochs: int, rounds: int, quick: bool) -> dict:
 
     adata = _data()
     if quick:
-        adata = adata[:400].copy()
+        adata = adata[:800].copy()
+        keep = np.ones(adata.n_vars, dtype=bool)
+        for key in ("raw_spliced", "raw_unspliced", "Ms", "Mu"):
+            if key in adata.layers:
+                x = layer_array(adata, key)
+                keep &= x.max(0) > x.min(0)
+        adata = adata[:, keep].copy()
     out: dict = {"load_before": _load(), "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars)}
     secs: dict[str, list[float]] = {k: [] for k in ("normal", "poisson", "negative_binomial")}
     for _ in range(rounds):
@@ -193,6 +222,25 @@ def section_time_to_fit(adata, max_epochs: int, candidates: tuple[str, ...], eve
     return out
 
 
+def section_time_to_fit_estimate(per_epoch_ratio: float, per_epoch_ratio_cpu: float | None) -> dict:
+    """Figure 4 without new fits: epochs to early stopping from the committed 3-seed pancreas runs of
+    :mod:`benchmarks.direction` (velovi ``default``, velopyro ``steady_state_init`` = today's default), times
+    the per-epoch ratio measured in this run's figure 1."""
+    runs = RESULTS_DIR / "direction" / "runs"
+    epochs = {}
+    for tool, variant in (("velovi", "default"), ("velopyro", "steady_state_init")):
+        rows = [json.loads(p.read_text()) for p in sorted(runs.glob(f"pancreas_{tool}_{variant}_s*.json"))]
+        epochs[tool] = {"epochs": [r["n_epochs"] for r in rows],
+                        "heldout_loglik_per_cell": [r["heldout_loglik_per_cell"] for r in rows]}
+    ev, ep = (float(np.mean(epochs[k]["epochs"])) for k in ("velovi", "velopyro"))
+    out = {"source": str(runs.relative_to(RESULTS_DIR.parent.parent)), "runs": epochs,
+           "epoch_count_ratio": ep / ev, "seconds_per_epoch_ratio": per_epoch_ratio,
+           "estimated_time_to_fit_ratio": ep / ev * per_epoch_ratio}
+    if per_epoch_ratio_cpu is not None:
+        out["estimated_time_to_fit_ratio_cpu"] = ep / ev * per_epoch_ratio_cpu
+    return out
+
+
 def _f(x, fmt=".2f") -> str:
     return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
 
@@ -253,6 +301,18 @@ def write_markdown(res: dict, path: Path | None) -> str:
                          f"{_f(r.get('seconds_to_best_ratio', 1.0))}x | {reach_s} | "
                          f"{r['heldout_loglik_per_cell']:.1f} |")
         lines.append("")
+    if "time_to_fit_estimate" in res:
+        t = res["time_to_fit_estimate"]
+        ev, ep = t["runs"]["velovi"], t["runs"]["velopyro"]
+        lines += ["## 4. Time to a converged fit, from the committed 3-seed runs (pancreas)", "",
+                  f"Epochs to early stopping (patience 45, at most 500), `{t['source']}`: velovi "
+                  f"{ev['epochs']} (held-out log-lik / cell {np.mean(ev['heldout_loglik_per_cell']):.1f}), velopyro "
+                  f"default {ep['epochs']} ({np.mean(ep['heldout_loglik_per_cell']):.1f}): "
+                  f"{t['epoch_count_ratio']:.2f}x "
+                  f"the epochs. Times this run's per-epoch ratio on pancreas ({t['seconds_per_epoch_ratio']:.2f}x "
+                  f"wall, median epoch): **{t['estimated_time_to_fit_ratio']:.2f}x** velovi's time to a converged "
+                  "fit" + (f" ({t['estimated_time_to_fit_ratio_cpu']:.2f}x with process CPU time per epoch)."
+                           if "estimated_time_to_fit_ratio_cpu" in t else "."), ""]
     text = "\n".join(lines)
     if path is not None:
         path.write_text(text)
@@ -275,7 +335,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke test: small data, 2 epochs, few variants")
     p.add_argument("--epochs", type=int, default=11, help="epochs per variant in section 1 (first dropped)")
-    p.add_argument("--only", nargs="+", choices=("variants", "counts", "readout", "time_to_fit"))
+    p.add_argument("--only", nargs="+",
+                   choices=("variants", "counts", "readout", "time_to_fit_estimate", "time_to_fit"))
     p.add_argument("--ttf-candidates", nargs="*", default=[], help="benchmarks.time_to_fit candidates")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/speed)")
     args = p.parse_args(argv)
@@ -287,42 +348,59 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks import data
 
     t0 = time.perf_counter()
-    sections = args.only or ("variants", "counts", "readout", "time_to_fit")
+    sections = args.only or ("variants", "counts", "readout", "time_to_fit_estimate")
     epochs = 2 if args.quick else args.epochs
     res: dict = {}
+    out = args.out if args.out is not None else (None if args.quick else OUT)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = "unknown"
+    cmd = "python -m benchmarks.speed" + (" --quick" if args.quick else f" --epochs {args.epochs}") + (
+        f" --ttf-candidates {' '.join(args.ttf_candidates)}" if args.ttf_candidates else "") + (
+        f" --only {' '.join(args.only)}" if args.only else "")
+
+    def save() -> str:
+        res["meta"] = {"command": cmd, "commit": commit, "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                       "epochs": epochs, "total_minutes": (time.perf_counter() - t0) / 60,
+                       "sections": list(sections)}
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps(res, indent=1, default=float))
+        return write_markdown(res, None if out is None else out / "results.md")
+
     pancreas = data.pancreas()
     if args.quick:
         pancreas = pancreas[:600].copy()
     if "variants" in sections:
         names = QUICK_VARIANTS if args.quick else tuple(VARIANTS)
         res["variants"] = {"pancreas": section_variants(pancreas, "pancreas", epochs, names)}
-        if not args.quick:
-            sim = data.scvelo_simulation(3000, 1000, block_size=25, with_truth=False)
-            res["variants"]["sim3000x1000"] = section_variants(sim, "sim", epochs, names)
+        save()
+    if "time_to_fit_estimate" in sections and "variants" in res:
+        row = res["variants"]["pancreas"]["rows"].get(next(iter(names)), {})
+        vel = [res["variants"]["pancreas"]["rows"].get(k, {}) for k in ("velovi (first)", "velovi (last)")]
+        cpu = [r["cpu_seconds"] / r["epochs"] for r in vel if "cpu_seconds" in r]
+        cpu_ratio = (row["cpu_seconds"] / row["epochs"]) / float(np.mean(cpu)) if cpu and "cpu_seconds" in row else None
+        if "seconds_per_epoch_ratio" in row:
+            res["time_to_fit_estimate"] = section_time_to_fit_estimate(row["seconds_per_epoch_ratio"], cpu_ratio)
+            save()
     if "counts" in sections:
         res["counts"] = section_counts(epochs, 1 if args.quick else 2, args.quick)
+        save()
     if "readout" in sections:
         res["readout"] = section_readout(pancreas, epochs, 3 if args.quick else 25)
+        save()
+    if "variants" in sections and not args.quick:  # the longest section last
+        sim = data.scvelo_simulation(3000, 1000, block_size=25, with_truth=False)
+        res["variants"]["sim3000x1000"] = section_variants(sim, "sim", epochs, names)
+        save()
     if "time_to_fit" in sections:
         res["time_to_fit"] = section_time_to_fit(pancreas, 3 if args.quick else 500, tuple(args.ttf_candidates),
                                                  every=1 if args.quick else 5)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    cmd = "python -m benchmarks.speed" + (" --quick" if args.quick else "") + (
-        f" --epochs {args.epochs}" if not args.quick else "") + (
-        f" --ttf-candidates {' '.join(args.ttf_candidates)}" if args.ttf_candidates else "") + (
-        f" --only {' '.join(args.only)}" if args.only else "")
-    res["meta"] = {"command": cmd, "commit": commit, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "machine": f"{platform.machine()}, {os.cpu_count()} cores", "epochs": epochs,
-                   "total_minutes": (time.perf_counter() - t0) / 60}
-    out = args.out if args.out is not None else (None if args.quick else OUT)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(res, indent=1, default=float))
-    print(write_markdown(res, None if out is None else out / "results.md"))
+    text = save()
+    print(text)
     return res
 
 

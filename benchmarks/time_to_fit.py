@@ -90,9 +90,11 @@ def run_one(candidate: str, seed: int, every: int, max_epochs: int = 500, fit_kw
     kwargs = dict(CANDIDATES[candidate] if fit_kwargs is None else fit_kwargs)
     adapter = VelopyroAdapter(n_samples=25, fit_kwargs=kwargs)
     u_all, s_all = layer_array(adata, "Mu"), layer_array(adata, "Ms")
-    curve: dict[str, list] = {"epoch": [], "cpu": [], "heldout_epoch": [], "heldout": [], "heldout_seconds": []}
+    curve: dict[str, list] = {"epoch": [], "cpu": [], "wall": [], "validation_loss": [], "heldout_epoch": [],
+                              "heldout": [], "heldout_seconds": []}
     original = vtrain.elbo_per_cell
-    clock = {"cpu": time.process_time()}
+    clock = {"cpu": time.process_time(), "wall": time.perf_counter()}
+    partial = OUT / f"{candidate}_s{seed}.partial.json"
 
     def heldout(model, guide, vdata, idx) -> float:
         lik = model.likelihood.gene_params()
@@ -123,9 +125,16 @@ def run_one(candidate: str, seed: int, every: int, max_epochs: int = 500, fit_kw
             curve["heldout_epoch"].append(epoch)
             curve["heldout_seconds"].append(time.perf_counter() - t0)
             clock["cpu"] += time.process_time() - c0  # not charged to the epoch
-        now = time.process_time()
+            clock["wall"] += curve["heldout_seconds"][-1]
+            if write:  # the curve so far, in case the run is stopped before it converges
+                OUT.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps({"candidate": candidate, "seed": seed, "fit_kwargs": kwargs,
+                                               "complete": False, **curve}, indent=1))
+        now, wall = time.process_time(), time.perf_counter()
         curve["cpu"].append(now - clock["cpu"])
-        clock["cpu"] = now
+        curve["wall"].append(wall - clock["wall"])
+        curve["validation_loss"].append(float(out))
+        clock["cpu"], clock["wall"] = now, wall
         return out
 
     vtrain.elbo_per_cell = hooked
@@ -158,6 +167,7 @@ def run_one(candidate: str, seed: int, every: int, max_epochs: int = 500, fit_kw
     if write:
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / f"{candidate}_s{seed}.json").write_text(json.dumps(row, indent=1))
+        partial.unlink(missing_ok=True)
     return row
 
 
@@ -212,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--every", type=int, default=5)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--max-epochs", type=int, default=500)
     sub.add_parser("report")
     args = p.parse_args(argv)
     if args.cmd == "report":
@@ -221,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.common import quiet
 
     quiet()
-    row = run_one(args.candidate, args.seed, args.every)
+    row = run_one(args.candidate, args.seed, args.every, max_epochs=args.max_epochs)
     print(json.dumps({k: row[k] for k in ("candidate", "n_epochs", "best_epoch", "heldout_loglik_per_cell")}))
 
 

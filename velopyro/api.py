@@ -300,11 +300,9 @@ class VeloPyro:
                 "train_indices": torch.as_tensor(self.train_indices),
                 "validation_indices": torch.as_tensor(self.validation_indices)}
         if cfg.strategy is not None or _several(cfg.devices) or cfg.num_nodes > 1:
-            if (cfg.jit or cfg.compile or cfg.preload or cfg.loss_per_cell or checkpoint_dir is not None
-                    or resume is not None):
+            if cfg.jit or cfg.preload or cfg.loss_per_cell or checkpoint_dir is not None or resume is not None:
                 raise VelopyroInputError(
-                    "jit, compile, preload, loss_per_cell, checkpoint_dir and resume are not available with "
-                    "devices/strategy "
+                    "jit, preload, loss_per_cell, checkpoint_dir and resume are not available with devices/strategy "
                     "(Lightning training); drop them, or train in one process without devices/strategy."
                 )
             from .lightning import train_lightning

@@ -13,7 +13,6 @@ the device when it is used (``preload=True`` moves everything once when it fits)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -32,7 +31,7 @@ from ._rng import seeded
 from .data import VeloData  # re-exported: VeloData used to live here
 
 __all__ = ["VeloData", "TrainConfig", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices",
-           "elbo_per_cell", "compiled_parts", "COMPILE_PARTS"]
+           "elbo_per_cell"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -67,12 +66,7 @@ class TrainConfig:
     penalty_fade
         Multiply the switch penalty by ``1 - w`` (the reference's schedule; needs ``kl_warmup_epochs``).
     jit
-        Use ``JitTraceEnum_ELBO`` (``torch.jit.trace``, which torch reports as deprecated; static shapes: the
-        ragged last minibatch is dropped).
-    compile
-        Run the pure-tensor parts of each step (kinetics, networks, the Normal log-density) through
-        ``torch.compile`` with Pyro's handlers outside (:func:`compiled_parts`); the first steps pay the
-        compilation. Not with ``jit``.
+        Use ``JitTraceEnum_ELBO`` (static shapes: the ragged last minibatch is dropped).
     device
         ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"auto"`` (CUDA when available).
     preload
@@ -119,7 +113,6 @@ class TrainConfig:
     kl_warmup_epochs: int | None = None
     penalty_fade: bool = False
     jit: bool = False
-    compile: bool = False
     device: str | torch.device = "auto"
     preload: bool = False
     seed: int = 0
@@ -275,98 +268,6 @@ def elbo_per_cell(
     return total / max(len(idx), 1)
 
 
-COMPILE_PARTS = ("kinetics", "networks", "likelihood")
-
-
-class _CompiledNormalLogProb:
-    """``velopyro.distributions.Normal.log_prob`` as one compiled function per backend (made on first use)."""
-
-    fn: dict = {}
-
-    @classmethod
-    def get(cls, backend: str):
-        from .distributions import Normal
-
-        if backend not in cls.fn:
-            cls.fn[backend] = torch.compile(Normal.log_prob, dynamic=False, backend=backend)
-        return cls.fn[backend]
-
-
-def _compiled_normal_type(backend: str):
-    from .distributions import Normal
-
-    class CompiledNormal(Normal):
-        """The same density; ``log_prob`` runs the compiled kernel."""
-
-        def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-            return _CompiledNormalLogProb.get(backend)(self, value)
-
-    return CompiledNormal
-
-
-@contextlib.contextmanager
-def compiled_parts(model: torch.nn.Module, guide: torch.nn.Module, parts: tuple[str, ...] = COMPILE_PARTS,
-                   backend: str = "inductor"):
-    """Run the pure-tensor parts of a training step through ``torch.compile`` while the context is open.
-
-    Pyro's handlers (the trace, the plates, the enumeration) stay outside every compiled region; what is
-    compiled is called from inside the Pyro program:
-
-    - ``"kinetics"``: the model's :meth:`~velopyro.model.VeloVIModel.kinetic_state` (time heads, eq. 16-19,
-      and the closed forms, eq. 1-12);
-    - ``"networks"``: the guide's encoder (eq. 22) and the trunk of q(pi | z)'s network;
-    - ``"likelihood"``: the Normal log-density of eq. 20-21 (other likelihoods stay eager).
-
-    The compiled callables are instance attributes that shadow the methods; leaving the context removes
-    them, so saving, copying and the read-outs see the plain modules.
-
-    Parameters
-    ----------
-    model, guide
-        :class:`~velopyro.model.VeloVIModel` and :class:`~velopyro.guide.VeloVIGuide`.
-    parts
-        Which of :data:`COMPILE_PARTS` to compile.
-    backend
-        ``torch.compile``'s backend (``"inductor"`` generates fused C++ kernels; ``"aot_eager"`` only
-        captures the graphs, a quick check that they are the eager computation).
-
-    Yields
-    ------
-    None
-    """
-    unknown = sorted(set(parts) - set(COMPILE_PARTS))
-    if unknown:
-        raise ValueError(f"unknown compile part(s) {unknown}; choose from {COMPILE_PARTS}.")
-    installed: list[tuple[object, str]] = []
-
-    def shadow(obj: object, name: str, value: object) -> None:
-        object.__setattr__(obj, name, value)
-        installed.append((obj, name))
-
-    try:
-        if "kinetics" in parts:
-            shadow(model, "kinetic_state", torch.compile(model.kinetic_state, dynamic=False, backend=backend))
-        if "networks" in parts:
-            shadow(guide.encoder, "forward", torch.compile(guide.encoder.forward, dynamic=False, backend=backend))
-            if getattr(guide, "pi_head", None) is not None:
-                trunk = guide.pi_head.trunk
-                shadow(trunk, "forward", torch.compile(trunk.forward, dynamic=False, backend=backend))
-        if "likelihood" in parts and model.likelihood.name == "normal":
-            lik = model.likelihood
-            cls = _compiled_normal_type(backend)
-            plain = lik.dist
-
-            def dist_(mean, state, modality, size_factor=None):
-                d = plain(mean, state, modality, size_factor)
-                return cls(d.loc, d.scale, validate_args=False)
-
-            shadow(lik, "dist", dist_)
-        yield
-    finally:
-        for obj, name in reversed(installed):
-            object.__delattr__(obj, name)
-
-
 def _parameter_groups(model: torch.nn.Module, guide: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on network weights only; kinetic rates and likelihood parameters are not decayed
     (decoupled decay would pull their unconstrained values, and so the rates, towards arbitrary points)."""
@@ -454,8 +355,6 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
     checkpoint_every = cfg.checkpoint_every
     if penalty_fade and not kl_warmup_epochs:
         raise ValueError("penalty_fade=True fades the penalty with the KL warm-up; set kl_warmup_epochs too.")
-    if jit and cfg.compile:
-        raise ValueError("jit=True and compile=True are two ways to trace the same step; choose one.")
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     model.to(dev)
@@ -489,8 +388,6 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
     bar = tqdm(range(last_epoch + 1, max_epochs + 1) if not stopped else [], desc="velopyro", unit="epoch",
                disable=not progress_bar, dynamic_ncols=True, leave=True)
     last_state, interrupted = None, False
-    compiled = compiled_parts(model, guide) if cfg.compile else contextlib.nullcontext()
-    compiled.__enter__()
     try:
         for epoch in bar:
             t0 = time.perf_counter()
@@ -565,7 +462,6 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
         warnings.warn(f"fit interrupted during epoch {len(hist.epoch) + 1}; keeping the state of epoch {keep} "
                       "(history['interrupted'] is True).", UserWarning, stacklevel=3)
     finally:
-        compiled.__exit__(None, None, None)
         bar.close()
         model._pyro_name = guide._pyro_name = None
     state = best_state if best_state is not None else last_state if interrupted else None
