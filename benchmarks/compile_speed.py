@@ -58,8 +58,6 @@ class _CompiledNormalLogProb:
 
 
 def _compiled_normal_type(backend: str):
-    import torch
-
     from velopyro.distributions import Normal
 
     class CompiledNormal(Normal):
@@ -169,6 +167,7 @@ def step_times(adata, variants=VARIANTS, reps: int = 20, warmup: int = 2, batch_
     import copy
 
     import pyro
+    import torch
     from pyro.infer import JitTraceEnum_ELBO, TraceEnum_ELBO
 
     import velopyro
@@ -238,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     set_threads(args.threads)
     import numpy as np
+    import torch
 
     from benchmarks import data
 
