@@ -195,18 +195,29 @@ def report(target: float | None = None) -> str:
     lines = ["# Time to a converged fit on pancreas (velopyro training candidates)", "",
              "`python -m benchmarks.time_to_fit run --candidate NAME --seed S`, then `report`. One run per row; "
              "separate runs saw different loads, so CPU seconds and epochs are the figures to compare. "
-             f"Target held-out log-likelihood per cell: {target:.1f} (velovi's mean over its 3 direction runs).",
-             "", "| candidate | seed | batch | epochs (best / stop) | CPU s to best / stop | wall s to stop | "
-             "first epoch held-out >= target (CPU s) | final held-out | best validation -ELBO |",
+             f"Target held-out log-likelihood per cell: {target:.1f} (velovi's mean over its 3 direction runs). "
+             "A row marked *partial* is a run stopped before early stopping (its curve so far).",
+             "", "| candidate | seed | options | epochs (best / stop) | CPU s / epoch (median) | "
+             "CPU s to best / stop | first epoch held-out >= target (CPU s) | held-out at the last curve point "
+             "(epoch) | final held-out (10 draws) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cpu = np.cumsum(r["epoch_cpu_seconds"])
-        b = r["best_epoch"]
-        hit = next((e for e, v in zip(r["heldout_epoch"], r["heldout_curve"], strict=True) if v >= target), None)
-        hit_s = f"{hit} ({cpu[hit - 1]:.0f})" if hit else "-"
-        lines.append(f"| {r['candidate']} | {r['seed']} | {r['batch_size']} | {b} / {r['n_epochs']} | "
-                     f"{cpu[b - 1]:.0f} / {cpu[-1]:.0f} | {sum(r['epoch_seconds']):.0f} | {hit_s} | "
-                     f"{r['heldout_loglik_per_cell']:.1f} | {min(r['validation_loss']):.1f} |")
+        cpu_per = r.get("epoch_cpu_seconds", r.get("cpu"))
+        cpu = np.cumsum(cpu_per)
+        hit = next((e for e, v in zip(r["heldout_epoch"], r.get("heldout_curve", r.get("heldout")), strict=True)
+                    if v >= target), None)
+        hit_s = f"{hit} ({cpu[min(hit, len(cpu)) - 1]:.0f})" if hit else "not reached"
+        curve = r.get("heldout_curve", r.get("heldout"))
+        last = f"{curve[-1]:.1f} ({r['heldout_epoch'][-1]})" if curve else "-"
+        opts = ", ".join(f"{k}={v}" for k, v in r["fit_kwargs"].items()) or "defaults"
+        if r.get("complete", True):
+            b = r["best_epoch"]
+            lines.append(f"| {r['candidate']} | {r['seed']} | {opts} | {b} / {r['n_epochs']} | "
+                         f"{np.median(cpu_per[1:]):.2f} | {cpu[b - 1]:.0f} / {cpu[-1]:.0f} | {hit_s} | {last} | "
+                         f"{r['heldout_loglik_per_cell']:.1f} |")
+        else:
+            lines.append(f"| {r['candidate']} (*partial*) | {r['seed']} | {opts} | - / {len(r['epoch'])} (cut) | "
+                         f"{np.median(cpu_per[1:]):.2f} | - / {cpu[-1]:.0f} | {hit_s} | {last} | - |")
     text = "\n".join(lines) + "\n"
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.md").write_text(text)
