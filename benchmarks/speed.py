@@ -90,8 +90,9 @@ def _fit_row(adapter, adata, dataset: str, epochs: int) -> dict:
             "cpu_seconds": rec.cpu_seconds, "epochs": rec.n_epochs, "epoch_seconds": rec.epoch_seconds}
 
 
-def section_variants(adata, dataset: str, epochs: int, names: tuple[str, ...]) -> dict:
-    """Figure 1 on one data set: velovi (first and last) and each velopyro variant, ``epochs`` epochs each."""
+def section_variants(adata, dataset: str, epochs: int, names: tuple[str, ...], on_row=None) -> dict:
+    """Figure 1 on one data set: velovi (first and last) and each velopyro variant, ``epochs`` epochs each
+    (``on_row(partial_section)`` is called after each run, e.g. to save progress)."""
     from benchmarks.run_velopyro import VelopyroAdapter
     from benchmarks.run_velovi import VeloviAdapter
 
@@ -112,6 +113,8 @@ def section_variants(adata, dataset: str, epochs: int, names: tuple[str, ...]) -
         except Exception as e:  # noqa: BLE001 - record and carry on
             rows[key] = {"error": f"{type(e).__name__}: {e}"[:400]}
             traceback.print_exc()
+        if on_row is not None:
+            on_row({**out, "rows": rows, "load_after": _load()})
     _ratios(out, rows)
     out["rows"] = rows
     out["load_after"] = _load()
@@ -347,7 +350,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="smoke test: small data, 2 epochs, few variants")
     p.add_argument("--epochs", type=int, default=11, help="epochs per variant in section 1 (first dropped)")
     p.add_argument("--only", nargs="+",
-                   choices=("variants", "counts", "readout", "time_to_fit_estimate", "time_to_fit"))
+                   choices=("variants", "sim_variants", "counts", "readout", "time_to_fit_estimate",
+                            "time_to_fit"))
+    p.add_argument("--sim-variants", nargs="*", choices=tuple(VARIANTS),
+                   help="velopyro variants on the simulation (default: all)")
     p.add_argument("--ttf-candidates", nargs="*", default=[], help="benchmarks.time_to_fit candidates")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/results/speed)")
     p.add_argument("--render", action="store_true", help="only rewrite results.md from the folder's results.json")
@@ -409,9 +415,15 @@ def main(argv: list[str] | None = None) -> dict:
     if "readout" in sections:
         res["readout"] = section_readout(pancreas, epochs, 3 if args.quick else 25)
         save()
-    if "variants" in sections and not args.quick:  # the longest section last
+    if ("variants" in sections or "sim_variants" in sections) and not args.quick:  # the longest section last
         sim = data.scvelo_simulation(3000, 1000, block_size=25, with_truth=False)
-        res["variants"]["sim3000x1000"] = section_variants(sim, "sim", epochs, names)
+        names = tuple(args.sim_variants or VARIANTS)
+
+        def progress(partial: dict) -> None:
+            res.setdefault("variants", {})["sim3000x1000"] = partial
+            save()
+
+        res.setdefault("variants", {})["sim3000x1000"] = section_variants(sim, "sim", epochs, names, progress)
         save()
     if "time_to_fit" in sections:
         res["time_to_fit"] = section_time_to_fit(pancreas, 3 if args.quick else 500, tuple(args.ttf_candidates),
