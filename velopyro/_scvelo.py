@@ -15,6 +15,12 @@ velopyro writes:
   own fit and its upper-quantile cells). It lies on scVelo's scale, so ``min_likelihood=0.1`` keeps its
   meaning.
 - ``fit_u0``, ``fit_s0``: basal transcription, 0 (the model has none).
+
+Also here, for CellRank: ``layers["velocity_var"]``, the posterior variance of each cell's and gene's
+velocity over the draws (:func:`velocity_variance`). CellRank 2's ``VelocityKernel`` Monte Carlo model
+samples each cell's velocity from a normal with a mean and a variance; by itself it takes both from the
+velocity's moments over the cell's kNN neighbours (scVelo's ``get_moments``), and it reads no variance layer.
+:func:`velopyro.tl.cellrank_velocity_kernel` hands it the posterior mean and this variance instead.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 
 from ._chunks import gene_slices
 
-__all__ = ["standardised_fit_stats", "RECOVER_DYNAMICS"]
+__all__ = ["standardised_fit_stats", "velocity_variance", "RECOVER_DYNAMICS"]
 
 #: ``uns["recover_dynamics"]`` as scVelo's ``recover_dynamics`` writes it (read by ``get_divergence``).
 RECOVER_DYNAMICS = {"fit_connected_states": False, "fit_basal_transcription": False, "use_raw": False}
@@ -78,3 +84,20 @@ def standardised_fit_stats(u: np.ndarray, s: np.ndarray, fit_u: np.ndarray,
         out["std_u"][sl], out["std_s"][sl], out["likelihood"][sl] = std_u, std_s, np.exp(ll)
     return out
 
+
+
+def velocity_variance(mean: np.ndarray, mean_sq: np.ndarray) -> np.ndarray:
+    """Posterior variance ``E[v^2] - E[v]^2`` from the draws' mean and mean square, clipped at 0 (rounding).
+
+    Parameters
+    ----------
+    mean, mean_sq
+        The mean of the velocity and of its square over the posterior draws, ``(cells, genes)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(cells, genes)`` float32, >= 0.
+    """
+    mean = np.asarray(mean, np.float64)
+    return np.maximum(np.asarray(mean_sq, np.float64) - mean * mean, 0.0).astype(np.float32)

@@ -658,6 +658,8 @@ class VeloPyro:
           ``["fit_s0"]`` (0: no basal transcription), ``layers["fit_tau"]``/``["fit_tau_"]`` (time on the
           induction branch; time since the switch on the repression branch) and
           ``uns["recover_dynamics"]``; see :mod:`velopyro._scvelo`
+        - ``layers["velocity_var"]``: the posterior variance of the spliced velocity over the ``n_samples``
+          draws (what CellRank's Monte Carlo model can sample from: :func:`velopyro.tl.cellrank_velocity_kernel`)
         - ``obs["latent_time"]`` (cell-level, [0, 1]), ``obsm["X_velopyro"]`` (mean of q(z | u, s))
         - ``var["fit_time_consistency"]``, ``var["fit_backward"]``: the backward-gene diagnostic of
           :func:`velopyro.tl.gene_time_consistency` (a gene whose own time runs against the cells' latent time)
@@ -701,7 +703,8 @@ class VeloPyro:
         def fn(smp):  # the defaults of get_velocity and get_latent_time / get_state_assignment
             wv = posterior.state_weights(smp, posterior.VELOCITY_WEIGHTS)
             w = posterior.state_weights(smp, posterior.TIME_WEIGHTS)
-            return {"v": posterior.velocity(smp, "mean", "spliced", wv),
+            v = posterior.velocity(smp, "mean", "spliced", wv)
+            return {"v": v, "v2": v * v,  # v2: the velocity's posterior variance (velocity_var)
                     "vu": posterior.velocity(smp, "mean", "unspliced", wv),
                     "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"],
                     # scVelo's dynamical keys: expression fit, per-branch times, marginal log-likelihood
@@ -749,6 +752,7 @@ class VeloPyro:
         adata.var["fit_std_u"], adata.var["fit_std_s"] = stats["std_u"], stats["std_s"]
         adata.var["fit_u0"] = 0.0
         adata.var["fit_s0"] = 0.0
+        adata.layers["velocity_var"] = _scvelo.velocity_variance(out["v"], out["v2"])
         adata.layers["fit_tau"] = out["tau"].astype(np.float32)
         adata.layers["fit_tau_"] = out["tau_"].astype(np.float32)
         adata.uns["recover_dynamics"] = dict(_scvelo.RECOVER_DYNAMICS)

@@ -1,0 +1,179 @@
+"""The analysis after the fit on pancreas: velopyro (defaults) beside velovi 0.3.1.
+
+Three stages, each rerunnable on its own:
+
+``fit``
+    Fit one tool at one seed on :func:`benchmarks.data.pancreas` (the preprocessing of
+    :mod:`benchmarks.direction`: velovi's tutorial), with the adapters of :mod:`benchmarks.direction` (500
+    epochs, early stopping, AdamW 1e-2). Then, from that fit: the velocity (mean of 25 draws) and its variance
+    over the draws, each tool's intrinsic directional uncertainty (50 draws; velopyro's
+    ``get_directional_uncertainty``, velovi's ``get_directional_uncertainty``) and permutation scores
+    (``labels_key="clusters"``; velopyro's and velovi's ``get_permutation_scores``). Arrays go to
+    ``benchmarks/cache/pancreas_analysis/``, the per-cluster / per-cell-type summaries to
+    ``benchmarks/results/pancreas_analysis/``. velovi's stage runs in an environment with velovi
+    (``.venv-bench``); velopyro's in any with velopyro.
+``cellrank``
+    CellRank 2 on each tool's velocity: ``VelocityKernel`` (deterministic, and Monte Carlo with the
+    draws' variance) 0.8 + ``ConnectivityKernel`` 0.2, GPCCA macrostates and terminal states, fate
+    probabilities. Runs on the fits of ``fit`` and on the velocity arrays of the three direction-benchmark
+    seeds per tool (``benchmarks/cache/direction/pancreas_{velovi_default,velopyro_steady_state_init}_s*.npz``
+    written by ``python -m benchmarks.direction run``; ``steady_state_init`` is velopyro's default start for
+    the Normal likelihood, ``rate_init="auto"``). Needs cellrank (the ``cellrank`` extra).
+``report``
+    Aggregates the JSON rows into ``results.md``.
+
+Usage::
+
+    python -m benchmarks.pancreas_analysis fit --tool velopyro --seed 0
+    .venv-bench/bin/python -m benchmarks.pancreas_analysis fit --tool velovi --seed 0
+    python -m benchmarks.pancreas_analysis cellrank        # in an environment with velopyro[cellrank]
+    python -m benchmarks.pancreas_analysis report
+
+Timings are not reported: the machine's cores are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import numpy as np
+
+from benchmarks.common import CACHE_DIR, RESULTS_DIR, quiet, set_threads
+
+OUT = RESULTS_DIR / "pancreas_analysis"
+ARRAYS = CACHE_DIR / "pancreas_analysis"
+DIRECTION_ARRAYS = CACHE_DIR / "direction"
+LABELS = "clusters"
+#: the terminal cell types of pancreatic endocrinogenesis in this data set (Bastidas-Ponce et al. 2019)
+TERMINAL_TYPES = ("Alpha", "Beta", "Delta", "Epsilon")
+N_VELOCITY_DRAWS = 25
+N_UNCERTAINTY_DRAWS = 50
+STAT_KEYS = ("directional_cosine_sim_variance", "directional_cosine_sim_difference", "directional_cosine_sim_mean",
+             "directional_variance", "directional_difference")
+
+
+def _velopyro_outputs(adapter, seed: int) -> dict:
+    model = adapter.model
+    draws = model.get_velocity(n_samples=N_VELOCITY_DRAWS, return_samples=True, seed=seed)
+    lt = model.get_latent_time(n_samples=N_VELOCITY_DRAWS, seed=seed)
+    unc = model.get_directional_uncertainty(n_samples=N_UNCERTAINTY_DRAWS, write=False, seed=seed)
+    perm = model.get_permutation_scores(LABELS, write=False, seed=seed)
+    return {"draws": draws, "latent_time": lt, "uncertainty": unc, "permutation": perm}
+
+
+def _velovi_outputs(adapter, seed: int) -> dict:
+    import scvi
+
+    model = adapter.model
+    scvi.settings.seed = seed
+    draws = np.asarray(model.get_velocity(n_samples=N_VELOCITY_DRAWS, return_mean=False, return_numpy=True,
+                                          clip=False, velo_statistic="mean"), dtype=np.float32)
+    lt = np.asarray(model.get_latent_time(n_samples=N_VELOCITY_DRAWS, time_statistic="mean", return_numpy=True))
+    unc, _ = model.get_directional_uncertainty(n_samples=N_UNCERTAINTY_DRAWS, n_jobs=1)
+    perm, _ = model.get_permutation_scores(labels_key=LABELS)
+    return {"draws": draws, "latent_time": lt, "uncertainty": unc, "permutation": perm.astype(float)}
+
+
+def _save(adapter, tool: str, seed: int) -> None:
+    path = ARRAYS / (f"{tool}_s{seed}_model")
+    if tool == "velovi":
+        adapter.model.save(str(path), overwrite=True)
+    else:
+        adapter.model.save(path, overwrite=True)
+
+
+def _load(adapter, adata, tool: str, seed: int):
+    """The saved fit of ``fit`` (``--reuse``): the outputs are recomputed without refitting."""
+    path = ARRAYS / (f"{tool}_s{seed}_model")
+    adapter.adata = adata
+    if tool == "velovi":
+        from velovi import VELOVI
+
+        VELOVI.setup_anndata(adata, spliced_layer="Ms", unspliced_layer="Mu")
+        adapter.model = VELOVI.load(str(path), adata)
+        adapter.model.module.eval()
+    else:
+        import velopyro
+
+        adapter.model = velopyro.VeloPyro.load(path, adata)
+    return adapter.model
+
+
+def fit(tool: str, seed: int, max_epochs: int = 500, reuse: bool = False) -> dict:
+    """Fit ``tool`` at ``seed`` and write its velocity, uncertainty and permutation scores."""
+    from benchmarks import data
+    from benchmarks.direction import _adapter
+
+    adata = data.pancreas()
+    adapter = _adapter(tool, "default")
+    ARRAYS.mkdir(parents=True, exist_ok=True)
+    if reuse:
+        _load(adapter, adata.copy(), tool, seed)
+        n_epochs = None
+    else:
+        rec = adapter.fit(adata.copy(), "pancreas", max_epochs=max_epochs, early_stopping=True, seed=seed)
+        n_epochs = rec.n_epochs
+        _save(adapter, tool, seed)
+    out = (_velovi_outputs if tool == "velovi" else _velopyro_outputs)(adapter, seed)
+    draws = out["draws"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(ARRAYS / f"{tool}_s{seed}.npz", velocity=draws.mean(0), velocity_var=draws.var(0),
+                        latent_time=np.asarray(out["latent_time"], np.float32),
+                        var_names=np.asarray(adata.var_names), obs_names=np.asarray(adata.obs_names))
+    unc = out["uncertainty"][list(STAT_KEYS)]
+    unc.index = adata.obs_names
+    unc.to_csv(ARRAYS / f"{tool}_s{seed}_uncertainty.csv")
+    perm = out["permutation"]
+    perm.to_csv(OUT / f"permutation_{tool}_s{seed}.csv")
+    row = {"tool": tool, "seed": seed, "n_epochs": n_epochs, "max_epochs": max_epochs,
+           "uncertainty_by_cluster": _by_cluster(unc, adata.obs[LABELS]),
+           "permutation_by_cell_type": _perm_summary(perm)}
+    (OUT / f"fit_{tool}_s{seed}.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _by_cluster(unc, labels) -> dict:
+    """Median (and IQR) of each cell's directional statistics per cluster."""
+    out = {}
+    for ct in sorted(map(str, set(labels))):
+        sub = unc[np.asarray(labels.astype(str)) == ct]
+        out[ct] = {k: {"median": float(sub[k].median()), "q25": float(sub[k].quantile(0.25)),
+                       "q75": float(sub[k].quantile(0.75))} for k in STAT_KEYS}
+        out[ct]["n_cells"] = len(sub)
+    return out
+
+
+def _perm_summary(perm) -> dict:
+    """Per cell type: the median permutation score over genes, and the share of genes above 2 (velovi's
+    tutorial cut-off for a gene "dynamical" in a type)."""
+    return {str(ct): {"median": float(np.nanmedian(perm[ct])), "frac_above_2": float(np.nanmean(perm[ct] > 2)),
+                      "max": float(np.nanmax(perm[ct]))} for ct in perm.columns}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``fit``, ``cellrank`` or ``report``."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fit")
+    f.add_argument("--tool", choices=("velopyro", "velovi"), required=True)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--max-epochs", type=int, default=500)
+    f.add_argument("--reuse", action="store_true", help="load the saved fit instead of fitting")
+    c = sub.add_parser("cellrank")
+    c.add_argument("--threads", type=int, default=1)
+    sub.add_parser("report")
+    a = p.parse_args(argv)
+    set_threads(getattr(a, "threads", 1))
+    quiet()
+    if a.cmd == "fit":
+        row = fit(a.tool, a.seed, a.max_epochs, a.reuse)
+        print(json.dumps({k: row[k] for k in ("tool", "seed", "n_epochs")}))
+    elif a.cmd == "cellrank":
+        cellrank_all()
+    else:
+        print(report())
+
+
+if __name__ == "__main__":
+    main()
