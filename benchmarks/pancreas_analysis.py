@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+
 import numpy as np
 
 from benchmarks.common import CACHE_DIR, RESULTS_DIR, quiet, set_threads
@@ -148,6 +149,167 @@ def _perm_summary(perm) -> dict:
     tutorial cut-off for a gene "dynamical" in a type)."""
     return {str(ct): {"median": float(np.nanmedian(perm[ct])), "frac_above_2": float(np.nanmean(perm[ct] > 2)),
                       "max": float(np.nanmax(perm[ct]))} for ct in perm.columns}
+
+
+# --------------------------------------------------------------------------------------------------
+# CellRank
+# --------------------------------------------------------------------------------------------------
+
+#: GPCCA protocol, the same for every velocity: Schur vectors, macrostates named by their majority cluster,
+#: terminal states by CellRank's default stability criterion
+N_SCHUR = 20
+N_MACROSTATES = 12
+N_MC_SAMPLES = 50
+
+
+def _work_adata(adata, velocity: np.ndarray, var: np.ndarray | None):
+    import anndata as ad
+
+    work = ad.AnnData(X=adata.layers["Ms"].copy(), obs=adata.obs[[LABELS]].copy(), var=adata.var[[]].copy(),
+                      layers={"Ms": adata.layers["Ms"], "velocity": np.asarray(velocity, np.float32)},
+                      obsm={"X_umap": adata.obsm["X_umap"]},
+                      obsp={k: adata.obsp[k] for k in ("distances", "connectivities")},
+                      uns={"neighbors": adata.uns["neighbors"]})
+    work.var["velocity_genes"] = True
+    if var is not None:
+        work.layers["velocity_var"] = np.asarray(var, np.float32)
+    return work
+
+
+def _cell_type(name: str) -> str:
+    """``"Beta_2"`` -> ``"Beta"`` (CellRank suffixes macrostates that share a majority cluster)."""
+    head, _, tail = str(name).rpartition("_")
+    return head if head and tail.isdigit() else str(name)
+
+
+def cellrank_one(adata, velocity: np.ndarray, var: np.ndarray | None = None) -> dict:
+    """0.8 VelocityKernel + 0.2 ConnectivityKernel, GPCCA macrostates and terminal states, fate probabilities.
+
+    ``var`` given: CellRank's Monte Carlo model with the velocity drawn from ``N(velocity, var)``
+    (:func:`velopyro.tl.cellrank_velocity_kernel`); otherwise its deterministic model.
+    """
+    import cellrank as cr
+
+    import velopyro
+
+    work = _work_adata(adata, velocity, var)
+    if var is None:
+        vk = cr.kernels.VelocityKernel(work).compute_transition_matrix()
+    else:
+        vk = velopyro.tl.cellrank_velocity_kernel(work)
+        vk.compute_transition_matrix(model="monte_carlo", n_samples=N_MC_SAMPLES, seed=0)
+    ck = cr.kernels.ConnectivityKernel(work).compute_transition_matrix()
+    g = cr.estimators.GPCCA(0.8 * vk + 0.2 * ck)
+    g.compute_schur(n_components=N_SCHUR)
+    g.compute_macrostates(n_states=N_MACROSTATES, cluster_key=LABELS)
+    macro = [str(c) for c in g.macrostates.cat.categories]
+    row = {"macrostates": macro, "macrostate_types": sorted({_cell_type(c) for c in macro})}
+    g.predict_terminal_states(method="stability")
+    term = [str(c) for c in g.terminal_states.cat.categories]
+    types = sorted({_cell_type(c) for c in term})
+    row.update({"terminal_states": term, "terminal_types": types,
+                "found": [t for t in TERMINAL_TYPES if t in types],
+                "not_terminal_types_called_terminal": [t for t in types if t not in TERMINAL_TYPES]})
+    g.compute_fate_probabilities(solver="gmres", use_petsc=False)
+    fp = g.fate_probabilities
+    labels = np.asarray(adata.obs[LABELS].astype(str))
+    ep = labels == "Ngn3 high EP"
+    row["fate_probabilities_ngn3_high_ep"] = dict(zip(map(str, fp.names), map(float, np.asarray(fp)[ep].mean(0)),
+                                                      strict=True))
+    return row
+
+
+def _tutorial(velocity: np.ndarray, latent_time: np.ndarray, ms: np.ndarray, var: np.ndarray | None = None):
+    """velovi's tutorial velocity (clipped at -s, divided per gene by 20 / max time) and its variance."""
+    from benchmarks.metrics import tutorial_velocity
+
+    v = tutorial_velocity(np.maximum(velocity, -ms), latent_time)
+    if var is None:
+        return v, None
+    gmax = np.asarray(latent_time, np.float64).max(0)
+    scaling = 20.0 / np.where(gmax > 0, gmax, 20.0)
+    return v, (np.asarray(var, np.float64) / scaling[None, :] ** 2).astype(np.float32)
+
+
+def cellrank_all() -> None:
+    """CellRank on every available velocity: the direction benchmark's seeds, then the fits of ``fit``."""
+    from benchmarks import data
+    from benchmarks.common import layer_array
+
+    adata = data.pancreas()
+    ms = layer_array(adata, "Ms")
+    OUT.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for tool, variant in (("velopyro", "steady_state_init"), ("velovi", "default")):
+        for path in sorted(DIRECTION_ARRAYS.glob(f"pancreas_{tool}_{variant}_s*.npz")):
+            jobs.append((tool, f"direction:{path.stem}", path, False))
+    for path in sorted(ARRAYS.glob("*_s[0-9]*.npz")):
+        tool = path.stem.split("_")[0]
+        jobs.append((tool, f"fit:{path.stem}", path, False))
+        jobs.append((tool, f"fit:{path.stem}", path, True))
+    for tool, source, path, mc in jobs:
+        name = f"cellrank_{source.replace(':', '_')}_{'monte_carlo' if mc else 'deterministic'}"
+        dest = OUT / "cellrank" / f"{name}.json"
+        if dest.exists():
+            continue
+        arr = np.load(path, allow_pickle=True)
+        if list(arr["var_names"]) != list(adata.var_names):
+            raise RuntimeError(f"{path}: genes differ from benchmarks.data.pancreas()")
+        v, var = _tutorial(arr["velocity"], arr["latent_time"], ms, arr["velocity_var"] if mc else None)
+        row = {"tool": tool, "source": source, "model": "monte_carlo" if mc else "deterministic",
+               **cellrank_one(adata, v, var)}
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(row, indent=1))
+        print(name, row["terminal_types"], flush=True)
+
+
+def report() -> str:
+    """``results.md``: terminal states side by side, uncertainty by cluster, permutation scores by type."""
+    rows = [json.loads(p.read_text()) for p in sorted((OUT / "cellrank").glob("*.json"))]
+    lines = ["# Pancreas: the analysis after the fit (velopyro defaults vs velovi 0.3.1)", "",
+             "Written by `python -m benchmarks.pancreas_analysis report`; see the module docstring for the stages.",
+             "", "## CellRank terminal states", "",
+             f"0.8 VelocityKernel + 0.2 ConnectivityKernel, GPCCA ({N_SCHUR} Schur vectors, {N_MACROSTATES} "
+             "macrostates named by majority cluster), `predict_terminal_states(method='stability')`. Velocity: "
+             "velovi's tutorial transform for both tools (clipped at -Ms, divided per gene by 20 / max time).",
+             "", "| tool | velocity | model | terminal states | of Alpha, Beta, Delta, Epsilon | other types called "
+             "terminal | macrostates |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["source"].split(":")[0], r["tool"], r["source"], r["model"])):
+        lines.append(f"| {r['tool']} | {r['source']} | {r['model']} | {', '.join(r['terminal_states'])} | "
+                     f"{', '.join(r['found']) or '-'} ({len(r['found'])}/4) | "
+                     f"{', '.join(r['not_terminal_types_called_terminal']) or '-'} | {', '.join(r['macrostates'])} |")
+    fits = {p.stem[4:]: json.loads(p.read_text()) for p in sorted(OUT.glob("fit_*.json"))}
+    if fits:
+        lines += ["", "## Directional uncertainty by cluster", "",
+                  "Median (IQR) over each cluster's cells of `directional_cosine_sim_variance` (50 draws; veloVI's "
+                  "intrinsic uncertainty: the variance of the cosine similarity of each draw's velocity to the "
+                  "mean velocity). Each tool's own `get_directional_uncertainty`.", ""]
+        names = sorted(fits)
+        lines += ["| cluster | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        clusters = sorted(next(iter(fits.values()))["uncertainty_by_cluster"])
+        for ct in clusters:
+            cells = []
+            for n in names:
+                d = fits[n]["uncertainty_by_cluster"][ct]["directional_cosine_sim_variance"]
+                cells.append(f"{d['median']:.2e} ({d['q25']:.1e}-{d['q75']:.1e})")
+            lines.append(f"| {ct} | " + " | ".join(cells) + " |")
+        lines += ["", "## Permutation scores by cell type", "",
+                  "Per cell type over genes: median t-statistic, and the share of genes above 2 (each tool's own "
+                  "`get_permutation_scores(labels_key='clusters')`; higher: the fit describes the type's dynamics "
+                  "better than with its u/s permuted).", ""]
+        lines += ["| cell type | " + " | ".join(f"{n} median | {n} > 2" for n in names) + " |",
+                  "|---" * (2 * len(names) + 1) + "|"]
+        types = sorted(next(iter(fits.values()))["permutation_by_cell_type"])
+        for ct in types:
+            cells = []
+            for n in names:
+                d = fits[n]["permutation_by_cell_type"].get(ct)
+                cells += [f"{d['median']:.2f}", f"{d['frac_above_2']:.2f}"] if d else ["-", "-"]
+            lines.append(f"| {ct} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:

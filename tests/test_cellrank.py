@@ -29,7 +29,7 @@ def cellrank_ready():
     sim = velopyro.datasets.simulate(n_cells=600, n_genes=20, seed=0)
     adata = sim[sim.obs["true_t"] < 12].copy()
     model = velopyro.VeloPyro(adata)
-    model.fit(max_epochs=200, batch_size=128, progress_bar=False, seed=0)
+    model.fit(max_epochs=1000, batch_size=128, progress_bar=False, seed=0)  # to convergence, as test_scvelo_compat
     model.write_to_adata(n_samples=10)
     sc.pp.pca(adata, n_comps=10, random_state=0)
     sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
