@@ -44,6 +44,16 @@ def test_standardised_fit_stats_scvelo_definition() -> None:
     assert out["likelihood"][2] == pytest.approx(expected)
 
 
+def test_velocity_variance_is_the_draws_variance() -> None:
+    rng = np.random.default_rng(1)
+    draws = rng.normal(2.0, [[0.1, 1.0, 3.0]], size=(40, 5, 3))
+    var = _scvelo.velocity_variance(draws.mean(0), (draws**2).mean(0))
+    np.testing.assert_allclose(var, draws.var(0), rtol=1e-4)
+    assert var.dtype == np.float32
+    # rounding that makes E[v^2] - E[v]^2 slightly negative is clipped to 0
+    assert (_scvelo.velocity_variance(np.ones((2, 2)), np.ones((2, 2)) - 1e-9) == 0).all()
+
+
 @pytest.fixture(scope="module")
 def scvelo_ready():
     scv = pytest.importorskip("scvelo")
