@@ -231,8 +231,9 @@ def _tutorial(velocity: np.ndarray, latent_time: np.ndarray, ms: np.ndarray, var
     return v, (np.asarray(var, np.float64) / scaling[None, :] ** 2).astype(np.float32)
 
 
-def cellrank_all() -> None:
-    """CellRank on every available velocity: the direction benchmark's seeds, then the fits of ``fit``."""
+def cellrank_all(only: str | None = None) -> None:
+    """CellRank on every available velocity: the direction benchmark's seeds, then the fits of ``fit``
+    (``only``: the jobs whose name contains it)."""
     from benchmarks import data
     from benchmarks.common import layer_array
 
@@ -250,7 +251,7 @@ def cellrank_all() -> None:
     for tool, source, path, mc in jobs:
         name = f"cellrank_{source.replace(':', '_')}_{'monte_carlo' if mc else 'deterministic'}"
         dest = OUT / "cellrank" / f"{name}.json"
-        if dest.exists():
+        if dest.exists() or (only is not None and only not in name):
             continue
         arr = np.load(path, allow_pickle=True)
         if list(arr["var_names"]) != list(adata.var_names):
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--reuse", action="store_true", help="load the saved fit instead of fitting")
     c = sub.add_parser("cellrank")
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--only", help="run only the jobs whose name contains this (e.g. velovi_default_s1)")
     sub.add_parser("report")
     a = p.parse_args(argv)
     set_threads(getattr(a, "threads", 1))
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         row = fit(a.tool, a.seed, a.max_epochs, a.reuse)
         print(json.dumps({k: row[k] for k in ("tool", "seed", "n_epochs")}))
     elif a.cmd == "cellrank":
-        cellrank_all()
+        cellrank_all(a.only)
     else:
         print(report())
 
