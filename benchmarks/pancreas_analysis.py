@@ -203,7 +203,12 @@ def cellrank_one(adata, velocity: np.ndarray, var: np.ndarray | None = None) -> 
     g.compute_schur(n_components=N_SCHUR)
     g.compute_macrostates(n_states=N_MACROSTATES, cluster_key=LABELS)
     macro = [str(c) for c in g.macrostates.cat.categories]
-    row = {"macrostates": macro, "macrostate_types": sorted({_cell_type(c) for c in macro})}
+    coarse = g.coarse_T
+    stability = dict(zip(map(str, coarse.index), map(float, np.diag(np.asarray(coarse))), strict=True))
+    row = {"macrostates": macro, "macrostate_types": sorted({_cell_type(c) for c in macro}),
+           # the coarse-grained self-transition probability of each macrostate (CellRank's stability criterion
+           # calls those above 0.96 terminal)
+           "macrostate_stability": stability}
     g.predict_terminal_states(method="stability")
     term = [str(c) for c in g.terminal_states.cat.categories]
     types = sorted({_cell_type(c) for c in term})
@@ -231,7 +236,7 @@ def _tutorial(velocity: np.ndarray, latent_time: np.ndarray, ms: np.ndarray, var
     return v, (np.asarray(var, np.float64) / scaling[None, :] ** 2).astype(np.float32)
 
 
-def cellrank_all(only: str | None = None) -> None:
+def cellrank_all(only: str | None = None, force: bool = False) -> None:
     """CellRank on every available velocity: the direction benchmark's seeds, then the fits of ``fit``
     (``only``: the jobs whose name contains it)."""
     from benchmarks import data
@@ -251,7 +256,7 @@ def cellrank_all(only: str | None = None) -> None:
     for tool, source, path, mc in jobs:
         name = f"cellrank_{source.replace(':', '_')}_{'monte_carlo' if mc else 'deterministic'}"
         dest = OUT / "cellrank" / f"{name}.json"
-        if dest.exists() or (only is not None and only not in name):
+        if (dest.exists() and not force) or (only is not None and only not in name):
             continue
         arr = np.load(path, allow_pickle=True)
         if list(arr["var_names"]) != list(adata.var_names):
@@ -325,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--reuse", action="store_true", help="load the saved fit instead of fitting")
     c = sub.add_parser("cellrank")
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--force", action="store_true", help="recompute jobs whose result exists")
     c.add_argument("--only", help="run only the jobs whose name contains this (e.g. velovi_default_s1)")
     sub.add_parser("report")
     a = p.parse_args(argv)
@@ -334,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         row = fit(a.tool, a.seed, a.max_epochs, a.reuse)
         print(json.dumps({k: row[k] for k in ("tool", "seed", "n_epochs")}))
     elif a.cmd == "cellrank":
-        cellrank_all(a.only)
+        cellrank_all(a.only, a.force)
     else:
         print(report())
 
