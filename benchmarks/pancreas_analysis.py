@@ -201,14 +201,24 @@ def cellrank_one(adata, velocity: np.ndarray, var: np.ndarray | None = None) -> 
     ck = cr.kernels.ConnectivityKernel(work).compute_transition_matrix()
     g = cr.estimators.GPCCA(0.8 * vk + 0.2 * ck)
     g.compute_schur(n_components=N_SCHUR)
-    g.compute_macrostates(n_states=N_MACROSTATES, cluster_key=LABELS)
+    failures = {}
+    for n_states in (N_MACROSTATES, N_MACROSTATES - 1, N_MACROSTATES + 1):
+        try:  # GPCCA can leave a macrostate without cells; then the nearest other count is tried (recorded)
+            g.compute_macrostates(n_states=n_states, cluster_key=LABELS)
+            break
+        except ValueError as e:
+            failures[n_states] = str(e).splitlines()[0]
+    else:
+        return {"macrostates": [], "macrostate_types": [], "macrostate_stability": {}, "terminal_states": [],
+                "terminal_types": [], "found": [], "not_terminal_types_called_terminal": [],
+                "n_macrostates": None, "macrostate_failures": failures}
     macro = [str(c) for c in g.macrostates.cat.categories]
     coarse = g.coarse_T
     stability = dict(zip(map(str, coarse.index), map(float, np.diag(np.asarray(coarse))), strict=True))
     row = {"macrostates": macro, "macrostate_types": sorted({_cell_type(c) for c in macro}),
            # the coarse-grained self-transition probability of each macrostate (CellRank's stability criterion
            # calls those above 0.96 terminal)
-           "macrostate_stability": stability}
+           "macrostate_stability": stability, "n_macrostates": n_states, "macrostate_failures": failures}
     g.predict_terminal_states(method="stability")
     term = [str(c) for c in g.terminal_states.cat.categories]
     types = sorted({_cell_type(c) for c in term})
@@ -278,12 +288,26 @@ def report() -> str:
              f"0.8 VelocityKernel + 0.2 ConnectivityKernel, GPCCA ({N_SCHUR} Schur vectors, {N_MACROSTATES} "
              "macrostates named by majority cluster), `predict_terminal_states(method='stability')`. Velocity: "
              "velovi's tutorial transform for both tools (clipped at -Ms, divided per gene by 20 / max time).",
+             "Stability: the macrostate's coarse-grained self-transition probability (terminal above 0.96); "
+             "'-': no macrostate of that type among the 12.",
              "", "| tool | velocity | model | terminal states | of Alpha, Beta, Delta, Epsilon | other types called "
-             "terminal | macrostates |", "|---|---|---|---|---|---|---|"]
+             "terminal | stability of the Alpha / Beta / Delta / Epsilon macrostates | macrostates |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["source"].split(":")[0], r["tool"], r["source"], r["model"])):
-        lines.append(f"| {r['tool']} | {r['source']} | {r['model']} | {', '.join(r['terminal_states'])} | "
+        stab = r.get("macrostate_stability")
+        if stab is None:
+            st = "not recorded"
+        else:
+            best = {ct: max((v for k, v in stab.items() if _cell_type(k) == ct), default=None) for ct in TERMINAL_TYPES}
+            st = " / ".join("-" if v is None else f"{v:.3f}" for v in best.values())
+        n = r.get("n_macrostates", N_MACROSTATES)
+        note = "" if n == N_MACROSTATES else (f" ({n} macrostates: GPCCA left a macrostate without cells at "
+                                               f"{', '.join(map(str, r['macrostate_failures']))})" if n else
+                                               " (GPCCA failed: " + "; ".join(r["macrostate_failures"].values()) + ")")
+        lines.append(f"| {r['tool']} | {r['source']}{note} | {r['model']} | {', '.join(r['terminal_states'])} | "
                      f"{', '.join(r['found']) or '-'} ({len(r['found'])}/4) | "
-                     f"{', '.join(r['not_terminal_types_called_terminal']) or '-'} | {', '.join(r['macrostates'])} |")
+                     f"{', '.join(r['not_terminal_types_called_terminal']) or '-'} | {st} | "
+                     f"{', '.join(r['macrostates'])} |")
     fits = {p.stem[4:]: json.loads(p.read_text()) for p in sorted(OUT.glob("fit_*.json"))}
     if fits:
         lines += ["", "## Directional uncertainty by cluster", "",
