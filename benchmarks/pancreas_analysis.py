@@ -291,13 +291,18 @@ def report() -> str:
              "Stability: the macrostate's coarse-grained self-transition probability (terminal above 0.96); "
              "'-': no macrostate of that type among the 12.",
              "", "| tool | velocity | model | terminal states | of Alpha, Beta, Delta, Epsilon | other types called "
-             "terminal | stability of the Alpha / Beta / Delta / Epsilon macrostates | macrostates |",
-             "|---|---|---|---|---|---|---|---|"]
+             "terminal | stability of the Alpha / Beta / Delta / Epsilon macrostates | 4 most stable (`method='top_n', "
+             "n_states=4`) | macrostates |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["source"].split(":")[0], r["tool"], r["source"], r["model"])):
         stab = r.get("macrostate_stability")
         if stab is None:
-            st = "not recorded"
+            st, top = "not recorded", "not recorded"
         else:
+            # CellRank's top_n: the n largest diagonal entries of coarse_T
+            top4 = sorted(stab, key=stab.get)[-4:][::-1]
+            n_fates = len({_cell_type(c) for c in top4} & set(TERMINAL_TYPES))
+            top = f"{', '.join(top4)} ({n_fates}/4 fates)"
             best = {ct: max((v for k, v in stab.items() if _cell_type(k) == ct), default=None) for ct in TERMINAL_TYPES}
             st = " / ".join("-" if v is None else f"{v:.3f}" for v in best.values())
         n = r.get("n_macrostates", N_MACROSTATES)
@@ -306,7 +311,7 @@ def report() -> str:
                                                " (GPCCA failed: " + "; ".join(r["macrostate_failures"].values()) + ")")
         lines.append(f"| {r['tool']} | {r['source']}{note} | {r['model']} | {', '.join(r['terminal_states'])} | "
                      f"{', '.join(r['found']) or '-'} ({len(r['found'])}/4) | "
-                     f"{', '.join(r['not_terminal_types_called_terminal']) or '-'} | {st} | "
+                     f"{', '.join(r['not_terminal_types_called_terminal']) or '-'} | {st} | {top} | "
                      f"{', '.join(r['macrostates'])} |")
     fits = {p.stem[4:]: json.loads(p.read_text()) for p in sorted(OUT.glob("fit_*.json"))}
     if fits:
