@@ -15,6 +15,12 @@ velopyro writes:
   own fit and its upper-quantile cells). It lies on scVelo's scale, so ``min_likelihood=0.1`` keeps its
   meaning.
 - ``fit_u0``, ``fit_s0``: basal transcription, 0 (the model has none).
+
+Also here, for CellRank: ``layers["velocity_var"]``, the posterior variance of each cell's and gene's
+velocity over the draws (:func:`velocity_variance`). CellRank 2's ``VelocityKernel`` Monte Carlo model
+samples each cell's velocity from a normal with a mean and a variance; by itself it takes both from the
+velocity's moments over the cell's kNN neighbours (scVelo's ``get_moments``), and it reads no variance layer.
+:func:`velopyro.tl.cellrank_velocity_kernel` hands it the posterior mean and this variance instead.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import numpy as np
 
 from ._chunks import gene_slices
 
-__all__ = ["standardised_fit_stats", "RECOVER_DYNAMICS", "data_std", "residual_sums", "fit_likelihood"]
+__all__ = ["standardised_fit_stats", "velocity_variance", "RECOVER_DYNAMICS", "data_std", "residual_sums",
+           "fit_likelihood"]
 
 #: ``uns["recover_dynamics"]`` as scVelo's ``recover_dynamics`` writes it (read by ``get_divergence``).
 RECOVER_DYNAMICS = {"fit_connected_states": False, "fit_basal_transcription": False, "use_raw": False}
@@ -135,3 +142,20 @@ def standardised_fit_stats(u: np.ndarray, s: np.ndarray, fit_u: np.ndarray,
         sum_d2[sl], sum_sd[sl] = residual_sums(u[:, sl], s[:, sl], fit_u[:, sl], fit_s[:, sl], std_u[sl],
                                                std_s[sl])
     return {"std_u": std_u, "std_s": std_s, "likelihood": fit_likelihood(sum_d2, sum_sd, n)}
+
+
+def velocity_variance(mean: np.ndarray, mean_sq: np.ndarray) -> np.ndarray:
+    """Posterior variance ``E[v^2] - E[v]^2`` from the draws' mean and mean square, clipped at 0 (rounding).
+
+    Parameters
+    ----------
+    mean, mean_sq
+        The mean of the velocity and of its square over the posterior draws, ``(cells, genes)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(cells, genes)`` float32, >= 0.
+    """
+    mean = np.asarray(mean, np.float64)
+    return np.maximum(np.asarray(mean_sq, np.float64) - mean * mean, 0.0).astype(np.float32)

@@ -826,6 +826,8 @@ class VeloPyro:
           ``["fit_s0"]`` (0: no basal transcription), ``layers["fit_tau"]``/``["fit_tau_"]`` (time on the
           induction branch; time since the switch on the repression branch) and
           ``uns["recover_dynamics"]``; see :mod:`velopyro._scvelo`
+        - ``layers["velocity_var"]``: the posterior variance of the spliced velocity over the ``n_samples``
+          draws (what CellRank's Monte Carlo model can sample from: :func:`velopyro.tl.cellrank_velocity_kernel`)
         - ``obs["latent_time"]`` (cell-level, [0, 1]), ``obsm["X_velopyro"]`` (mean of q(z | u, s))
         - ``var["fit_time_consistency"]``, ``var["fit_backward"]``: the backward-gene diagnostic of
           :func:`velopyro.tl.gene_time_consistency` (a gene whose own time runs against the cells' latent time)
@@ -894,11 +896,12 @@ class VeloPyro:
         if copy:
             adata = adata.copy()
         n, g = self.n_cells, self.n_genes
-        arrays = {k: np.empty((n, g), np.float32) for k in ("velocity", "velocity_u", "fit_t", "fit_tau", "fit_tau_")}
+        arrays = {k: np.empty((n, g), np.float32)
+                  for k in ("velocity", "velocity_u", "velocity_var", "fit_t", "fit_tau", "fit_tau_")}
         arrays["fit_state"] = np.empty((n, g), np.int8)
         arrays["X_velopyro"] = np.empty((n, self.config["n_latent"]), np.float32)
         per_gene, cell_t, _ = self._write_pass(arrays, n_samples, seed, np.arange(0))
-        for k in ("velocity", "velocity_u", "fit_t", "fit_state"):
+        for k in ("velocity", "velocity_u", "velocity_var", "fit_t", "fit_state"):
             adata.layers[k] = arrays[k]
         self._write_small(adata, per_gene, cell_t, n_samples)
         adata.layers["fit_tau"], adata.layers["fit_tau_"] = arrays["fit_tau"], arrays["fit_tau_"]
@@ -928,7 +931,9 @@ class VeloPyro:
             w = posterior.state_weights(smp, posterior.TIME_WEIGHTS)
             r = smp["rates"]  # both derivatives at once (posterior.velocity computes both for either mode)
             du, ds = smp["kinetics"].state_velocities(smp["u_bar"], smp["s_bar"], smp["t_ind"], r)
-            return {"v": (ds * wv).sum(-1), "vu": (du * wv).sum(-1),  # = posterior.velocity(smp, "mean", ...)
+            v = (ds * wv).sum(-1)  # = posterior.velocity(smp, "mean", ...)
+            return {"v": v, "v2": v * v,  # v2: the velocity's posterior variance (velocity_var)
+                    "vu": (du * wv).sum(-1),
                     "t": posterior.latent_time(smp, "mean", w, t_max), "w": w, "z": smp["z_loc"],
                     # scVelo's dynamical keys: expression fit, per-branch times, marginal log-likelihood
                     "fu": (smp["u_bar"] * w).sum(-1), "fs": (smp["s_bar"] * w).sum(-1),
@@ -939,7 +944,8 @@ class VeloPyro:
             a = bno * bs
             b = a + out["v"].shape[0]
             state = out["w"].argmax(-1).astype(np.int8)
-            for key, val in (("velocity", out["v"]), ("velocity_u", out["vu"]), ("fit_t", out["t"]),
+            for key, val in (("velocity", out["v"]), ("velocity_u", out["vu"]),
+                             ("velocity_var", _scvelo.velocity_variance(out["v"], out["v2"])), ("fit_t", out["t"]),
                              ("fit_state", state), ("fit_tau", out["tau"]), ("fit_tau_", out["tau_"]),
                              ("X_velopyro", out["z"])):
                 arrays[key][a:b] = val
@@ -1032,7 +1038,7 @@ class VeloPyro:
             if same_file and not writer.zarr:  # read the inputs through the writable handle
                 self.data._handle = (os.getpid(), writer.root)
             arrays = {k: writer.create(f"layers/{k}", (n, g), np.float32, bs)
-                      for k in ("velocity", "velocity_u", "fit_t", "fit_tau", "fit_tau_")}
+                      for k in ("velocity", "velocity_u", "velocity_var", "fit_t", "fit_tau", "fit_tau_")}
             arrays["fit_state"] = writer.create("layers/fit_state", (n, g), np.int8, bs)
             arrays["X_velopyro"] = writer.create("obsm/X_velopyro", (n, self.config["n_latent"]), np.float32, 4096)
             keep = self._sub.rows if self._sub is not None else _disk.stat_rows(n, g)

@@ -49,6 +49,7 @@ __all__ = [
     "velocity_confidence",
     "gene_fit_r2",
     "gene_time_consistency",
+    "cellrank_velocity_kernel",
 ]
 
 # Edges processed per chunk: bounds memory at chunk x genes floats.
@@ -528,3 +529,84 @@ def gene_time_consistency(
         current = (np.asarray(adata.var["velocity_genes"], dtype=bool) if "velocity_genes" in adata.var
                    else np.ones(adata.n_vars, dtype=bool))
         adata.var["velocity_genes"] = current & ~backward
+
+
+# --------------------------------------------------------------------------------------------------
+# CellRank
+# --------------------------------------------------------------------------------------------------
+
+
+def cellrank_velocity_kernel(adata: Any, vkey: str = "velocity", var_key: str | None = "velocity_var",
+                             xkey: str | None = None, backward: bool = False, **kwargs: Any) -> Any:
+    """CellRank 2's ``VelocityKernel`` whose Monte Carlo model samples velopyro's posterior.
+
+    CellRank's ``compute_transition_matrix(model="monte_carlo")`` draws each cell's velocity from a normal
+    with a mean and a per-gene variance and averages the transition probabilities over the draws. By
+    itself it takes both from the velocity's moments over the cell's kNN neighbours; it reads no variance
+    layer. This builds the kernel as ``cellrank.kernels.VelocityKernel(adata, xkey=xkey, vkey=vkey)`` would
+    and, when ``var_key`` is given, sets the mean to ``layers[vkey]`` itself and the variance to
+    ``layers[var_key]`` (the posterior variance :meth:`velopyro.VeloPyro.write_to_adata` writes), on the
+    genes the kernel uses. The ``"deterministic"`` model is unaffected (it uses ``layers[vkey]`` only).
+
+    It sets two attributes of CellRank's kernel that are not public API (``_vexp``, ``_vvar``; CellRank
+    2.0.x) and fails with a clear error if they are not there.
+
+    Parameters
+    ----------
+    adata
+        AnnData written by :meth:`velopyro.VeloPyro.write_to_adata`, with ``obsp["connectivities"]``.
+    vkey
+        Velocity layer.
+    var_key
+        Layer of the velocity's posterior variance; None keeps CellRank's neighbour variance.
+    xkey
+        Expression layer of the displacements (default: ``"Ms"``, else the fit's spliced layer).
+    backward
+        Backward process (CellRank uses only its deterministic model then).
+    **kwargs
+        More keyword arguments of ``VelocityKernel`` (not ``gene_subset`` with ``var_key``: the kernel
+        then uses ``var["<vkey>_genes"]``, as CellRank does by default).
+
+    Returns
+    -------
+    cellrank.kernels.VelocityKernel
+        Call ``.compute_transition_matrix(model="monte_carlo", n_samples=..., seed=...)`` on it.
+
+    Examples
+    --------
+    >>> vk = velopyro.tl.cellrank_velocity_kernel(adata)  # doctest: +SKIP
+    >>> vk.compute_transition_matrix(model="monte_carlo", n_samples=100, seed=0)  # doctest: +SKIP
+    """
+    try:
+        import cellrank as cr
+    except ImportError as e:
+        raise VelopyroInputError("cellrank is not installed; pip install 'velopyro[cellrank]'") from e
+    xkey = _default_xkey(adata) if xkey is None else xkey
+    for key in (vkey,) + ((var_key,) if var_key is not None else ()):
+        if key not in adata.layers:
+            raise VelopyroInputError(f"layers[{key!r}] not found; run model.write_to_adata(adata) first")
+    vk = cr.kernels.VelocityKernel(adata, backward=backward, xkey=xkey, vkey=vkey, **kwargs)
+    if var_key is None:
+        return vk
+    if kwargs.get("gene_subset") is not None:
+        raise VelopyroInputError("gene_subset is not supported with var_key; set var[f'{vkey}_genes'] instead")
+    if not (hasattr(vk, "_vexp") and hasattr(vk, "_vvar") and hasattr(vk, "_vdata")):
+        raise VelopyroInputError(
+            f"cellrank {getattr(cr, '__version__', '?')}'s VelocityKernel has no _vexp/_vvar (written for "
+            "CellRank 2.0.x); pass var_key=None to use CellRank's own neighbour variance"
+        )
+    # the genes the kernel kept: var[f"{vkey}_genes"] (CellRank's default subset), then finite velocity
+    genes = np.ones(adata.n_vars, dtype=bool)
+    if f"{vkey}_genes" in adata.var:
+        genes = np.asarray(adata.var[f"{vkey}_genes"], dtype=bool)
+    v = _dense(adata.layers[vkey])[:, genes]
+    var = _dense(adata.layers[var_key])[:, genes]
+    finite = ~np.isnan(v.sum(0))
+    v, var = v[:, finite], var[:, finite]
+    if v.shape != np.shape(vk._vdata) or not np.allclose(v, vk._vdata, equal_nan=True):
+        raise VelopyroInputError(
+            "cellrank_velocity_kernel could not match CellRank's gene subset; pass var_key=None to use "
+            "CellRank's own neighbour variance"
+        )
+    vk._vexp, vk._vvar = v, np.maximum(var, 0.0)
+    return vk
