@@ -233,3 +233,21 @@ def test_every_figure_takes_ax_show_save(fitted, tmp_path, monkeypatch) -> None:
     assert shown == [1, 1, 1] and (tmp_path / "s.png").exists()
     with pytest.raises(VelopyroInputError, match="color='nothing'"):
         pl.velocity_stream(adata, color="nothing", ax=ax)
+
+
+def test_ppc_figures_take_ax_and_show(monkeypatch) -> None:
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(1))
+    rng = np.random.default_rng(0)
+    values = rng.random((500, 3))
+    values[:, 1] = values[:, 1] ** 3  # the least uniform gene: the one shown beside the pooled panel
+    fig, axes = plt.subplots(1, 2)
+    out = pl.pit_histogram(values, gene_names=["a", "b", "c"], max_genes=1, n_bins=10, ax=axes, show=True)
+    assert out is fig and shown == [1] and not fig._suptitle
+    heights = [p.get_height() for p in axes[0].patches[:10]]  # the bars (then the 99% band)
+    np.testing.assert_allclose(heights, np.histogram(values.ravel(), bins=10, range=(0, 1), density=True)[0])
+    assert axes[1].get_title().startswith("b\nKS = ")
+    with pytest.raises(VelopyroInputError, match="1 axes for 2 panels"):
+        pl.pit_histogram(values, max_genes=1, ax=axes[0])
+    fig = pl.pit_histogram(values, max_genes=1)  # its own figure keeps its title
+    assert fig._suptitle.get_text().startswith("PIT of the posterior predictive")
