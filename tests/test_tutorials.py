@@ -57,7 +57,7 @@ def test_pancreas_uncertainty_notebook_runs_at_small_size(tmp_path: Path, monkey
         assert line in text, f"the notebook did not print {line!r}:\n{text[-3000:]}"
     assert "cellrank is not installed" not in text
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert images >= 8, f"{images} figures"
+    assert images >= 7, f"{images} figures"  # loss, stream + time, phase, interval, uncertainty, scores, fates
     # the printed permutation-score summary names every cell type of the data
     for ct in ("Ductal", "Ngn3 high EP", "Beta", "Alpha"):
         assert ct in text.split("median permutation score")[1]
