@@ -1,7 +1,9 @@
 """Figures of a fitted AnnData: phase portraits, latent time, velocity stream, loss curve.
 
 Every function takes the AnnData (or, for :func:`loss_curve`, a model) first, returns the
-:class:`matplotlib.figure.Figure` and saves it when ``save`` is a path. matplotlib is imported on first
+:class:`matplotlib.figure.Figure`, saves it when ``save`` is a path, draws into the caller's axes when
+``ax`` is given (one Axes per panel for :func:`phase_portraits`) and calls ``pyplot.show()`` when
+``show=True``; the figures that draw cells take ``color=`` (an ``obs`` column). matplotlib is imported on first
 use (``pip install velopyro[plot]``); without a display the non-interactive Agg backend is selected.
 """
 
