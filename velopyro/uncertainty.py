@@ -33,7 +33,8 @@ Keys written by :func:`write_directional_uncertainty` and :meth:`velopyro.VeloPy
 ``obs["<key>_extrinsic"]``                  the same five, for the extrapolated future state
 ``varm["permutation_scores"]``              genes x cell types t-statistics
 ``uns["permutation_scores"]``               ``labels_key``, ``cell_types`` (the columns), ``n_cells``
-``layers["velocity_lower"]``, ``["velocity_upper"]``  equal-tailed posterior interval of the velocity per cell and gene
+``layers["velocity_lower"]``                lower bound of the equal-tailed posterior interval of velocity
+``layers["velocity_upper"]``                its upper bound (cells x genes)
 ``uns["velocity_interval"]``                ``level``, ``n_samples``, ``mode`` of that interval
 ========================================  ===================================================================
 
