@@ -219,3 +219,100 @@ def test_ppc_names_delegate() -> None:
         pl.no_such_plot  # noqa: B018
     with pytest.raises(AttributeError, match="_grid"):
         pl._grid  # noqa: B018  (private names of _ppc are not delegated)
+
+
+# ---- scanpy-style API: ax=, show=, save=, color= -------------------------------------------------------------
+
+
+def test_latent_time_colours_cells_and_names_clusters(fitted, tmp_path) -> None:
+    adata, _ = fitted
+    fig, ax = plt.subplots()
+    out = pl.latent_time(adata, ax=ax, show=False, save=tmp_path / "lt.png")
+    assert out is fig and (tmp_path / "lt.png").stat().st_size > 0
+    pts = ax.collections[0]
+    t = adata.obs["latent_time"].to_numpy()
+    order = np.argsort(t, kind="stable")
+    np.testing.assert_allclose(pts.get_array().data, t[order], rtol=1e-6)
+    np.testing.assert_allclose(pts.get_offsets(), adata.obsm["X_umap"][order], rtol=1e-5)
+    # one name per cluster, at the median position of its cells
+    names = {txt.get_text(): txt.get_position() for txt in ax.texts}
+    assert set(names) == {"early", "late"}
+    early = adata.obs["clusters"].to_numpy() == "early"
+    np.testing.assert_allclose(names["early"], np.median(adata.obsm["X_umap"][early], axis=0), rtol=1e-5)
+    assert ax.get_title() == "velopyro latent time" and ax.get_xlabel() == "UMAP 1"
+    # categorical colour: one scatter per cluster and a legend; groups=None: no names
+    fig2, ax2 = plt.subplots()
+    pl.latent_time(adata, color="clusters", groups=None, ax=ax2)
+    assert len(ax2.collections) == 2 and not ax2.texts
+    assert [t.get_text() for t in ax2.get_legend().get_texts()] == ["early", "late"]
+    with pytest.raises(VelopyroInputError, match="groups='nothing'"):
+        pl.latent_time(adata, groups="nothing")
+
+
+def test_velocity_interval_draws_the_written_interval(fitted) -> None:
+    adata, model = fitted
+    a = adata.copy()
+    with pytest.raises(VelopyroInputError, match="get_velocity_interval"):
+        pl.velocity_interval(a, genes="gene1")
+    lo, hi = model.get_velocity_interval(level=0.8, n_samples=6, write=False)
+    a.layers["velocity_lower"], a.layers["velocity_upper"] = lo, hi
+    a.uns["velocity_interval"] = {"level": 0.8, "n_samples": 6, "mode": "spliced"}
+    fig, axes = plt.subplots(1, 2)
+    out = pl.velocity_interval(a, genes=["gene1", "gene3"], ax=axes, show=False)
+    assert out is fig
+    t = a.obs["latent_time"].to_numpy()
+    order = np.argsort(t, kind="stable")
+    for k, g in enumerate((1, 3)):
+        ax = axes[k]
+        assert ax.get_title().startswith(f"gene{g}  (sign certain in ")
+        assert ax.get_xlabel() == "latent time" and ax.get_ylabel() == "velocity (ds/dt)"
+        band, pts = ax.collections[0], ax.collections[1]
+        np.testing.assert_allclose(pts.get_offsets()[:, 0], t[order], rtol=1e-6)
+        np.testing.assert_allclose(pts.get_offsets()[:, 1], a.layers["velocity"][order, g], rtol=1e-5, atol=1e-7)
+        # the band's outline holds exactly the interval's bounds
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert np.isclose(ys.max(), hi[:, g].max(), rtol=1e-5) and np.isclose(ys.min(), lo[:, g].min(), rtol=1e-5)
+        certain = np.mean((lo[:, g] > 0) | (hi[:, g] < 0))
+        assert f"{certain:.0%}" in ax.get_title()
+    assert "80% interval" in [t.get_text() for t in axes[-1].get_legend().get_texts()]
+    with pytest.raises(VelopyroInputError, match="2 axes for 1 panels"):
+        pl.velocity_interval(a, genes="gene1", ax=axes)
+    fig = pl.velocity_interval(a, n_genes=3, color=None)
+    assert len([x for x in fig.axes if x.get_visible()]) == 3
+
+
+def test_every_figure_takes_ax_show_save(fitted, tmp_path, monkeypatch) -> None:
+    adata, model = fitted
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(1))
+    fig, ax = plt.subplots()
+    assert pl.velocity_stream(adata, color="clusters", ax=ax, show=True, save=tmp_path / "s.png") is fig
+    assert ax.get_title() == "velopyro velocity (umap)" and ax.get_legend() is not None
+    fig, ax = plt.subplots()
+    assert pl.loss_curve(model, ax=ax, show=True) is fig
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), model.history["train_loss"])
+    fig, axes = plt.subplots(1, 2)
+    assert pl.phase_portraits(adata, genes=["gene0", "gene2"], color="clusters", ax=axes, show=True) is fig
+    np.testing.assert_allclose(np.sort(axes[1].collections[0].get_offsets()[:, 0]),
+                               np.sort(adata.layers["Ms"][:, 2]), rtol=1e-5)
+    assert shown == [1, 1, 1] and (tmp_path / "s.png").exists()
+    with pytest.raises(VelopyroInputError, match="color='nothing'"):
+        pl.velocity_stream(adata, color="nothing", ax=ax)
+
+
+def test_ppc_figures_take_ax_and_show(monkeypatch) -> None:
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(1))
+    rng = np.random.default_rng(0)
+    values = rng.random((500, 3))
+    values[:, 1] = values[:, 1] ** 3  # the least uniform gene: the one shown beside the pooled panel
+    fig, axes = plt.subplots(1, 2)
+    out = pl.pit_histogram(values, gene_names=["a", "b", "c"], max_genes=1, n_bins=10, ax=axes, show=True)
+    assert out is fig and shown == [1] and not fig._suptitle
+    heights = [p.get_height() for p in axes[0].patches[:10]]  # the bars (then the 99% band)
+    np.testing.assert_allclose(heights, np.histogram(values.ravel(), bins=10, range=(0, 1), density=True)[0])
+    assert axes[1].get_title().startswith("b\nKS = ")
+    with pytest.raises(VelopyroInputError, match="1 axes for 2 panels"):
+        pl.pit_histogram(values, max_genes=1, ax=axes[0])
+    fig = pl.pit_histogram(values, max_genes=1)  # its own figure keeps its title
+    assert fig._suptitle.get_text().startswith("PIT of the posterior predictive")

@@ -146,3 +146,57 @@ def test_figures_show_the_data(small) -> None:
     with pytest.raises(VelopyroInputError, match="get_directional_uncertainty"):
         velopyro.pl.uncertainty(adata, color="nope")
     plt.close("all")
+
+
+# ---- posterior intervals of velocity and their coverage ------------------------------------------------------
+
+
+def test_interval_coverage_is_nominal_for_a_calibrated_interval_and_lower_for_an_overconfident_one() -> None:
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(400, 30))
+    draws = mu + rng.normal(size=(200, 400, 30))  # the "posterior" of each entry: Normal(mu, 1)
+    truth = mu + rng.normal(size=(400, 30))       # the truth drawn from that same distribution
+    over = mu + 0.5 * rng.normal(size=(200, 400, 30))  # an over-confident posterior: half the spread
+    cov, cov_over = [], []
+    for level in (0.5, 0.8, 0.9, 0.95):
+        lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        cov.append(uncertainty.interval_coverage(lo, hi, truth))
+        assert abs(cov[-1] - level) < 0.03, (level, cov[-1])
+        per_gene = uncertainty.interval_coverage(lo, hi, truth, axis=0)
+        assert per_gene.shape == (30,) and abs(np.median(per_gene) - level) < 0.05
+        lo, hi = np.quantile(over, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        cov_over.append(uncertainty.interval_coverage(lo, hi, truth))
+    assert np.all(np.diff(cov) > 0)
+    # half the spread: the 90% interval is +-0.82 sd of the truth, which covers ~59%
+    assert abs(cov_over[2] - 0.59) < 0.03 and np.all(np.array(cov_over) < np.array(cov) - 0.1)
+    nan_truth = truth.copy()
+    nan_truth[:, 0] = np.nan  # NaN truths are left out, not counted as misses
+    lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+    assert abs(uncertainty.interval_coverage(lo, hi, nan_truth) - 0.9) < 0.03
+    with pytest.raises(VelopyroInputError, match="one shape"):
+        uncertainty.interval_coverage(lo, hi, truth[:10])
+    with pytest.raises(VelopyroInputError, match="lower exceeds upper"):
+        uncertainty.interval_coverage(hi, lo, truth)
+
+
+def test_velocity_interval_of_the_fit(small) -> None:
+    adata, model = small
+    draws = model.get_velocity(n_samples=8, return_samples=True, batch_size=64, seed=5)
+    lo90, hi90 = model.get_velocity_interval(level=0.9, n_samples=8, batch_size=64, seed=5, write=False)
+    # streamed over batches of cells = the quantiles of the dense draws with the same seed
+    np.testing.assert_allclose(lo90, np.quantile(draws, 0.05, axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(hi90, np.quantile(draws, 0.95, axis=0), rtol=1e-5, atol=1e-7)
+    lo50, hi50 = model.get_velocity_interval(level=0.5, n_samples=8, batch_size=64, seed=5)
+    assert np.all(lo90 <= lo50) and np.all(hi50 <= hi90) and np.mean(hi90 - lo90 > hi50 - lo50) > 0.9
+    np.testing.assert_array_equal(adata.layers["velocity_lower"], lo50)
+    assert adata.uns["velocity_interval"] == {"level": 0.5, "n_samples": 8, "mode": "spliced"}
+    truth = adata.layers["true_velocity"]
+    c50, c90 = (uncertainty.interval_coverage(a, b, truth) for a, b in ((lo50, hi50), (lo90, hi90)))
+    assert c50 <= c90
+    mid = 0.5 * (lo90 + hi90)  # the 90% interval shrunk to a tenth around its centre covers less
+    assert uncertainty.interval_coverage(mid + 0.1 * (lo90 - mid), mid + 0.1 * (hi90 - mid), truth) < c90
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(VelopyroInputError, match="level must lie"):
+            model.get_velocity_interval(level=bad, n_samples=2)
+    with pytest.raises(VelopyroInputError, match="n_samples must be >= 2"):
+        model.get_velocity_interval(n_samples=1)

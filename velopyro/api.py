@@ -1209,6 +1209,63 @@ class VeloPyro:
                                                     "cell_types": [str(c) for c in df.columns]}
         return df
 
+    def get_velocity_interval(
+        self,
+        level: float = 0.9,
+        n_samples: int = 100,
+        mode: str = "spliced",
+        write: bool = True,
+        batch_size: int = 256,
+        seed: int | None = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Equal-tailed posterior interval of each cell's velocity, streamed over cells.
+
+        The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles over ``n_samples`` posterior draws of the
+        velocity (eq. 2 at each draw's time and state weights, as :meth:`get_velocity`), computed one batch
+        of cells at a time (memory ``n_samples x batch_size x genes``). The interval reflects the
+        variational posterior of z and pi (eq. 22); the rates are point estimates (see
+        :mod:`velopyro.uncertainty` for what that means for coverage).
+
+        Parameters
+        ----------
+        level
+            Nominal probability of the interval, in (0, 1).
+        n_samples
+            Posterior draws per cell.
+        mode
+            ``"spliced"`` (ds/dt) or ``"unspliced"`` (du/dt).
+        write
+            Write ``layers["velocity_lower"]``, ``layers["velocity_upper"]`` (``velocity_u_lower`` /
+            ``_upper`` for ``mode="unspliced"``) and ``uns["velocity_interval"]`` (``level``,
+            ``n_samples``, ``mode``) into the model's AnnData (what :func:`velopyro.pl.velocity_interval`
+            draws).
+        batch_size
+            Cells per batch.
+        seed
+            Seed of the draws (None: not reseeded).
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(lower, upper)``, each cells x genes.
+        """
+        from . import uncertainty
+
+        self._check_trained()
+        if not 0.0 < float(level) < 1.0:
+            raise VelopyroInputError(f"level must lie strictly between 0 and 1 (e.g. 0.9), got {level}")
+        if mode not in ("spliced", "unspliced"):
+            raise VelopyroInputError(f"mode must be 'spliced' or 'unspliced', got {mode!r}")
+        with seeded(seed):
+            lo, hi = uncertainty.velocity_quantiles(self, [(1 - level) / 2, (1 + level) / 2], n_samples=n_samples,
+                                                    mode=mode, batch_size=batch_size)
+        if write:
+            key = "velocity" if mode == "spliced" else "velocity_u"
+            self.adata.layers[f"{key}_lower"] = lo
+            self.adata.layers[f"{key}_upper"] = hi
+            self.adata.uns["velocity_interval"] = {"level": float(level), "n_samples": int(n_samples), "mode": mode}
+        return lo, hi
+
     # ---- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """Save the fitted model (parameters, configuration, history, split) to a directory.

@@ -33,7 +33,18 @@ Keys written by :func:`write_directional_uncertainty` and :meth:`velopyro.VeloPy
 ``obs["<key>_extrinsic"]``                  the same five, for the extrapolated future state
 ``varm["permutation_scores"]``              genes x cell types t-statistics
 ``uns["permutation_scores"]``               ``labels_key``, ``cell_types`` (the columns), ``n_cells``
+``layers["velocity_lower"]``                lower bound of the equal-tailed posterior interval of velocity
+``layers["velocity_upper"]``                its upper bound (cells x genes)
+``uns["velocity_interval"]``                ``level``, ``n_samples``, ``mode`` of that interval
 ========================================  ===================================================================
+
+**Posterior intervals of velocity** (:func:`velocity_quantiles`, :meth:`velopyro.VeloPyro.get_velocity_interval`):
+equal-tailed quantiles over posterior draws of each cell's velocity (the velocity of eq. 2 at the cell's
+time under each draw of z and pi, the states weighted as in :meth:`velopyro.VeloPyro.get_velocity`),
+streamed over cells. They carry the uncertainty of the variational posterior q(z, pi | u, s) (eq. 22)
+only: the kinetic rates and switch times are point estimates, as in veloVI, and velocity's scale is
+identifiable only up to a per-gene time scale (rates x c, times / c give the same fit). Their coverage of
+a simulated truth is measured in ``benchmarks/uncertainty_groundtruth.py`` (README, "Uncertainty").
 """
 
 from __future__ import annotations
@@ -52,7 +63,7 @@ from ._validation import VelopyroInputError
 from .data import VeloData
 
 __all__ = ["directional_statistics", "statistics_from_cosines", "STAT_NAMES", "velocity_draws_by_batch",
-           "permutation_scores"]
+           "permutation_scores", "velocity_quantiles", "interval_coverage"]
 
 #: The five per-cell statistics, in veloVI's names.
 STAT_NAMES = ("directional_cosine_sim_variance", "directional_cosine_sim_difference",
@@ -136,6 +147,73 @@ def velocity_draws_by_batch(
         buf.append(posterior.velocity(smp, "mean", mode, state_weights).cpu().numpy())
     if buf:
         yield idx, np.stack(buf)
+
+
+def velocity_quantiles(
+    model: Any, quantiles: Any, n_samples: int = 100, mode: str = "spliced",
+    state_weights: str = posterior.VELOCITY_WEIGHTS, batch_size: int = 256,
+) -> np.ndarray:
+    """Quantiles over posterior draws of each cell's velocity, streamed over batches of cells.
+
+    Memory is ``n_samples x batch_size x genes`` for the draws plus the output, never draws x cells x
+    genes.
+
+    Parameters
+    ----------
+    model
+        A fitted :class:`velopyro.VeloPyro` (seeded by the caller, e.g. with :func:`velopyro._rng.seeded`).
+    quantiles
+        Probabilities in [0, 1] (a number or a sequence).
+    n_samples
+        Posterior draws per cell (the quantiles' resolution: 100 draws resolve the 5% and 95% quantiles
+        to about one draw).
+    mode, state_weights
+        As :meth:`velopyro.VeloPyro.get_velocity`.
+    batch_size
+        Cells per batch.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(quantiles), cells, genes)`` float32 (``(cells, genes)`` for a single number).
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
+    if q.size == 0 or not np.all((q >= 0) & (q <= 1)):
+        raise VelopyroInputError(f"quantiles must lie in [0, 1], got {quantiles!r}")
+    if n_samples < 2:
+        raise VelopyroInputError(f"n_samples must be >= 2 for an interval, got {n_samples}")
+    out = np.empty((q.size, model.n_cells, model.n_genes), dtype=np.float32)
+    for idx, draws in velocity_draws_by_batch(model, n_samples, mode, state_weights, batch_size):
+        out[:, idx] = np.quantile(draws, q.ravel(), axis=0)
+    return out[0] if q.ndim == 0 else out
+
+
+def interval_coverage(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray, axis: int | None = None) -> Any:
+    """Share of ``truth`` inside ``[lower, upper]`` (NaN truths are left out).
+
+    Parameters
+    ----------
+    lower, upper, truth
+        Arrays of one shape (e.g. cells x genes).
+    axis
+        None: one share over every entry; ``0``: one share per column (per gene for cells x genes).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        The empirical coverage.
+    """
+    lower, upper, truth = (np.asarray(a, dtype=np.float64) for a in (lower, upper, truth))
+    if not lower.shape == upper.shape == truth.shape:
+        raise VelopyroInputError(f"lower, upper and truth must have one shape, got {lower.shape}, {upper.shape}, "
+                                 f"{truth.shape}")
+    if np.any(lower > upper):
+        raise VelopyroInputError("lower exceeds upper somewhere; pass (lower, upper) in that order")
+    ok = np.isfinite(truth)
+    inside = (truth >= lower) & (truth <= upper) & ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = inside.sum(axis) / ok.sum(axis)
+    return float(cov) if axis is None else cov
 
 
 def _labels(adata: Any, labels_key: str, n_cells: int) -> pd.Categorical:

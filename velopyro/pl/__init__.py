@@ -4,7 +4,7 @@ Every function takes the AnnData first (:func:`loss_curve` also takes a model), 
 :class:`matplotlib.figure.Figure` and saves it when ``save="path.png"`` is given.
 
 - :func:`phase_portraits`: Ms vs Mu per gene, coloured by the inferred state, with the fitted kinetics
-- :func:`latent_time`: an embedding coloured by ``obs["latent_time"]``
+- :func:`latent_time`: an embedding coloured by ``obs["latent_time"]``, the clusters named where they lie
 - :func:`velocity_stream`: velocity streamlines on an embedding over the clusters
 - :func:`loss_curve`: training and validation loss per epoch
 - :func:`uncertainty`: an embedding coloured by a per-cell uncertainty; :func:`permutation_scores`: the
@@ -21,9 +21,10 @@ import importlib
 from typing import Any
 
 from ._figures import latent_time, loss_curve, phase_portraits, velocity_stream
-from ._uncertainty import permutation_scores, uncertainty
+from ._uncertainty import permutation_scores, uncertainty, velocity_interval
 
-__all__ = ["phase_portraits", "latent_time", "velocity_stream", "loss_curve", "uncertainty", "permutation_scores"]
+__all__ = ["phase_portraits", "latent_time", "velocity_stream", "loss_curve", "uncertainty", "permutation_scores",
+           "velocity_interval"]
 
 _PPC_NAMES = ("ppc_density", "pit_histogram", "rootogram")
 

@@ -1,7 +1,9 @@
 """Figures of a fitted AnnData: phase portraits, latent time, velocity stream, loss curve.
 
 Every function takes the AnnData (or, for :func:`loss_curve`, a model) first, returns the
-:class:`matplotlib.figure.Figure` and saves it when ``save`` is a path. matplotlib is imported on first
+:class:`matplotlib.figure.Figure`, saves it when ``save`` is a path, draws into the caller's axes when
+``ax`` is given (one Axes per panel for :func:`phase_portraits`) and calls ``pyplot.show()`` when
+``show=True``; the figures that draw cells take ``color=`` (an ``obs`` column). matplotlib is imported on first
 use (``pip install velopyro[plot]``); without a display the non-interactive Agg backend is selected.
 """
 
@@ -48,6 +50,40 @@ def _plt() -> Any:
 def _finish(fig: Any, save: str | os.PathLike | None) -> Any:
     if save is not None:
         fig.savefig(os.fspath(save), dpi=150, bbox_inches="tight")
+    return fig
+
+
+def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """``(figure, axes)``: a new figure of ``figsize`` when ``ax`` is None, else ``ax`` and its figure."""
+    if ax is None:
+        fig, ax = _plt().subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def _panels(ax: Any, n: int, ncols: int, panel_size: tuple[float, float]) -> tuple[Any, list[Any], bool]:
+    """``(figure, n axes, new)`` for a figure of ``n`` panels: a new grid when ``ax`` is None, else ``ax``
+    (one Axes for one panel, or a sequence of ``n`` Axes of one figure)."""
+    if ax is None:
+        ncols = max(1, min(ncols, n))
+        nrows = int(np.ceil(n / ncols))
+        fig, grid = _plt().subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows),
+                                    squeeze=False)
+        axes = list(grid.ravel())
+        for extra in axes[n:]:
+            extra.set_visible(False)
+        return fig, axes[:n], True
+    axes = [ax] if hasattr(ax, "figure") and not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+    if len(axes) != n:
+        raise VelopyroInputError(f"ax holds {len(axes)} axes for {n} panels; pass one Axes per panel (or ax=None)")
+    return axes[0].figure, axes, False
+
+
+def _done(fig: Any, save: str | os.PathLike | None, show: bool | None) -> Any:
+    """Save (when ``save`` is a path), show (when ``show``), return the figure."""
+    _finish(fig, save)
+    if show:
+        _plt().show()
     return fig
 
 
@@ -100,6 +136,9 @@ def phase_portraits(
     *,
     ncols: int = 3,
     point_size: float = 6.0,
+    color: str | None = None,
+    ax: Any | None = None,
+    show: bool | None = None,
 ) -> Any:
     """Phase portraits (spliced vs unspliced) with the fitted kinetics drawn over the data.
 
@@ -135,6 +174,12 @@ def phase_portraits(
         Panels per row.
     point_size
         Marker size of the cells.
+    color
+        Same as ``color_by`` (the scanpy-style name; takes precedence when given).
+    ax
+        Draw into these axes: one Axes per gene (a single Axes for one gene); default a new figure.
+    show
+        Call ``matplotlib.pyplot.show()`` after drawing (default: no).
 
     Returns
     -------
@@ -144,7 +189,8 @@ def phase_portraits(
     """
     from ..kinetics import STATE_NAMES
 
-    plt = _plt()
+    if color is not None:
+        color_by = color
     _require_fit(adata, "phase_portraits")
     idx = _gene_indices(adata, genes, n_genes)
     obs_u, obs_s = _observed(adata, idx)
@@ -192,15 +238,11 @@ def phase_portraits(
         norm = Normalize(*(np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)))
 
     n = len(idx)
-    ncols = max(1, min(ncols, n))
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.4 * nrows), squeeze=False)
+    fig, axes, new = _panels(ax, n, ncols, (3.8, 3.4))
+    nrows = int(np.ceil(n / max(1, min(ncols, n))))
     names = np.asarray(adata.var_names)[idx]
     cat_colors = _categorical_colors(adata, color_by, cats) if kind == "categorical" else None
-    for k, ax in enumerate(axes.ravel()):
-        if k >= n:
-            ax.set_visible(False)
-            continue
+    for k, ax in enumerate(axes):
         x, y, c = obs_s[:, k], obs_u[:, k], values[:, k]
         order = np.argsort(c if kind != "continuous" else np.nan_to_num(c), kind="stable")
         if kind == "continuous":
@@ -232,11 +274,14 @@ def phase_portraits(
     elif kind == "categorical":
         handles = [Line2D([], [], marker="o", ls="", markersize=7, color=cat_colors[i], label=str(cat))
                    for i, cat in enumerate(cats)] + handles
-    fig.tight_layout(rect=(0, 0.07 if n > ncols else 0.1, 1, 1))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
+    if new:
+        fig.tight_layout(rect=(0, 0.07 if nrows > 1 else 0.1, 1, 1))
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
+    else:  # the caller's axes: the legend goes on the last panel
+        axes[-1].legend(handles=handles, frameon=False, fontsize=7)
     if kind == "continuous":
-        fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.6, label=color_by)
-    return _finish(fig, save)
+        fig.colorbar(sc, ax=axes, shrink=0.6, label=color_by)
+    return _done(fig, save, show)
 
 
 def _embedding(adata: Any, basis: str) -> np.ndarray:
@@ -262,48 +307,95 @@ def latent_time(
     basis: str = "umap",
     save: str | os.PathLike | None = None,
     *,
-    key: str = "latent_time",
+    color: str = "latent_time",
+    groups: str | None = "clusters",
+    ax: Any | None = None,
+    show: bool | None = None,
     cmap: str = "gnuplot",
     point_size: float | None = None,
+    key: str | None = None,
 ) -> Any:
-    """Cells on an embedding coloured by the cell-level latent time, with a colour bar.
+    """Cells on an embedding coloured by the latent time, with the clusters named where they lie.
+
+    Each cell is a point at its embedding coordinates coloured by ``obs[color]`` (a colour bar for a
+    numeric column, a legend for a categorical one); each group of ``obs[groups]`` is named at the
+    median position of its cells, so the order of the clusters along the latent time is read directly.
 
     Parameters
     ----------
     adata
-        AnnData with ``obs[key]`` (written by :meth:`velopyro.VeloPyro.write_to_adata`) and
-        ``obsm[f"X_{basis}"]``.
+        AnnData with ``obs[color]`` (``latent_time`` is written by :meth:`velopyro.VeloPyro.write_to_adata`)
+        and ``obsm[f"X_{basis}"]``.
     basis
         Embedding (``"umap"`` reads ``obsm["X_umap"]``).
     save
         Write the figure to this path.
-    key
-        ``obs`` column to show.
+    color
+        ``obs`` column to colour the cells by.
+    groups
+        Categorical ``obs`` column whose names are written on the embedding; the default ``"clusters"``
+        is skipped when that column is absent; None: no names.
+    ax
+        Draw into these axes (default: a new figure).
+    show
+        Call ``matplotlib.pyplot.show()`` after drawing (default: no).
     cmap
-        Colour map.
+        Colour map of a numeric ``color``.
     point_size
         Marker size (default scales with the number of cells).
+    key
+        Former name of ``color`` (kept for existing calls).
 
     Returns
     -------
     matplotlib.figure.Figure
         The figure.
     """
-    plt = _plt()
-    if key not in adata.obs:
-        raise VelopyroInputError(f"obs[{key!r}] not found; run model.write_to_adata() first")
+    _plt()
+    import matplotlib.patheffects as pe
+
+    color = key if key is not None else color
+    if color not in adata.obs:
+        raise VelopyroInputError(f"obs[{color!r}] not found; run model.write_to_adata() first "
+                                 "(it writes obs['latent_time'])")
+    if groups is not None and groups not in adata.obs:
+        if groups != "clusters":
+            raise VelopyroInputError(f"groups={groups!r} is not a column of adata.obs; pass a cell-type column "
+                                     "or groups=None")
+        groups = None
     emb = _embedding(adata, basis)
-    t = np.asarray(adata.obs[key], dtype=np.float64)
     size = point_size if point_size is not None else max(2.0, min(30.0, 12000.0 / adata.n_obs))
-    fig, ax = plt.subplots(figsize=(6.2, 5.0))
-    order = np.argsort(np.nan_to_num(t), kind="stable")
-    sc = ax.scatter(emb[order, 0], emb[order, 1], c=t[order], cmap=cmap, s=size, linewidths=0,
-                    rasterized=True)
-    fig.colorbar(sc, ax=ax, label=key.replace("_", " "))
+    fig, ax = _axes(ax, (6.2, 5.0))
+    col = adata.obs[color]
+    if col.dtype.kind in "biuf" and not hasattr(col, "cat"):
+        t = np.asarray(col, dtype=np.float64)
+        order = np.argsort(np.nan_to_num(t), kind="stable")
+        sc = ax.scatter(emb[order, 0], emb[order, 1], c=t[order], cmap=cmap, s=size, linewidths=0,
+                        rasterized=True)
+        fig.colorbar(sc, ax=ax, label=color.replace("_", " "))
+    else:
+        col = col.astype("category")
+        cats = list(col.cat.categories)
+        colors = _categorical_colors(adata, color, cats)
+        codes = np.asarray(col.cat.codes)
+        for i, cat in enumerate(cats):
+            m = codes == i
+            ax.scatter(emb[m, 0], emb[m, 1], color=colors[i], s=size, linewidths=0, label=str(cat), rasterized=True)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, markerscale=2.5, fontsize=8)
+    if groups is not None:
+        lab = adata.obs[groups].astype("category")
+        codes = np.asarray(lab.cat.codes)
+        for i, cat in enumerate(lab.cat.categories):
+            m = codes == i
+            if m.any():
+                x, y = np.median(emb[m], axis=0)
+                ax.text(x, y, str(cat), ha="center", va="center", fontsize=8, fontweight="bold",
+                        path_effects=[pe.withStroke(linewidth=2.5, foreground="white")])
     _label_embedding(ax, basis)
-    ax.set_title("velopyro latent time")
-    fig.tight_layout()
-    return _finish(fig, save)
+    ax.set_title("velopyro latent time" if color == "latent_time" else color.replace("_", " "))
+    if fig.axes[0] is ax and len(fig.axes) <= 2:
+        fig.tight_layout()
+    return _done(fig, save, show)
 
 
 def _velocity_grid(emb: np.ndarray, v: np.ndarray, n_grid: int, smooth: float,
@@ -343,6 +435,8 @@ def velocity_stream(
     min_density: float = 0.3,
     point_size: float | None = None,
     legend: bool = True,
+    ax: Any | None = None,
+    show: bool | None = None,
 ) -> Any:
     """Velocity streamlines on an embedding, over the cells coloured by a cluster (or numeric) key.
 
@@ -375,14 +469,19 @@ def velocity_stream(
         Marker size of the cells (default scales with the number of cells).
     legend
         Show the legend of a categorical ``color``.
+    ax
+        Draw into these axes (default: a new figure).
+    show
+        Call ``matplotlib.pyplot.show()`` after drawing (default: no).
 
     Returns
     -------
     matplotlib.figure.Figure
         The figure.
     """
-    plt = _plt()
     emb = _embedding(adata, basis)
+    if color is not None and color not in adata.obs:
+        raise VelopyroInputError(f"color={color!r} is not a column of adata.obs")
     vk = f"{vkey}_{basis}"
     if vk not in adata.obsm:
         from ..tl import velocity_embedding
@@ -392,11 +491,10 @@ def velocity_stream(
     gx, gy, vx, vy = _velocity_grid(emb, v, n_grid, smooth, min_density)
 
     size = point_size if point_size is not None else max(2.0, min(30.0, 12000.0 / adata.n_obs))
-    fig, ax = plt.subplots(figsize=(7.6 if color is not None and legend else 6.2, 5.6))
+    new = ax is None
+    fig, ax = _axes(ax, (7.6 if color is not None and legend else 6.2, 5.6))
     if color is None:
         ax.scatter(emb[:, 0], emb[:, 1], c="lightgrey", s=size, linewidths=0, rasterized=True)
-    elif color not in adata.obs:
-        raise VelopyroInputError(f"color={color!r} is not a column of adata.obs")
     else:
         col = adata.obs[color]
         if col.dtype.kind in "biuf" and not hasattr(col, "cat"):
@@ -422,8 +520,9 @@ def velocity_stream(
                       arrowstyle="-|>", zorder=3)
     _label_embedding(ax, basis)
     ax.set_title(f"velopyro velocity ({basis})")
-    fig.tight_layout()
-    return _finish(fig, save)
+    if new:
+        fig.tight_layout()
+    return _done(fig, save, show)
 
 
 def _history(obj: Any) -> dict[str, Any]:
@@ -446,6 +545,8 @@ def loss_curve(
     save: str | os.PathLike | None = None,
     *,
     log_y: bool = False,
+    ax: Any | None = None,
+    show: bool | None = None,
 ) -> Any:
     """Training and validation loss (negative ELBO per cell) per epoch.
 
@@ -458,20 +559,24 @@ def loss_curve(
         Write the figure to this path.
     log_y
         Symmetric-log y axis (useful when the first epochs dominate).
+    ax
+        Draw into these axes (default: a new figure).
+    show
+        Call ``matplotlib.pyplot.show()`` after drawing (default: no).
 
     Returns
     -------
     matplotlib.figure.Figure
         The figure; the best epoch (lowest validation loss, the parameters kept) is marked.
     """
-    plt = _plt()
     hist = _history(adata_or_model)
     train = np.asarray(hist["train_loss"], dtype=np.float64)
     val = np.asarray(hist.get("validation_loss", []), dtype=np.float64)
     epoch = np.asarray(hist.get("epoch", np.arange(1, len(train) + 1)), dtype=np.float64)
     if train.size == 0:
         raise VelopyroInputError("the training history is empty; fit the model first")
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    new = ax is None
+    fig, ax = _axes(ax, (6.0, 4.2))
     ax.plot(epoch, train, label="train", color="#3182bd", lw=1.5)
     if val.size == train.size and np.isfinite(val).any():
         ax.plot(epoch, val, label="validation", color="#e6550d", lw=1.5)
@@ -499,5 +604,6 @@ def loss_curve(
     else:
         ax.set_title("velopyro training")
     ax.legend(frameon=False)
-    fig.tight_layout()
-    return _finish(fig, save)
+    if new:
+        fig.tight_layout()
+    return _done(fig, save, show)

@@ -32,7 +32,12 @@ _REP = "tab:blue"
 _EXP = "tab:red"
 
 
-def _grid(n_panels: int, ncols: int, panel_size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+def _grid(n_panels: int, ncols: int, panel_size: tuple[float, float], ax: Any = None) -> tuple[Figure, np.ndarray]:
+    if ax is not None:  # the caller's axes: one Axes per panel
+        from ._figures import _panels
+
+        fig, axes, _ = _panels(ax, n_panels, ncols, panel_size)
+        return fig, np.asarray(axes, dtype=object)
     import matplotlib.pyplot as plt
 
     ncols = max(1, min(ncols, n_panels))
@@ -44,10 +49,15 @@ def _grid(n_panels: int, ncols: int, panel_size: tuple[float, float]) -> tuple[F
     return fig, axes.ravel()
 
 
-def _finish(fig: Figure, save: str | os.PathLike | None) -> Figure:
-    fig.tight_layout()
+def _finish(fig: Figure, save: str | os.PathLike | None, show: bool | None = None, own: bool = True) -> Figure:
+    if own:
+        fig.tight_layout()
     if save is not None:
         fig.savefig(save, dpi=120, bbox_inches="tight")
+    if show:
+        import matplotlib.pyplot as plt
+
+        plt.show()
     return fig
 
 
@@ -76,6 +86,8 @@ def ppc_density(
     seed: int | None = 0,
     ncols: int = 3,
     save: str | os.PathLike | None = None,
+    ax: Any | None = None,
+    show: bool | None = None,
 ) -> Figure:
     """Observed vs replicated distributions (density or ECDF), pooled over genes and per gene.
 
@@ -109,6 +121,11 @@ def ppc_density(
         Panels per row.
     save
         File to write the figure to.
+    ax
+        Draw into these axes, one per panel (the pooled panel first; a single Axes for one panel);
+        default a new figure.
+    show
+        Call ``matplotlib.pyplot.show()`` after drawing (default: no).
 
     Returns
     -------
@@ -125,7 +142,7 @@ def ppc_density(
     h = ppc.histograms(model, edges, n_samples=n_samples, modality=modality, genes=gpos, indices=idx, seed=seed)
     panels = ([("all genes (pooled)", h["pooled_observed"], h["pooled_replicated"])] if pooled else [])
     panels += [(_gene_name(model, g), h["observed"][j], h["replicated"][:, j]) for j, g in enumerate(gpos)]
-    fig, axes = _grid(len(panels), ncols, (3.4, 2.6))
+    fig, axes = _grid(len(panels), ncols, (3.4, 2.6), ax)
     e = h["edges"]
     centres = 0.5 * (e[:-1] + e[1:])
     widths = np.diff(e)
@@ -136,18 +153,19 @@ def ppc_density(
         tot = max(c.sum(), 1.0)
         return np.cumsum(c) / tot if kind == "ecdf" else c / tot / widths
 
-    for ax, (title, o, r) in zip(axes, panels, strict=False):
+    for pan, (title, o, r) in zip(axes, panels, strict=False):
         for i, c in enumerate(r):
-            ax.plot(x, curve(c), color=_REP, lw=0.6, alpha=0.35, label="replicated" if i == 0 else None)
-        ax.plot(x, curve(o), color=_OBS, lw=1.6, label="observed", zorder=3)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(f"{label} ({'counts' if model.likelihood.is_count else 'Ms/Mu'})", fontsize=8)
-        ax.set_ylabel("ECDF" if kind == "ecdf" else "density", fontsize=8)
-        ax.tick_params(labelsize=7)
+            pan.plot(x, curve(c), color=_REP, lw=0.6, alpha=0.35, label="replicated" if i == 0 else None)
+        pan.plot(x, curve(o), color=_OBS, lw=1.6, label="observed", zorder=3)
+        pan.set_title(title, fontsize=9)
+        pan.set_xlabel(f"{label} ({'counts' if model.likelihood.is_count else 'Ms/Mu'})", fontsize=8)
+        pan.set_ylabel("ECDF" if kind == "ecdf" else "density", fontsize=8)
+        pan.tick_params(labelsize=7)
     axes[0].legend(fontsize=7, frameon=False)
-    fig.suptitle(f"Posterior predictive check ({model.config['likelihood']} likelihood, {n_samples} replicates)",
-                 fontsize=10)
-    return _finish(fig, save)
+    if ax is None:
+        fig.suptitle(f"Posterior predictive check ({model.config['likelihood']} likelihood, {n_samples} replicates)",
+                     fontsize=10)
+    return _finish(fig, save, show, own=ax is None)
 
 
 def pit_histogram(
@@ -162,6 +180,8 @@ def pit_histogram(
     ncols: int = 3,
     save: str | os.PathLike | None = None,
     gene_names: Sequence[Any] | None = None,
+    ax: Any | None = None,
+    show: bool | None = None,
 ) -> Figure:
     """Histogram of PIT values, pooled and per gene, with the uniform reference and its 99% band.
 
@@ -196,6 +216,11 @@ def pit_histogram(
     gene_names
         Names of a precomputed PIT array's columns for the panel titles (e.g. ``adata.var_names``);
         positions are shown without them. A model supplies its own.
+    ax
+        Draw into these axes, one per panel (the pooled panel first; a single Axes for one panel);
+        default a new figure.
+    show
+        Call ``matplotlib.pyplot.show()`` after drawing (default: no).
 
     Returns
     -------
@@ -222,23 +247,24 @@ def pit_histogram(
         ks = ppc.ks_per_gene(values)
         gpos = np.argsort(-ks)[:max_genes] if max_genes > 0 else np.arange(0)
     panels = [("all genes (pooled)", values.ravel())] + [(names[g], values[:, g]) for g in gpos]
-    fig, axes = _grid(len(panels), ncols, (3.2, 2.5))
+    fig, axes = _grid(len(panels), ncols, (3.2, 2.5), ax)
     from scipy import stats
 
-    for ax, (title, x) in zip(axes, panels, strict=False):
+    for pan, (title, x) in zip(axes, panels, strict=False):
         x = x[np.isfinite(x)]
         n = len(x)
-        ax.hist(x, bins=n_bins, range=(0, 1), density=True, color=_REP, alpha=0.7, edgecolor="white", lw=0.4)
+        pan.hist(x, bins=n_bins, range=(0, 1), density=True, color=_REP, alpha=0.7, edgecolor="white", lw=0.4)
         p = 1.0 / n_bins
         lo, hi = stats.binom.ppf([0.005, 0.995], n, p) / (n * p) if n else (1.0, 1.0)
-        ax.axhspan(lo, hi, color="grey", alpha=0.2, lw=0)
-        ax.axhline(1.0, color=_OBS, lw=1)
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{title}\nKS = {ppc.ks_uniform(x):.3f}", fontsize=9)
-        ax.set_xlabel("PIT", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.suptitle("PIT of the posterior predictive (grey: 99% band under uniformity)", fontsize=10)
-    return _finish(fig, save)
+        pan.axhspan(lo, hi, color="grey", alpha=0.2, lw=0)
+        pan.axhline(1.0, color=_OBS, lw=1)
+        pan.set_xlim(0, 1)
+        pan.set_title(f"{title}\nKS = {ppc.ks_uniform(x):.3f}", fontsize=9)
+        pan.set_xlabel("PIT", fontsize=8)
+        pan.tick_params(labelsize=7)
+    if ax is None:
+        fig.suptitle("PIT of the posterior predictive (grey: 99% band under uniformity)", fontsize=10)
+    return _finish(fig, save, show, own=ax is None)
 
 
 def rootogram(
@@ -253,6 +279,8 @@ def rootogram(
     seed: int | None = 0,
     ncols: int = 3,
     save: str | os.PathLike | None = None,
+    ax: Any | None = None,
+    show: bool | None = None,
 ) -> Figure:
     """Hanging rootograms of counts: observed frequencies hanging from the posterior predictive's.
 
@@ -284,6 +312,11 @@ def rootogram(
         Panels per row.
     save
         File to write the figure to.
+    ax
+        Draw into these axes, one per panel (the pooled panel first; a single Axes for one panel);
+        default a new figure.
+    show
+        Call ``matplotlib.pyplot.show()`` after drawing (default: no).
 
     Returns
     -------
@@ -299,16 +332,17 @@ def rootogram(
     h = ppc.histograms(model, edges, n_samples=n_samples, modality=modality, genes=gpos, indices=idx, seed=seed)
     panels = ([("all genes (pooled)", h["pooled_observed"], h["pooled_replicated"].mean(0))] if pooled else [])
     panels += [(_gene_name(model, g), h["observed"][j], h["replicated"][:, j].mean(0)) for j, g in enumerate(gpos)]
-    fig, axes = _grid(len(panels), ncols, (3.4, 2.6))
+    fig, axes = _grid(len(panels), ncols, (3.4, 2.6), ax)
     counts = 0.5 * (h["edges"][:-1] + h["edges"][1:])
-    for ax, (title, o, e) in zip(axes, panels, strict=False):
+    for pan, (title, o, e) in zip(axes, panels, strict=False):
         top = np.sqrt(e)
-        ax.bar(counts, np.sqrt(o), bottom=top - np.sqrt(o), width=0.8, color="lightgrey", edgecolor="grey", lw=0.4)
-        ax.plot(counts, top, color=_EXP, lw=1.2, marker="o", ms=2)
-        ax.axhline(0, color=_OBS, lw=0.8)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(f"{'unspliced' if modality == 'u' else 'spliced'} count (last bin: >=)", fontsize=8)
-        ax.set_ylabel("sqrt(frequency)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(f"Hanging rootogram ({model.config['likelihood']} likelihood; red: expected)", fontsize=10)
-    return _finish(fig, save)
+        pan.bar(counts, np.sqrt(o), bottom=top - np.sqrt(o), width=0.8, color="lightgrey", edgecolor="grey", lw=0.4)
+        pan.plot(counts, top, color=_EXP, lw=1.2, marker="o", ms=2)
+        pan.axhline(0, color=_OBS, lw=0.8)
+        pan.set_title(title, fontsize=9)
+        pan.set_xlabel(f"{'unspliced' if modality == 'u' else 'spliced'} count (last bin: >=)", fontsize=8)
+        pan.set_ylabel("sqrt(frequency)", fontsize=8)
+        pan.tick_params(labelsize=7)
+    if ax is None:
+        fig.suptitle(f"Hanging rootogram ({model.config['likelihood']} likelihood; red: expected)", fontsize=10)
+    return _finish(fig, save, show, own=ax is None)

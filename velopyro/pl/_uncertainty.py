@@ -1,31 +1,18 @@
-"""Figures of veloVI's uncertainty read-outs: per-cell uncertainty on an embedding, permutation scores."""
+"""Figures of veloVI's uncertainty read-outs: per-cell uncertainty on an embedding, permutation scores,
+per-gene velocity with its posterior interval along the latent time."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .._validation import VelopyroInputError
-from ._figures import _categorical_colors, _embedding, _finish, _label_embedding, _plt
+from ._figures import _axes, _categorical_colors, _done, _embedding, _gene_indices, _label_embedding, _panels
 
-__all__ = ["uncertainty", "permutation_scores"]
-
-
-def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-        return fig, ax
-    return ax.figure, ax
-
-
-def _done(fig: Any, save: str | os.PathLike | None, show: bool | None) -> Any:
-    _finish(fig, save)
-    if show:
-        _plt().show()
-    return fig
+__all__ = ["uncertainty", "permutation_scores", "velocity_interval"]
 
 
 def uncertainty(
@@ -134,4 +121,121 @@ def permutation_scores(
     ax.axhline(0.0, color="0.5", lw=0.8, ls="--")
     ax.set_ylabel("permutation score (t-statistic)")
     ax.set_title("kinetics vs permuted cells, per cell type")
+    return _done(fig, save, show)
+
+
+def velocity_interval(
+    adata: Any,
+    genes: str | Sequence[str] | None = None,
+    n_genes: int = 4,
+    *,
+    color: str | None = "clusters",
+    time_key: str = "latent_time",
+    vkey: str = "velocity",
+    ncols: int = 2,
+    ax: Any | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    point_size: float | None = None,
+) -> Any:
+    """Per-gene velocity along the latent time with its posterior interval (one panel per gene).
+
+    Cells are ordered by ``obs[time_key]``; each panel draws the posterior interval
+    (``layers[f"{vkey}_lower"]`` to ``layers[f"{vkey}_upper"]``, from
+    :meth:`velopyro.VeloPyro.get_velocity_interval`) as a grey band over the cells in that order, and
+    each cell's posterior mean velocity (``layers[vkey]``) as a point coloured by ``obs[color]``.
+
+    Parameters
+    ----------
+    adata
+        AnnData after :meth:`velopyro.VeloPyro.write_to_adata` and
+        :meth:`velopyro.VeloPyro.get_velocity_interval`.
+    genes
+        Gene name(s); default the ``n_genes`` best-fitted genes (:func:`velopyro.tl.gene_fit_r2`).
+    n_genes
+        Number of genes when ``genes`` is None.
+    color
+        ``obs`` column for the cells' colours (categorical: the clusters' colours and a legend; numeric:
+        viridis); None: black.
+    time_key
+        ``obs`` column of the cells' time (x axis).
+    vkey
+        Velocity layer (``"velocity"``; ``"velocity_u"`` after ``get_velocity_interval(mode="unspliced")``).
+    ncols
+        Panels per row.
+    ax
+        Draw into these axes: one Axes per gene (a single Axes for one gene); default a new figure.
+    show
+        Call ``matplotlib.pyplot.show()`` after drawing (default: no).
+    save
+        Write the figure to this path.
+    point_size
+        Marker size (default scales with the number of cells).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure; each panel is titled with the gene's name and the share of cells whose interval
+        excludes 0 (the cells where the sign of the velocity is certain at that level).
+    """
+    lo_key, hi_key = f"{vkey}_lower", f"{vkey}_upper"
+    for k in (vkey, lo_key, hi_key):
+        if k not in adata.layers:
+            raise VelopyroInputError(f"layers[{k!r}] not found; run model.write_to_adata() and "
+                                     "model.get_velocity_interval() first")
+    if time_key not in adata.obs:
+        raise VelopyroInputError(f"obs[{time_key!r}] not found; run model.write_to_adata() first")
+    if color is not None and color not in adata.obs:
+        raise VelopyroInputError(f"color={color!r} is not a column of adata.obs; pass one or color=None")
+    idx = _gene_indices(adata, genes, n_genes)
+    info = adata.uns.get("velocity_interval", {})
+    level = info.get("level")
+    t = np.asarray(adata.obs[time_key], dtype=np.float64)
+    order = np.argsort(t, kind="stable")
+    size = point_size if point_size is not None else max(1.0, min(20.0, 6000.0 / adata.n_obs))
+    cells = None
+    if color is not None:
+        col = adata.obs[color]
+        if col.dtype.kind in "biuf" and not hasattr(col, "cat"):
+            cells = ("numeric", np.asarray(col, dtype=np.float64)[order], None)
+        else:
+            col = col.astype("category")
+            cats = list(col.cat.categories)
+            pal = np.asarray(_categorical_colors(adata, color, cats), dtype=object)
+            cells = ("categorical", list(pal[np.asarray(col.cat.codes)[order]]), (cats, pal))
+
+    def dense(key: str) -> np.ndarray:
+        x = adata.layers[key][:, idx]
+        return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)[order]
+
+    v, lo, hi = dense(vkey), dense(lo_key), dense(hi_key)
+    fig, axes, new = _panels(ax, len(idx), ncols, (4.2, 3.0))
+    names = np.asarray(adata.var_names)[idx]
+    band = f"{level:.0%} interval" if level is not None else "interval"
+    for k, a in enumerate(axes):
+        a.fill_between(t[order], lo[:, k], hi[:, k], color="0.75", lw=0, step="mid", label=band)
+        if cells is None:
+            a.scatter(t[order], v[:, k], s=size, color="black", linewidths=0, label="posterior mean")
+        elif cells[0] == "numeric":
+            a.scatter(t[order], v[:, k], s=size, c=cells[1], cmap="viridis", linewidths=0, label="posterior mean")
+        else:
+            a.scatter(t[order], v[:, k], s=size, c=cells[1], linewidths=0, label="posterior mean")
+        a.axhline(0.0, color="0.3", lw=0.7, ls="--")
+        certain = float(np.mean((lo[:, k] > 0) | (hi[:, k] < 0)))
+        a.set_title(f"{names[k]}  (sign certain in {certain:.0%})", fontsize=10)
+        a.set_xlabel(time_key.replace("_", " "))
+        a.set_ylabel(f"{vkey.replace('_', ' ')} ({'du/dt' if vkey == 'velocity_u' else 'ds/dt'})")
+        a.tick_params(labelsize=8)
+    if cells is not None and cells[0] == "categorical":
+        from matplotlib.lines import Line2D
+
+        cats, pal = cells[2]
+        handles = [Line2D([], [], marker="o", ls="", color=pal[i], label=str(c)) for i, c in enumerate(cats)]
+        handles.append(Line2D([], [], color="0.75", lw=6, label=band))
+        if new:
+            fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+        else:
+            axes[-1].legend(handles=handles, frameon=False, fontsize=7)
+    if new:
+        fig.tight_layout()
     return _done(fig, save, show)
