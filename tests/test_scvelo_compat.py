@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 from scipy.stats import spearmanr
 
 import velopyro
@@ -63,7 +64,15 @@ def scvelo_ready():
     # (after every gene's repression, late cells sit near the earliest ones and the end points blur)
     adata = sim[sim.obs["true_t"] < 12].copy()
     model = velopyro.VeloPyro(adata)
-    model.fit(max_epochs=1000, batch_size=128, progress_bar=False, seed=0)
+    # one torch thread, as the fit this fixture's comment reports (a fit depends on the thread count): on two
+    # threads the converged fit's end points gave Spearman -0.07, the steady-state start's fragility on the
+    # transient genes described above
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model.fit(max_epochs=1000, batch_size=128, progress_bar=False, seed=0)
+    finally:
+        torch.set_num_threads(before)
     assert model.history["stopped_early"]  # converged
     model.write_to_adata(n_samples=3)
     sc.pp.pca(adata, n_comps=10, random_state=0)
