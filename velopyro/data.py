@@ -63,8 +63,7 @@ class VeloData:
             ``(B, 0)`` without covariates (always a tensor, so the tuple has one length and JIT can trace it).
         """
         nb = device.type != "cpu"
-        codes = (self.batch_index[idx] if self.batch_index is not None
-                 else torch.zeros((len(idx), 0), dtype=torch.int64))
+        codes = batch_codes(self.batch_index, idx)
         return tuple(t.to(device, non_blocking=nb) for t in
                      (idx, self.u[idx], self.s[idx], self.size_factor_u[idx], self.size_factor_s[idx], codes))
 
@@ -102,6 +101,26 @@ class VeloData:
             ``train_idx`` permuted.
         """
         return train_idx[torch.randperm(len(train_idx), generator=generator)]
+
+
+def batch_codes(batch_index: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+    """The covariate codes of the cells ``idx``: ``(B, K)`` int64, ``(B, 0)`` without covariates.
+
+    Parameters
+    ----------
+    batch_index
+        ``(N, K)`` codes of every cell, or None.
+    idx
+        Cell indices.
+
+    Returns
+    -------
+    torch.Tensor
+        Always a tensor, so a minibatch's tuple has one length and JIT can trace it.
+    """
+    if batch_index is None:
+        return torch.zeros((len(idx), 0), dtype=torch.int64)
+    return batch_index[idx]
 
 
 #: Cells per contiguous block of :meth:`BackedVeloData.shuffle` and cells per window whose blocks are mixed.
@@ -285,8 +304,7 @@ class BackedVeloData:
         """
         u, s = self.read(idx.numpy())
         nb = device.type != "cpu"
-        codes = (self.batch_index[idx] if self.batch_index is not None
-                 else torch.zeros((len(idx), 0), dtype=torch.int64))
+        codes = batch_codes(self.batch_index, idx)
         return tuple(t.to(device, non_blocking=nb) for t in
                      (idx, torch.from_numpy(u), torch.from_numpy(s), self.size_factor_u[idx],
                       self.size_factor_s[idx], codes))
