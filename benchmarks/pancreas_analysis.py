@@ -58,8 +58,10 @@ def _velopyro_outputs(adapter, seed: int) -> dict:
     draws = model.get_velocity(n_samples=N_VELOCITY_DRAWS, return_samples=True, seed=seed)
     lt = model.get_latent_time(n_samples=N_VELOCITY_DRAWS, seed=seed)
     unc = model.get_directional_uncertainty(n_samples=N_UNCERTAINTY_DRAWS, write=False, seed=seed)
+    unc_pi = model.get_directional_uncertainty(n_samples=N_UNCERTAINTY_DRAWS, write=False, seed=seed,
+                                               state_weights="pi")
     perm = model.get_permutation_scores(LABELS, write=False, seed=seed)
-    return {"draws": draws, "latent_time": lt, "uncertainty": unc, "permutation": perm}
+    return {"draws": draws, "latent_time": lt, "uncertainty": unc, "uncertainty_pi": unc_pi, "permutation": perm}
 
 
 def _velovi_outputs(adapter, seed: int) -> dict:
@@ -129,6 +131,8 @@ def fit(tool: str, seed: int, max_epochs: int = 500, reuse: bool = False) -> dic
     row = {"tool": tool, "seed": seed, "n_epochs": n_epochs, "max_epochs": max_epochs,
            "uncertainty_by_cluster": _by_cluster(unc, adata.obs[LABELS]),
            "permutation_by_cell_type": _perm_summary(perm)}
+    if "uncertainty_pi" in out:  # velopyro: the same draws read with get_velocity's state weights
+        row["uncertainty_by_cluster_pi"] = _by_cluster(out["uncertainty_pi"][list(STAT_KEYS)], adata.obs[LABELS])
     (OUT / f"fit_{tool}_s{seed}.json").write_text(json.dumps(row, indent=1))
     return row
 
@@ -316,17 +320,26 @@ def report() -> str:
     fits = {p.stem[4:]: json.loads(p.read_text()) for p in sorted(OUT.glob("fit_*.json"))}
     if fits:
         lines += ["", "## Directional uncertainty by cluster", "",
-                  "Median (IQR) over each cluster's cells of `directional_cosine_sim_variance` (50 draws; veloVI's "
-                  "intrinsic uncertainty: the variance of the cosine similarity of each draw's velocity to the "
-                  "mean velocity). Each tool's own `get_directional_uncertainty`.", ""]
+                  "Median (IQR) over each cluster's cells of `directional_cosine_sim_variance` and median of "
+                  "`directional_cosine_sim_mean` (50 draws; veloVI's intrinsic uncertainty: the variance and mean of "
+                  "the cosine similarity of each draw's velocity to the mean velocity). Each tool's own "
+                  "`get_directional_uncertainty`; velopyro's default weighs the states of each draw by their "
+                  "posterior given the data, `(pi)`: by pi, as velovi.", ""]
         names = sorted(fits)
-        lines += ["| cluster | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        cols = []
+        for n in names:
+            cols.append((n, fits[n]["uncertainty_by_cluster"]))
+            if "uncertainty_by_cluster_pi" in fits[n]:
+                cols.append((f"{n} (pi)", fits[n]["uncertainty_by_cluster_pi"]))
+        lines += ["| cluster | " + " | ".join(f"{n}: variance | {n}: mean cosine" for n, _ in cols) + " |",
+                  "|---" * (2 * len(cols) + 1) + "|"]
         clusters = sorted(next(iter(fits.values()))["uncertainty_by_cluster"])
         for ct in clusters:
             cells = []
-            for n in names:
-                d = fits[n]["uncertainty_by_cluster"][ct]["directional_cosine_sim_variance"]
-                cells.append(f"{d['median']:.2e} ({d['q25']:.1e}-{d['q75']:.1e})")
+            for _, by in cols:
+                d = by[ct]["directional_cosine_sim_variance"]
+                cells += [f"{d['median']:.2e} ({d['q25']:.1e}-{d['q75']:.1e})",
+                          f"{by[ct]['directional_cosine_sim_mean']['median']:.3f}"]
             lines.append(f"| {ct} | " + " | ".join(cells) + " |")
         lines += ["", "## Permutation scores by cell type", "",
                   "Per cell type over genes: median t-statistic, and the share of genes above 2 (each tool's own "

@@ -1,8 +1,24 @@
 """Ground truth for veloVI's uncertainty read-outs on the simulators (numbers quoted in the README).
 
-``python -m benchmarks.uncertainty_groundtruth`` (about 20 s): one of four cell types (cut on the true
-clock) gets its u and s shuffled per gene, independently: no kinetics there. Prints the AUC with which
-each per-cell statistic flags the shuffled cells and the permutation score flags the shuffled type.
+``python -m benchmarks.uncertainty_groundtruth flags --tool velopyro|velovi [--size small|large]``: on
+velopyro's simulator, cells are cut into four types on the true clock (a, b, c, d: quarters of
+``[0, t_max]``) and one part of the data is given no kinetics:
+
+- ``steady_type``: every cell of type b sits at each gene's induction steady state
+  (``u = alpha / beta``, ``s = alpha / gamma``), observed with the simulator's noise: its true velocity is 0
+  and its data hold no direction;
+- ``shuffled_type``: type b's u and s are shuffled per gene among its cells, independently;
+- ``shuffled_genes``: a quarter of the genes have u and s shuffled among all cells.
+
+Per construction and seed: the ROC AUC with which each of veloVI's five per-cell statistics
+(:meth:`velopyro.VeloPyro.get_directional_uncertainty`; velovi's own method for velovi) ranks the cells of
+the changed type above the rest (for ``directional_cosine_sim_mean``: below), and the AUC with which a low
+permutation score (``get_permutation_scores(labels_key="type")``) picks the changed (gene, type) pairs
+among all of them. velopyro is read with both state weightings from the same fit (``posterior``: the
+default of the uncertainty, ``pi``: that of :meth:`velopyro.VeloPyro.get_velocity`). ``small``: 400 cells
+x 20 genes, 100 epochs, batch 128 (the sizes of ``tests/test_uncertainty.py``), seeds 0-4; ``large``:
+1,000 x 100 with each tool's default training (up to 500 epochs, early stopping), seeds 0-2. Rows go to
+``benchmarks/results/uncertainty/flags_<tool>.json``; ``flags-report`` writes ``flags.md``.
 
 ``python -m benchmarks.uncertainty_groundtruth coverage [--seeds 0 1 2]``: the empirical coverage of the
 posterior intervals of velocity (:meth:`velopyro.VeloPyro.get_velocity_interval`, equal-tailed quantiles
@@ -34,46 +50,158 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.spatial import cKDTree
 from sklearn.metrics import roc_auc_score
 
-import velopyro
+CONSTRUCTS = ("steady_type", "shuffled_type", "shuffled_genes")
+SIZES = {"small": {"n_cells": 400, "n_genes": 20, "max_epochs": 100, "batch_size": 128, "seeds": [0, 1, 2, 3, 4]},
+         "large": {"n_cells": 1000, "n_genes": 100, "max_epochs": None, "batch_size": None, "seeds": [0, 1, 2]}}
+STATS = ("directional_cosine_sim_variance", "directional_cosine_sim_difference", "directional_cosine_sim_mean",
+         "directional_variance", "directional_difference")
+N_DRAWS = 30
+CHANGED = "b"
+OUT_DIR = Path(__file__).resolve().parent / "results" / "uncertainty"
 
 
-def shuffled() -> None:
-    """Fit, score, print (the shuffled cell type)."""
-    t0 = time.time()
-    adata = velopyro.datasets.simulate(n_cells=400, n_genes=20, seed=0)
-    rng = np.random.default_rng(1)
-    types = np.digitize(adata.obs["true_t"], [5, 10, 15])
+def construct(name: str, seed: int, n_cells: int, n_genes: int):
+    """Simulated data with one part given no kinetics: ``(adata, changed_cells, changed_genes)`` (boolean)."""
+    import velopyro
+
+    adata = velopyro.datasets.simulate(n_cells=n_cells, n_genes=n_genes, seed=seed)
+    rng = np.random.default_rng([seed, 101])
+    types = np.digitize(adata.obs["true_t"], [5.0, 10.0, 15.0])
     adata.obs["type"] = np.array(["a", "b", "c", "d"])[types]
-    shuffled = types == 1
-    for key in ("Mu", "Ms"):
-        sub = adata.layers[key][shuffled]
-        adata.layers[key][shuffled] = sub[np.argsort(rng.random(sub.shape), axis=0), np.arange(sub.shape[1])]
-    x = adata.layers["Ms"]
-    _, idx = cKDTree(x).query(x, k=16)
-    rows = np.repeat(np.arange(len(x)), 15)
-    g = sp.csr_matrix((np.ones(len(rows)), (rows, idx[:, 1:].ravel())), shape=(len(x), len(x)))
-    adata.obsp["connectivities"] = sp.csr_matrix(((g + g.T) > 0).astype(float))
+    cells, genes = types == 1, np.zeros(n_genes, bool)
+    if name == "steady_type":
+        a, b, g = (adata.var[f"true_{k}"].to_numpy() for k in ("alpha", "beta", "gamma"))
+        sigma = {m: adata.var[f"true_sigma_{m}"].to_numpy() for m in ("u", "s")}
+        for key, m, mean in (("Mu", "u", a / b), ("Ms", "s", a / g)):
+            noisy = mean + sigma[m] * rng.standard_normal((cells.sum(), n_genes))
+            adata.layers[key][cells] = np.clip(noisy, 0.0, None)
+    elif name == "shuffled_type":
+        for key in ("Mu", "Ms"):
+            sub = adata.layers[key][cells]
+            adata.layers[key][cells] = sub[np.argsort(rng.random(sub.shape), axis=0), np.arange(n_genes)]
+    elif name == "shuffled_genes":
+        cells[:] = False
+        genes[rng.choice(n_genes, n_genes // 4, replace=False)] = True
+        for key in ("Mu", "Ms"):
+            x = adata.layers[key]
+            x[:, genes] = x[np.argsort(rng.random((n_cells, genes.sum())), axis=0), np.where(genes)[0]]
+    else:
+        raise ValueError(f"unknown construction {name!r}")
+    adata.X = adata.layers["Ms"].copy()
+    return adata, cells, genes
+
+
+def flag_aucs(stats, perm, cells: np.ndarray, genes: np.ndarray) -> dict:
+    """AUCs of the per-cell statistics (changed cells: higher uncertainty) and of a low permutation score."""
+    out: dict = {}
+    if cells.any():
+        out["cells"] = {k: float(roc_auc_score(cells, -np.asarray(stats[k]) if k.endswith("_mean")
+                                               else np.asarray(stats[k]))) for k in STATS}
+    p = np.asarray(perm, dtype=float)
+    changed = np.zeros(p.shape, bool)
+    if cells.any():
+        changed[:, list(perm.columns).index(CHANGED)] = True
+    else:
+        changed[genes, :] = True
+    ok = np.isfinite(p)
+    out["permutation"] = float(roc_auc_score(changed[ok], -p[ok]))
+    return out
+
+
+def _fit_velopyro(adata, size: dict, seed: int):
+    import velopyro
+
     model = velopyro.VeloPyro(adata)
-    model.fit(max_epochs=100, batch_size=128, progress_bar=False, seed=0)
-    df = model.get_directional_uncertainty(n_samples=30, extrinsic=True, n_extrinsic_samples=10)
-    print("AUC of each statistic for the shuffled cells (higher uncertainty; for *_mean: lower):")
-    for k in df.columns:
-        print(f"  {k}: {roc_auc_score(shuffled, -df[k] if 'mean' in k else df[k]):.3f}")
-    print("median per type:\n", df.groupby(adata.obs["type"].to_numpy()).median().T.round(3))
-    ps = model.get_permutation_scores("type")
-    lab = np.broadcast_to(ps.columns.to_numpy() == "b", ps.shape).ravel()
-    print("permutation score median per type:", ps.median().round(3).to_dict())
-    print(f"AUC of a low permutation score for the shuffled type: {roc_auc_score(lab, -ps.to_numpy().ravel()):.3f}")
-    print(f"{time.time() - t0:.0f} s")
+    kw = {k: size[k] for k in ("max_epochs", "batch_size") if size[k] is not None}
+    model.fit(progress_bar=False, seed=seed, **kw)
+    perm = model.get_permutation_scores("type", write=False, seed=seed)
+    return {w: model.get_directional_uncertainty(n_samples=N_DRAWS, write=False, seed=seed, state_weights=w)
+            for w in ("posterior", "pi")}, perm, len(model.history["epoch"])
+
+
+def _fit_velovi(adata, size: dict, seed: int):
+    import scvi
+    from velovi import VELOVI
+
+    scvi.settings.seed = seed
+    VELOVI.setup_anndata(adata, spliced_layer="Ms", unspliced_layer="Mu")
+    model = VELOVI(adata)
+    kw = {k: size[k] for k in ("max_epochs", "batch_size") if size[k] is not None}
+    model.train(early_stopping=size["max_epochs"] is None, enable_progress_bar=False, accelerator="cpu",
+                devices=1, **kw)
+    stats, _ = model.get_directional_uncertainty(n_samples=N_DRAWS, n_jobs=1)
+    perm, _ = model.get_permutation_scores(labels_key="type")
+    return {"velovi": stats}, perm, len(model.history["elbo_train"])
+
+
+def flags(tool: str, size_name: str, seeds: list[int] | None, threads: int = 1) -> None:
+    """Fit each construction and seed with ``tool``; append the AUCs to ``flags_<tool>.json``."""
+    from benchmarks.common import quiet, set_threads
+
+    set_threads(threads)
+    quiet()
+    size = SIZES[size_name]
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / f"flags_{tool}.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    for name in CONSTRUCTS:
+        for seed in seeds or size["seeds"]:
+            adata, cells, genes = construct(name, seed, size["n_cells"], size["n_genes"])
+            t0 = time.time()
+            readouts, perm, epochs = (_fit_velopyro if tool == "velopyro" else _fit_velovi)(adata, size, seed)
+            for label, stats in readouts.items():
+                reader = tool if label == "velovi" else f"velopyro ({label})"
+                rows = [r for r in rows if not (r["reader"] == reader and r["size"] == size_name
+                                                and r["construct"] == name and r["seed"] == seed)]
+                row = {"reader": reader, "size": size_name, "construct": name, "seed": seed, "epochs": epochs,
+                       **flag_aucs(stats, perm, cells, genes)}
+                rows.append(row)
+                print(json.dumps(row), f"{time.time() - t0:.0f} s", flush=True)
+            path.write_text(json.dumps(rows, indent=1))
+
+
+def flags_report() -> str:
+    """Mean ± sd over seeds of every AUC, per size, construction and reader; written to ``flags.md``."""
+    rows = [r for p in sorted(OUT_DIR.glob("flags_*.json")) for r in json.loads(p.read_text())]
+
+    def ms(x: list[float]) -> str:
+        x = np.asarray(x, float)
+        return f"{x.mean():.2f} ± {x.std(ddof=1) if len(x) > 1 else 0.0:.2f}"
+
+    lines = ["# Do the uncertainty read-outs flag data without kinetics?", "",
+             "Written by `python -m benchmarks.uncertainty_groundtruth flags-report` from the rows of `flags --tool "
+             "velopyro|velovi --size small|large` (see the module docstring for the constructions). ROC AUC, mean "
+             "± sd over seeds (n); 0.5: no better than chance, 1: every changed cell (or gene-type pair) ranked "
+             "above every other. Cell statistics: the changed type's cells ranked above the rest by each "
+             "uncertainty statistic (below, for the mean cosine). Permutation: the changed pairs ranked below "
+             "the rest by the permutation score.", ""]
+    for size in SIZES:
+        for name in CONSTRUCTS:
+            rs = [r for r in rows if r["size"] == size and r["construct"] == name]
+            if not rs:
+                continue
+            cols = list(STATS) if name != "shuffled_genes" else []
+            lines += [f"## {name}, {size} ({SIZES[size]['n_cells']} cells x {SIZES[size]['n_genes']} genes)", "",
+                      "| reader | n | " + " | ".join(f"`{c}`" for c in cols) + (" | " if cols else "")
+                      + "permutation score | epochs |",
+                      "|---|---|" + "---|" * (len(cols) + 2)]
+            for reader in sorted({r["reader"] for r in rs}):
+                sub = [r for r in rs if r["reader"] == reader]
+                cells = [ms([r["cells"][c] for r in sub]) for c in cols]
+                epochs = sorted({r["epochs"] for r in sub})
+                lines.append(f"| {reader} | {len(sub)} | " + " | ".join(cells) + (" | " if cols else "")
+                             + f"{ms([r['permutation'] for r in sub])} | {epochs[0]}-{epochs[-1]} |")
+            lines.append("")
+    md = "\n".join(lines) + "\n"
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / "flags.md").write_text(md)
+    return md
 
 
 LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
 SIM_SIZE = {"n_cells": 1000, "n_genes": 100}  # as benchmarks/direction.py
-OUT_DIR = Path(__file__).resolve().parent / "results" / "uncertainty"
 
 
 def alignments(mean: np.ndarray, truth: np.ndarray, fit_gamma: np.ndarray, true_gamma: np.ndarray) -> dict:
@@ -109,6 +237,7 @@ def _quantiles(levels: tuple[float, ...] = LEVELS) -> list[float]:
 
 def coverage_run(simulator: str, seed: int, n_samples: int = 100) -> dict:
     """Fit one simulator at one seed; the coverage of its velocity intervals under each alignment."""
+    import velopyro
     from benchmarks import data
     from velopyro._rng import seeded
     from velopyro.uncertainty import interval_coverage, velocity_quantiles
@@ -119,23 +248,28 @@ def coverage_run(simulator: str, seed: int, n_samples: int = 100) -> dict:
     model = velopyro.VeloPyro(adata.copy())
     model.fit(progress_bar=False, seed=seed)
     fit_s = time.time() - t0
-    with seeded(seed):
-        q = velocity_quantiles(model, _quantiles(), n_samples=n_samples)
-    mean = model.get_velocity(n_samples=n_samples, seed=seed)
     rates = model.get_rates()
     tv = np.asarray(truth.velocity, dtype=np.float64)
     row = {"simulator": simulator, "seed": seed, "n_epochs": len(model.history["epoch"]),
            "converged": bool(model.history.get("converged", True)), "fit_seconds": round(fit_s, 1),
            "n_samples": n_samples}
-    for name, scale in alignments(mean, tv, np.asarray(rates["gamma"], np.float64), truth.gamma).items():
-        row[name] = coverage_scores(q, mean, tv, scale)
-        row[name]["scale_median"] = float(np.median(scale))
-    # an over-confident interval (the 90% interval halved around its centre) must cover less
-    i90 = LEVELS.index(0.9)
-    lo90, hi90 = q[i90].astype(np.float64), q[len(q) - 1 - i90].astype(np.float64)
-    mid = 0.5 * (lo90 + hi90)
-    scale = alignments(mean, tv, np.asarray(rates["gamma"], np.float64), truth.gamma)["rate"]
-    row["rate"]["shrunk_half_pairs_90"] = interval_coverage(0.5 * (lo90 + mid), 0.5 * (hi90 + mid), tv * scale[None])
+    # the same fit read with get_velocity's state weights (pi: the keys at the top level) and the data
+    # posterior's (under "posterior")
+    for weights in ("pi", "posterior"):
+        with seeded(seed):
+            q = velocity_quantiles(model, _quantiles(), n_samples=n_samples, state_weights=weights)
+        mean = model.get_velocity(n_samples=n_samples, seed=seed, state_weights=weights)
+        out = row if weights == "pi" else row.setdefault("posterior", {})
+        scales = alignments(mean, tv, np.asarray(rates["gamma"], np.float64), truth.gamma)
+        for name, scale in scales.items():
+            out[name] = coverage_scores(q, mean, tv, scale)
+            out[name]["scale_median"] = float(np.median(scale))
+        # an over-confident interval (the 90% interval halved around its centre) must cover less
+        i90 = LEVELS.index(0.9)
+        lo90, hi90 = q[i90].astype(np.float64), q[len(q) - 1 - i90].astype(np.float64)
+        mid = 0.5 * (lo90 + hi90)
+        out["rate"]["shrunk_half_pairs_90"] = interval_coverage(0.5 * (lo90 + mid), 0.5 * (hi90 + mid),
+                                                                tv * scales["rate"][None])
     return row
 
 
@@ -145,10 +279,16 @@ def summarise(rows: list[dict]) -> str:
              "`python -m benchmarks.uncertainty_groundtruth coverage` (velopyro defaults, "
              f"{SIM_SIZE['n_cells']} cells x {SIM_SIZE['n_genes']} genes per simulator, 100 posterior draws). "
              "Mean ± sd over seeds. `raw`: truth as simulated; `rate`: truth x fitted/true gamma per gene; "
-             "`spread`: truth x sd(posterior mean) / sd(truth) per gene.", ""]
-    for sim in sorted({r["simulator"] for r in rows}):
-        rs = [r for r in rows if r["simulator"] == sim]
-        lines += [f"## {sim} simulator ({len(rs)} seeds; epochs {[r['n_epochs'] for r in rs]})", "",
+             "`spread`: truth x sd(posterior mean) / sd(truth) per gene. State weights: `pi` (the default of "
+             "`get_velocity` and `get_velocity_interval`), `posterior` (p(k | data), the default of "
+             "`get_directional_uncertainty`), both read from the same fits.", ""]
+    for sim, weights in [(sim, w) for sim in sorted({r["simulator"] for r in rows}) for w in ("pi", "posterior")]:
+        rs = [r if weights == "pi" else r[weights] for r in rows if r["simulator"] == sim
+              and (weights == "pi" or weights in r)]
+        if not rs:
+            continue
+        epochs = [r["n_epochs"] for r in rows if r["simulator"] == sim]
+        lines += [f"## {sim} simulator, state weights `{weights}` ({len(rs)} seeds; epochs {epochs})", "",
                   "| alignment | " + " | ".join(f"{int(100 * lev)}% pairs" for lev in LEVELS)
                   + " | 90% gene median | error / half-width (90%) | half-width / abs(truth) |",
                   "|---" * (len(LEVELS) + 4) + "|"]
@@ -190,14 +330,19 @@ def coverage(seeds: list[int], simulators: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", nargs="?", default="shuffled", choices=["shuffled", "coverage"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("part", choices=["flags", "flags-report", "coverage"])
+    parser.add_argument("--tool", choices=["velopyro", "velovi"], default="velopyro")
+    parser.add_argument("--size", choices=list(SIZES), default="small")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--simulators", nargs="+", default=["scvelo", "velopyro"], choices=["scvelo", "velopyro"])
     args = parser.parse_args(argv)
-    if args.part == "shuffled":
-        shuffled()
+    if args.part == "flags":
+        flags(args.tool, args.size, args.seeds, args.threads)
+    elif args.part == "flags-report":
+        print(flags_report())
     else:
-        coverage(args.seeds, args.simulators)
+        coverage(args.seeds or [0, 1, 2], args.simulators)
 
 
 if __name__ == "__main__":

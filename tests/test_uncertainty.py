@@ -61,14 +61,23 @@ def test_streamed_uncertainty_equals_dense(small) -> None:
     """The batch-streamed statistics equal those of the full draws x cells x genes tensor."""
     adata, model = small
     df = model.get_directional_uncertainty(n_samples=6, batch_size=64, seed=5)
-    draws = model.get_velocity(n_samples=6, return_samples=True, batch_size=64, seed=5)
+    draws = model.get_velocity(n_samples=6, return_samples=True, batch_size=64, seed=5, state_weights="posterior")
     dense = uncertainty.directional_statistics(draws)
     for k in uncertainty.STAT_NAMES:
         np.testing.assert_allclose(df[k].to_numpy(), dense[k], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(adata.obs[k].to_numpy(), dense[k], rtol=1e-4, atol=1e-5)
     assert list(df.index) == list(adata.obs_names)
+    # with state_weights="pi" the draws are get_velocity's default ones
+    by_pi = model.get_directional_uncertainty(n_samples=6, batch_size=64, seed=5, state_weights="pi", write=False)
+    dense_pi = uncertainty.directional_statistics(model.get_velocity(n_samples=6, return_samples=True,
+                                                                     batch_size=64, seed=5))
+    np.testing.assert_allclose(by_pi["directional_cosine_sim_mean"].to_numpy(),
+                               dense_pi["directional_cosine_sim_mean"], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(by_pi["directional_cosine_sim_mean"], df["directional_cosine_sim_mean"])
     with pytest.raises(VelopyroInputError, match="n_samples"):
         model.get_directional_uncertainty(n_samples=1)
+    with pytest.raises(VelopyroInputError, match="state_weights"):
+        model.get_directional_uncertainty(n_samples=3, state_weights="prior")
 
 
 def test_extrinsic_uncertainty(small) -> None:
@@ -114,6 +123,38 @@ def test_permutation_score_finds_a_cell_type_without_kinetics() -> None:
     is_b = np.broadcast_to(scores.columns.to_numpy() == "b", scores.shape).ravel()
     assert roc_auc_score(is_b, -scores.to_numpy().ravel()) >= 0.9
     assert scores["b"].median() < 0.5 * scores.drop(columns="b").median().min()
+
+
+def _steady_type(seed: int) -> tuple:
+    """Simulated cells in four types cut on the clock; type b held at each gene's induction steady state
+    (u = alpha / beta, s = alpha / gamma, the simulator's noise): no kinetics, no direction there."""
+    adata = velopyro.datasets.simulate(n_cells=400, n_genes=20, seed=seed)
+    rng = np.random.default_rng([seed, 101])  # as benchmarks/uncertainty_groundtruth.py: seed 0 is its row
+    types = np.digitize(adata.obs["true_t"], [5, 10, 15])
+    adata.obs["type"] = np.array(["a", "b", "c", "d"])[types]
+    steady = types == 1
+    a, b, g = (adata.var[f"true_{k}"].to_numpy() for k in ("alpha", "beta", "gamma"))
+    for key, m, mean in (("Mu", "u", a / b), ("Ms", "s", a / g)):
+        noise = adata.var[f"true_sigma_{m}"].to_numpy() * rng.standard_normal((steady.sum(), adata.n_vars))
+        adata.layers[key][steady] = np.clip(mean + noise, 0.0, None)
+    return adata, steady
+
+
+@pytest.mark.slow
+def test_uncertainty_and_permutation_score_flag_a_cell_type_at_steady_state() -> None:
+    """Ground truth: a cell type whose data hold no direction gets the highest intrinsic uncertainty and
+    the lowest permutation scores. Over 5 seeds (``python -m benchmarks.uncertainty_groundtruth flags``)
+    the cosine variance's AUC was 0.96-0.99 with the default state weights and 0.20-0.48 with ``pi``
+    (whose Dirichlet draws mix induction and repression in every cell); the permutation score's 0.92-0.98."""
+    adata, steady = _steady_type(seed=0)
+    model = velopyro.VeloPyro(adata)
+    model.fit(max_epochs=100, batch_size=128, progress_bar=False, seed=0)
+    unc = model.get_directional_uncertainty(n_samples=30, write=False)
+    assert roc_auc_score(steady, unc["directional_cosine_sim_variance"]) >= 0.9
+    assert roc_auc_score(steady, -unc["directional_cosine_sim_mean"]) >= 0.9
+    scores = model.get_permutation_scores("type", write=False)
+    is_b = np.broadcast_to(scores.columns.to_numpy() == "b", scores.shape).ravel()
+    assert roc_auc_score(is_b, -scores.to_numpy().ravel()) >= 0.9
 
 
 def test_figures_show_the_data(small) -> None:
@@ -186,10 +227,15 @@ def test_velocity_interval_of_the_fit(small) -> None:
     # streamed over batches of cells = the quantiles of the dense draws with the same seed
     np.testing.assert_allclose(lo90, np.quantile(draws, 0.05, axis=0), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(hi90, np.quantile(draws, 0.95, axis=0), rtol=1e-5, atol=1e-7)
+    post = model.get_velocity(n_samples=8, return_samples=True, batch_size=64, seed=5, state_weights="posterior")
+    lo_p, _ = model.get_velocity_interval(level=0.9, n_samples=8, batch_size=64, seed=5, write=False,
+                                          state_weights="posterior")
+    np.testing.assert_allclose(lo_p, np.quantile(post, 0.05, axis=0), rtol=1e-5, atol=1e-7)
     lo50, hi50 = model.get_velocity_interval(level=0.5, n_samples=8, batch_size=64, seed=5)
     assert np.all(lo90 <= lo50) and np.all(hi50 <= hi90) and np.mean(hi90 - lo90 > hi50 - lo50) > 0.9
     np.testing.assert_array_equal(adata.layers["velocity_lower"], lo50)
-    assert adata.uns["velocity_interval"] == {"level": 0.5, "n_samples": 8, "mode": "spliced"}
+    assert adata.uns["velocity_interval"] == {"level": 0.5, "n_samples": 8, "mode": "spliced",
+                                              "state_weights": "pi"}
     truth = adata.layers["true_velocity"]
     c50, c90 = (uncertainty.interval_coverage(a, b, truth) for a, b in ((lo50, hi50), (lo90, hi90)))
     assert c50 <= c90

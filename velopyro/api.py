@@ -1079,6 +1079,7 @@ class VeloPyro:
         write: bool = True,
         batch_size: int = 256,
         seed: int | None = 0,
+        state_weights: str = posterior.UNCERTAINTY_WEIGHTS,
     ) -> Any:
         """veloVI's intrinsic (and optionally extrinsic) directional uncertainty per cell.
 
@@ -1103,6 +1104,14 @@ class VeloPyro:
             Cells per batch.
         seed
             Seed of the draws.
+        state_weights
+            How each draw's velocity weighs the four states: ``"posterior"`` (default: by the state's
+            posterior given the cell's data, p(k | u, s, z, pi)) or ``"pi"`` (by the draw of pi, as
+            :meth:`get_velocity`'s default). The data posterior is the default because only it flags
+            cells whose data hold no direction: on simulated data with one cell type held at steady
+            state, ``directional_cosine_sim_variance`` ranks those cells above the rest with ROC AUC
+            0.98 ± 0.02 with ``"posterior"`` and 0.36 ± 0.13 with ``"pi"`` (5 seeds), whose Dirichlet draws
+            mix induction and repression in every cell (README, "Uncertainty").
 
         Returns
         -------
@@ -1117,21 +1126,25 @@ class VeloPyro:
         self._check_trained()
         if n_samples < 2:
             raise VelopyroInputError(f"n_samples must be >= 2 to measure a spread, got {n_samples}")
+        if state_weights not in posterior.STATE_WEIGHTS:
+            raise VelopyroInputError(f"state_weights must be one of {posterior.STATE_WEIGHTS}, got {state_weights!r}")
         cols = {k: np.zeros(self.n_cells) for k in uncertainty.STAT_NAMES}
         with seeded(seed):
-            for idx, draws in uncertainty.velocity_draws_by_batch(self, n_samples, batch_size=batch_size):
+            for idx, draws in uncertainty.velocity_draws_by_batch(self, n_samples, state_weights=state_weights,
+                                                                  batch_size=batch_size):
                 for k, v in uncertainty.directional_statistics(draws).items():
                     cols[k][idx] = v
         if extrinsic:
             cols.update({f"{k}_extrinsic": v for k, v in self._extrinsic(n_extrinsic_samples, batch_size,
-                                                                          seed).items()})
+                                                                          seed, state_weights).items()})
         df = pd.DataFrame(cols, index=self.adata.obs_names)
         if write:
             for k in df.columns:
                 self.adata.obs[k] = df[k].to_numpy(np.float32)
         return df
 
-    def _extrinsic(self, n_draws: int, batch_size: int, seed: int | None) -> dict[str, np.ndarray]:
+    def _extrinsic(self, n_draws: int, batch_size: int, seed: int | None,
+                   state_weights: str) -> dict[str, np.ndarray]:
         import anndata as ad
 
         from . import tl, uncertainty
@@ -1146,7 +1159,8 @@ class VeloPyro:
         base = 0 if seed is None else int(seed)
 
         def displacement(l: int) -> np.ndarray:
-            v = self.get_velocity(n_samples=1, batch_size=batch_size, seed=base + 1000 + l)
+            v = self.get_velocity(n_samples=1, state_weights=state_weights, batch_size=batch_size,
+                                  seed=base + 1000 + l)
             tmp = ad.AnnData(obs=self.adata.obs[[]].copy(), var=self.adata.var[[]].copy(),
                              layers={"Ms": x, "velocity": v})
             tmp.obsp["connectivities"] = self.adata.obsp["connectivities"]
@@ -1217,6 +1231,7 @@ class VeloPyro:
         write: bool = True,
         batch_size: int = 256,
         seed: int | None = 0,
+        state_weights: str = posterior.VELOCITY_WEIGHTS,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Equal-tailed posterior interval of each cell's velocity, streamed over cells.
 
@@ -1237,12 +1252,15 @@ class VeloPyro:
         write
             Write ``layers["velocity_lower"]``, ``layers["velocity_upper"]`` (``velocity_u_lower`` /
             ``_upper`` for ``mode="unspliced"``) and ``uns["velocity_interval"]`` (``level``,
-            ``n_samples``, ``mode``) into the model's AnnData (what :func:`velopyro.pl.velocity_interval`
-            draws).
+            ``n_samples``, ``mode``, ``state_weights``) into the model's AnnData (what
+            :func:`velopyro.pl.velocity_interval` draws).
         batch_size
             Cells per batch.
         seed
             Seed of the draws (None: not reseeded).
+        state_weights
+            How each draw weighs the four states: ``"pi"`` (default, as :meth:`get_velocity`) or
+            ``"posterior"`` (by p(k | data), as :meth:`get_directional_uncertainty`).
 
         Returns
         -------
@@ -1256,14 +1274,17 @@ class VeloPyro:
             raise VelopyroInputError(f"level must lie strictly between 0 and 1 (e.g. 0.9), got {level}")
         if mode not in ("spliced", "unspliced"):
             raise VelopyroInputError(f"mode must be 'spliced' or 'unspliced', got {mode!r}")
+        if state_weights not in posterior.STATE_WEIGHTS:
+            raise VelopyroInputError(f"state_weights must be one of {posterior.STATE_WEIGHTS}, got {state_weights!r}")
         with seeded(seed):
             lo, hi = uncertainty.velocity_quantiles(self, [(1 - level) / 2, (1 + level) / 2], n_samples=n_samples,
-                                                    mode=mode, batch_size=batch_size)
+                                                    mode=mode, state_weights=state_weights, batch_size=batch_size)
         if write:
             key = "velocity" if mode == "spliced" else "velocity_u"
             self.adata.layers[f"{key}_lower"] = lo
             self.adata.layers[f"{key}_upper"] = hi
-            self.adata.uns["velocity_interval"] = {"level": float(level), "n_samples": int(n_samples), "mode": mode}
+            self.adata.uns["velocity_interval"] = {"level": float(level), "n_samples": int(n_samples), "mode": mode,
+                                                   "state_weights": state_weights}
         return lo, hi
 
     # ---- persistence ---------------------------------------------------------------------------------

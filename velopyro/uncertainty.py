@@ -6,7 +6,10 @@ does not grow with draws x cells x genes:
 - **Intrinsic (directional) uncertainty** of cell n: the spread, over posterior draws, of the cosine
   similarity between each draw's velocity v_n^(l) and the mean velocity over the draws (cosine of the
   gene-centred vectors, as veloVI). A cell whose velocity direction changes from draw to draw has a high
-  variance and a low mean cosine. Only ``n_samples x batch_size x genes`` velocities are in memory.
+  variance and a low mean cosine. Only ``n_samples x batch_size x genes`` velocities are in memory. Each
+  draw's velocity weighs the four states by their posterior given the cell's data by default (veloVI weighs
+  them by the draw of pi; ``state_weights="pi"``): pi mixes induction and repression in every cell, and that
+  mixing then hides the cells whose data leave the direction open (:mod:`velopyro.posterior`).
 - **Extrinsic uncertainty**: the same statistics of the cell's extrapolated future state
   ``x_n + sum_j p_nj^(l) (x_j - x_n)``, with ``p^(l)`` the transition probabilities of the velocity graph
   of draw l (:func:`velopyro.tl.transition_matrix`): how much the uncertainty in velocity moves the
@@ -35,7 +38,7 @@ Keys written by :func:`write_directional_uncertainty` and :meth:`velopyro.VeloPy
 ``uns["permutation_scores"]``               ``labels_key``, ``cell_types`` (the columns), ``n_cells``
 ``layers["velocity_lower"]``                lower bound of the equal-tailed posterior interval of velocity
 ``layers["velocity_upper"]``                its upper bound (cells x genes)
-``uns["velocity_interval"]``                ``level``, ``n_samples``, ``mode`` of that interval
+``uns["velocity_interval"]``                ``level``, ``n_samples``, ``mode``, ``state_weights`` of that interval
 ========================================  ===================================================================
 
 **Posterior intervals of velocity** (:func:`velocity_quantiles`, :meth:`velopyro.VeloPyro.get_velocity_interval`):
