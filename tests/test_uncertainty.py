@@ -103,6 +103,17 @@ def test_permutation_scores_keys_and_errors(small) -> None:
     assert adata.uns["permutation_scores"]["cell_types"] == ["early", "late"]
     again = model.get_permutation_scores("type", n_samples=2, write=False)
     np.testing.assert_allclose(again.to_numpy(), df.to_numpy())  # seeded: reproducible
+    assert adata.uns["permutation_scores"]["max_cells"] == -1
+    # a cap at or above every type's size scores every cell: the same scores
+    n_max = int(adata.obs["type"].value_counts().max())
+    np.testing.assert_allclose(model.get_permutation_scores("type", n_samples=2, write=False,
+                                                            max_cells=n_max).to_numpy(), df.to_numpy())
+    # a smaller cap scores fewer cells: |t| shrinks (about with the square root of the cells)
+    capped = model.get_permutation_scores("type", n_samples=2, max_cells=20)
+    assert adata.uns["permutation_scores"]["max_cells"] == 20
+    assert np.nanmedian(np.abs(capped.to_numpy())) < np.nanmedian(np.abs(df.to_numpy()))
+    with pytest.raises(VelopyroInputError, match="max_cells"):
+        model.get_permutation_scores("type", max_cells=1)
 
 
 @pytest.mark.slow

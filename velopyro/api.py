@@ -1186,6 +1186,7 @@ class VeloPyro:
         write: bool = True,
         batch_size: int = 256,
         seed: int = 0,
+        max_cells: int | None = None,
     ) -> Any:
         """veloVI's permutation score: per gene and cell type, how much better the fit is on the real data
         than on the type's cells with u and s permuted (a t-statistic; see :mod:`velopyro.uncertainty`).
@@ -1200,11 +1201,16 @@ class VeloPyro:
             Posterior draws averaged for the fitted means (veloVI: 10).
         write
             Write ``varm["permutation_scores"]`` (genes x types) and ``uns["permutation_scores"]``
-            (``labels_key``, ``cell_types``) into the model's AnnData.
+            (``labels_key``, ``cell_types``, ``max_cells``: -1 for all) into the model's AnnData.
         batch_size
             Cells per batch.
         seed
             Seed of the permutations (a local generator) and of the draws.
+        max_cells
+            Score at most this many cells of each type (a random subset, drawn from ``seed``, of the larger
+            types; None: every cell). The t-statistic grows with the square root of the cells scored, so
+            types of different sizes compare on an equal footing only below a common cap; veloVI scores
+            the first 200 cells of each type.
 
         Returns
         -------
@@ -1215,12 +1221,15 @@ class VeloPyro:
 
         self._check_trained()
         self._require_memory("get_permutation_scores")
+        if max_cells is not None and (int(max_cells) != max_cells or max_cells < 2):
+            raise VelopyroInputError(f"max_cells must be an integer >= 2 or None, got {max_cells!r}")
         df = uncertainty.permutation_scores(self, self.adata, labels_key, n_samples=n_samples,
-                                            batch_size=batch_size, seed=seed)
+                                            batch_size=batch_size, seed=seed, max_cells=max_cells)
         if write:
             self.adata.varm["permutation_scores"] = df.to_numpy(np.float32)
             self.adata.uns["permutation_scores"] = {"labels_key": labels_key,
-                                                    "cell_types": [str(c) for c in df.columns]}
+                                                    "cell_types": [str(c) for c in df.columns],
+                                                    "max_cells": -1 if max_cells is None else int(max_cells)}
         return df
 
     def get_velocity_interval(

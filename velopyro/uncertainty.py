@@ -35,7 +35,7 @@ Keys written by :func:`write_directional_uncertainty` and :meth:`velopyro.VeloPy
 ``obs["directional_difference"]``           95th - 5th percentile of the angle
 ``obs["<key>_extrinsic"]``                  the same five, for the extrapolated future state
 ``varm["permutation_scores"]``              genes x cell types t-statistics
-``uns["permutation_scores"]``               ``labels_key``, ``cell_types`` (the columns), ``n_cells``
+``uns["permutation_scores"]``               ``labels_key``, ``cell_types`` (the columns), ``max_cells`` (-1: all)
 ``layers["velocity_lower"]``                lower bound of the equal-tailed posterior interval of velocity
 ``layers["velocity_upper"]``                its upper bound (cells x genes)
 ``uns["velocity_interval"]``                ``level``, ``n_samples``, ``mode``, ``state_weights`` of that interval
@@ -236,6 +236,7 @@ def _labels(adata: Any, labels_key: str, n_cells: int) -> pd.Categorical:
 def permutation_scores(
     model: Any, adata: Any, labels_key: str, n_samples: int = 10, batch_size: int = 256, seed: int = 0,
     fit_fn: Callable[[VeloData, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    max_cells: int | None = None,
 ) -> pd.DataFrame:
     """veloVI's permutation score per gene and cell type (see the module docstring).
 
@@ -256,6 +257,8 @@ def permutation_scores(
     fit_fn
         ``fit_fn(data, cells) -> (fit_u, fit_s)`` on the kinetic scale; default the posterior mean fit
         with the states weighted by ``p(k | data)``.
+    max_cells
+        Score at most this many cells per type (a seeded random subset of larger types; None: all).
 
     Returns
     -------
@@ -272,6 +275,8 @@ def permutation_scores(
         cells = np.flatnonzero(np.asarray(lab == ct))
         if len(cells) < 2:
             continue
+        if max_cells is not None and len(cells) > max_cells:
+            cells = np.sort(rng.choice(cells, max_cells, replace=False))
         # permute u and s independently, per gene, among the type's cells
         pu = np.argsort(rng.random((len(cells), model.n_genes)), axis=0)
         ps = np.argsort(rng.random((len(cells), model.n_genes)), axis=0)
