@@ -115,8 +115,9 @@ def fit(tool: str, seed: int, max_epochs: int = 500, reuse: bool = False) -> dic
     adapter = _adapter(tool, "default")
     ARRAYS.mkdir(parents=True, exist_ok=True)
     if reuse:
-        _load(adapter, adata.copy(), tool, seed)
-        n_epochs = None
+        model = _load(adapter, adata.copy(), tool, seed)
+        hist = model.history
+        n_epochs = len(hist["epoch"] if tool == "velopyro" else hist["elbo_train"])
     else:
         rec = adapter.fit(adata.copy(), "pancreas", max_epochs=max_epochs, early_stopping=True, seed=seed)
         n_epochs = rec.n_epochs

@@ -39,6 +39,8 @@ def run(timeout: int | None = None) -> dict:
     from nbclient import NotebookClient
 
     os.environ.pop("VELOPYRO_TUTORIAL_SMALL", None)
+    # the kernel imports this checkout's velopyro, installed or not
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     t0 = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
