@@ -112,8 +112,9 @@ def test_permutation_scores_keys_and_errors(small) -> None:
     capped = model.get_permutation_scores("type", n_samples=2, max_cells=20)
     assert adata.uns["permutation_scores"]["max_cells"] == 20
     assert np.nanmedian(np.abs(capped.to_numpy())) < np.nanmedian(np.abs(df.to_numpy()))
-    with pytest.raises(VelopyroInputError, match="max_cells"):
-        model.get_permutation_scores("type", max_cells=1)
+    for bad in (1, 2.5, "200"):
+        with pytest.raises(VelopyroInputError, match="max_cells"):
+            model.get_permutation_scores("type", max_cells=bad)
 
 
 @pytest.mark.slow

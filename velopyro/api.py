@@ -1221,7 +1221,8 @@ class VeloPyro:
 
         self._check_trained()
         self._require_memory("get_permutation_scores")
-        if max_cells is not None and (int(max_cells) != max_cells or max_cells < 2):
+        if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer))
+                                      or max_cells < 2):
             raise VelopyroInputError(f"max_cells must be an integer >= 2 or None, got {max_cells!r}")
         df = uncertainty.permutation_scores(self, self.adata, labels_key, n_samples=n_samples,
                                             batch_size=batch_size, seed=seed, max_cells=max_cells)
