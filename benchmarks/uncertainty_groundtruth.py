@@ -93,6 +93,13 @@ def construct(name: str, seed: int, n_cells: int, n_genes: int):
     return adata, cells, genes
 
 
+def sign_flips(draws: np.ndarray, cells: np.ndarray) -> dict:
+    """Share of draws whose velocity sign differs from that of the mean over draws, averaged over the genes
+    of the changed cells and of the others: how often the posterior reverses a gene's direction."""
+    flip = (np.sign(draws) != np.sign(draws.mean(0))[None]).mean(0).mean(1)
+    return {"changed": float(flip[cells].mean()), "other": float(flip[~cells].mean())}
+
+
 def flag_aucs(stats, perm, cells: np.ndarray, genes: np.ndarray) -> dict:
     """AUCs of the per-cell statistics (changed cells: higher uncertainty) and of a low permutation score."""
     out: dict = {}
@@ -117,8 +124,12 @@ def _fit_velopyro(adata, size: dict, seed: int):
     kw = {k: size[k] for k in ("max_epochs", "batch_size") if size[k] is not None}
     model.fit(progress_bar=False, seed=seed, **kw)
     perm = model.get_permutation_scores("type", write=False, seed=seed)
-    return {w: model.get_directional_uncertainty(n_samples=N_DRAWS, write=False, seed=seed, state_weights=w)
-            for w in ("posterior", "pi")}, perm, len(model.history["epoch"])
+    out = {}
+    for w in ("posterior", "pi"):
+        draws = model.get_velocity(n_samples=N_DRAWS, return_samples=True, seed=seed, state_weights=w)
+        out[w] = (model.get_directional_uncertainty(n_samples=N_DRAWS, write=False, seed=seed, state_weights=w),
+                  draws)
+    return out, perm, len(model.history["epoch"])
 
 
 def _fit_velovi(adata, size: dict, seed: int):
@@ -132,8 +143,9 @@ def _fit_velovi(adata, size: dict, seed: int):
     model.train(early_stopping=size["max_epochs"] is None, enable_progress_bar=False, accelerator="cpu",
                 devices=1, **kw)
     stats, _ = model.get_directional_uncertainty(n_samples=N_DRAWS, n_jobs=1)
+    draws = np.asarray(model.get_velocity(n_samples=N_DRAWS, return_mean=False, return_numpy=True, clip=False))
     perm, _ = model.get_permutation_scores(labels_key="type")
-    return {"velovi": stats}, perm, len(model.history["elbo_train"])
+    return {"velovi": (stats, draws)}, perm, len(model.history["elbo_train"])
 
 
 def flags(tool: str, size_name: str, seeds: list[int] | None, threads: int = 1) -> None:
@@ -151,12 +163,14 @@ def flags(tool: str, size_name: str, seeds: list[int] | None, threads: int = 1) 
             adata, cells, genes = construct(name, seed, size["n_cells"], size["n_genes"])
             t0 = time.time()
             readouts, perm, epochs = (_fit_velopyro if tool == "velopyro" else _fit_velovi)(adata, size, seed)
-            for label, stats in readouts.items():
+            for label, (stats, draws) in readouts.items():
                 reader = tool if label == "velovi" else f"velopyro ({label})"
                 rows = [r for r in rows if not (r["reader"] == reader and r["size"] == size_name
                                                 and r["construct"] == name and r["seed"] == seed)]
                 row = {"reader": reader, "size": size_name, "construct": name, "seed": seed, "epochs": epochs,
                        **flag_aucs(stats, perm, cells, genes)}
+                if cells.any():
+                    row["sign_flips"] = sign_flips(draws, cells)
                 rows.append(row)
                 print(json.dumps(row), f"{time.time() - t0:.0f} s", flush=True)
             path.write_text(json.dumps(rows, indent=1))
@@ -176,7 +190,9 @@ def flags_report() -> str:
              "± sd over seeds (n); 0.5: no better than chance, 1: every changed cell (or gene-type pair) ranked "
              "above every other. Cell statistics: the changed type's cells ranked above the rest by each "
              "uncertainty statistic (below, for the mean cosine). Permutation: the changed pairs ranked below "
-             "the rest by the permutation score.", ""]
+             "the rest by the permutation score. Sign flips: the share of posterior draws whose velocity sign "
+             "differs from that of the mean velocity, averaged over genes and over the changed type's cells / the "
+             "other cells (how often the posterior reverses a gene's direction).", ""]
     for size in SIZES:
         for name in CONSTRUCTS:
             rs = [r for r in rows if r["size"] == size and r["construct"] == name]
@@ -185,14 +201,17 @@ def flags_report() -> str:
             cols = list(STATS) if name != "shuffled_genes" else []
             lines += [f"## {name}, {size} ({SIZES[size]['n_cells']} cells x {SIZES[size]['n_genes']} genes)", "",
                       "| reader | n | " + " | ".join(f"`{c}`" for c in cols) + (" | " if cols else "")
-                      + "permutation score | epochs |",
-                      "|---|---|" + "---|" * (len(cols) + 2)]
+                      + "permutation score | epochs |" + (" sign flips: changed / other cells |" if cols else ""),
+                      "|---|---|" + "---|" * (len(cols) + 2 + bool(cols))]
             for reader in sorted({r["reader"] for r in rs}):
                 sub = [r for r in rs if r["reader"] == reader]
                 cells = [ms([r["cells"][c] for r in sub]) for c in cols]
                 epochs = sorted({r["epochs"] for r in sub})
+                flips = [r["sign_flips"] for r in sub if "sign_flips" in r]
+                flip = (f" {ms([f['changed'] for f in flips])} / {ms([f['other'] for f in flips])} |"
+                        if cols and len(flips) == len(sub) else (" - |" if cols else ""))
                 lines.append(f"| {reader} | {len(sub)} | " + " | ".join(cells) + (" | " if cols else "")
-                             + f"{ms([r['permutation'] for r in sub])} | {epochs[0]}-{epochs[-1]} |")
+                             + f"{ms([r['permutation'] for r in sub])} | {epochs[0]}-{epochs[-1]} |" + flip)
             lines.append("")
     md = "\n".join(lines) + "\n"
     OUT_DIR.mkdir(parents=True, exist_ok=True)
