@@ -1126,8 +1126,6 @@ class VeloPyro:
         self._check_trained()
         if n_samples < 2:
             raise VelopyroInputError(f"n_samples must be >= 2 to measure a spread, got {n_samples}")
-        if state_weights not in posterior.STATE_WEIGHTS:
-            raise VelopyroInputError(f"state_weights must be one of {posterior.STATE_WEIGHTS}, got {state_weights!r}")
         cols = {k: np.zeros(self.n_cells) for k in uncertainty.STAT_NAMES}
         with seeded(seed):
             for idx, draws in uncertainty.velocity_draws_by_batch(self, n_samples, state_weights=state_weights,
@@ -1284,8 +1282,6 @@ class VeloPyro:
             raise VelopyroInputError(f"level must lie strictly between 0 and 1 (e.g. 0.9), got {level}")
         if mode not in ("spliced", "unspliced"):
             raise VelopyroInputError(f"mode must be 'spliced' or 'unspliced', got {mode!r}")
-        if state_weights not in posterior.STATE_WEIGHTS:
-            raise VelopyroInputError(f"state_weights must be one of {posterior.STATE_WEIGHTS}, got {state_weights!r}")
         with seeded(seed):
             lo, hi = uncertainty.velocity_quantiles(self, [(1 - level) / 2, (1 + level) / 2], n_samples=n_samples,
                                                     mode=mode, state_weights=state_weights, batch_size=batch_size)

@@ -48,6 +48,7 @@ import torch
 from pyro import poutine
 
 from . import kinetics
+from ._validation import VelopyroInputError
 from .coupling import StateCoupling, get_state_coupling
 from .data import VeloData
 
@@ -144,7 +145,7 @@ def state_weights(sample: PosteriorSample, kind: str | torch.Tensor) -> torch.Te
     if torch.is_tensor(kind):
         return kind
     if kind not in STATE_WEIGHTS:
-        raise ValueError(f"state_weights must be one of {STATE_WEIGHTS}, got {kind!r}.")
+        raise VelopyroInputError(f"state_weights must be one of {STATE_WEIGHTS}, got {kind!r}")
     return state_posterior(sample) if kind == "posterior" else sample["pi"]
 
 
