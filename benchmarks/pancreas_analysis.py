@@ -291,6 +291,16 @@ def cellrank_all(only: str | None = None, force: bool = False) -> None:
         print(name, row["terminal_types"], flush=True)
 
 
+def _columns(fits: dict, key: str, variant_key: str, variant: str) -> list[tuple[str, dict]]:
+    """One report column per fit (``key``), each followed by its variant (``variant_key``) where recorded."""
+    cols = []
+    for n in sorted(fits):
+        cols.append((n, fits[n][key]))
+        if variant_key in fits[n]:
+            cols.append((f"{n} ({variant})", fits[n][variant_key]))
+    return cols
+
+
 def report() -> str:
     """``results.md``: terminal states side by side, uncertainty by cluster, permutation scores by type."""
     rows = [json.loads(p.read_text()) for p in sorted((OUT / "cellrank").glob("*.json"))]
@@ -333,12 +343,7 @@ def report() -> str:
                   "the cosine similarity of each draw's velocity to the mean velocity). Each tool's own "
                   "`get_directional_uncertainty`; velopyro's default weighs the states of each draw by their "
                   "posterior given the data, `(pi)`: by pi, as velovi.", ""]
-        names = sorted(fits)
-        cols = []
-        for n in names:
-            cols.append((n, fits[n]["uncertainty_by_cluster"]))
-            if "uncertainty_by_cluster_pi" in fits[n]:
-                cols.append((f"{n} (pi)", fits[n]["uncertainty_by_cluster_pi"]))
+        cols = _columns(fits, "uncertainty_by_cluster", "uncertainty_by_cluster_pi", "pi")
         lines += ["| cluster | " + " | ".join(f"{n}: variance | {n}: mean cosine" for n, _ in cols) + " |",
                   "|---" * (2 * len(cols) + 1) + "|"]
         clusters = sorted(next(iter(fits.values()))["uncertainty_by_cluster"])
@@ -356,11 +361,8 @@ def report() -> str:
                   f"{VELOVI_PERMUTATION_CELLS} cells of each type, velopyro all of them, or a random "
                   f"{VELOVI_PERMUTATION_CELLS} with `max_cells={VELOVI_PERMUTATION_CELLS}`; the t-statistic grows "
                   "with the square root of the cells scored.", ""]
-        pcols = []
-        for n in names:
-            pcols.append((n, fits[n]["permutation_by_cell_type"]))
-            if "permutation_by_cell_type_capped" in fits[n]:
-                pcols.append((f"{n} ({VELOVI_PERMUTATION_CELLS} cells)", fits[n]["permutation_by_cell_type_capped"]))
+        pcols = _columns(fits, "permutation_by_cell_type", "permutation_by_cell_type_capped",
+                         f"{VELOVI_PERMUTATION_CELLS} cells")
         lines += ["| cell type | cells | " + " | ".join(f"{n} median | {n} > 2" for n, _ in pcols) + " |",
                   "|---" * (2 * len(pcols) + 2) + "|"]
         types = sorted(next(iter(fits.values()))["permutation_by_cell_type"])
