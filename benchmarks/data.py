@@ -125,6 +125,8 @@ def _build_scvelo_sim(
     noise_level: float,
     block_size: int,
     with_truth: bool,
+    switch_range: tuple[float, float] = (0.2, 0.85),
+    rate_scale: float = 1.0,
 ) -> ad.AnnData:
     """Concatenate scVelo simulations of gene blocks that share one clock.
 
@@ -140,7 +142,10 @@ def _build_scvelo_sim(
     rng = np.random.default_rng(seed)
     n_blocks = int(np.ceil(n_genes / block_size))
     alpha_b, beta_b, gamma_b = _draw_rates(rng, n_blocks)
-    fracs = rng.uniform(0.2, 0.85, n_genes)
+    # rate_scale < 1 slows every gene down (the same alpha / beta and alpha / gamma): fewer genes reach steady
+    # state in the window
+    alpha_b, beta_b, gamma_b = alpha_b * rate_scale, beta_b * rate_scale, gamma_b * rate_scale
+    fracs = rng.uniform(*switch_range, n_genes)
 
     u_clean, s_clean, t_sw, alpha, beta, gamma = [], [], [], [], [], []
     t_cells = None
@@ -219,10 +224,14 @@ def scvelo_simulation(
     block_size: int = 5,
     with_truth: bool = True,
     refresh: bool = False,
+    switch_range: tuple[float, float] = (0.2, 0.85),
+    rate_scale: float = 1.0,
 ) -> ad.AnnData:
     """scVelo-simulated cells x genes with varied per-gene rates and switch times (cached).
 
     Ms/Mu are the noisy abundances min-max scaled per gene (no kNN smoothing: the truth is per cell).
+    ``switch_range`` bounds the switch times as fractions of ``t_max``; ``rate_scale`` multiplies every rate
+    (below 1: genes that do not reach steady state within the window).
     """
     params = {
         "n_cells": n_cells,
@@ -234,9 +243,12 @@ def scvelo_simulation(
         "with_truth": with_truth,
         "version": 1,
     }
+    if tuple(switch_range) != (0.2, 0.85) or rate_scale != 1.0:  # the default's cache key is unchanged
+        params.update(switch_range=list(switch_range), rate_scale=rate_scale)
 
     def build() -> ad.AnnData:
-        return _build_scvelo_sim(n_cells, n_genes, seed, t_max, noise_level, block_size, with_truth)
+        return _build_scvelo_sim(n_cells, n_genes, seed, t_max, noise_level, block_size, with_truth,
+                                 tuple(switch_range), rate_scale)
 
     return cached("scvelo_sim", params, build, refresh)
 
@@ -291,6 +303,24 @@ def velopyro_simulation(n_cells: int, n_genes: int, seed: int = 0, refresh: bool
     """velopyro's simulator output mapped to the benchmark's ground-truth keys (cached)."""
     params = {"n_cells": n_cells, "n_genes": n_genes, "seed": seed, "version": 1}
     return cached("velopyro_sim", params, lambda: _build_velopyro_sim(n_cells, n_genes, seed), refresh)
+
+
+def branching_simulation(n_cells: int, n_genes: int, seed: int = 0, refresh: bool = False) -> ad.AnnData:
+    """:func:`velopyro.datasets.simulate_branching` (one progenitor, two lineages; cached), with the
+    benchmark's ground-truth keys (no switch time: ``var['true_t_']`` is NaN)."""
+
+    def build() -> ad.AnnData:
+        from velopyro.datasets import simulate_branching
+
+        sim = simulate_branching(n_cells=n_cells, n_genes=n_genes, seed=seed)
+        if "true_t_" not in sim.var:
+            sim.var["true_t_"] = np.nan
+        for key in ("Ms", "Mu", "true_velocity", "true_t"):
+            sim.layers[key] = np.asarray(sim.layers[key], dtype=np.float32)
+        return sim
+
+    return cached("branching_sim", {"n_cells": n_cells, "n_genes": n_genes, "seed": seed, "version": 1}, build,
+                  refresh)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Checkpoints that resume: a fit killed with SIGKILL continues exactly as an uninterrupted fit."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from velopyro._validation import VelopyroInputError
 from velopyro.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from velopyro.datasets import simulate
 
-MODEL = dict(n_hidden=32, n_latent=4)
+# one start of gamma / beta: these tests follow one fit's checkpoint file (rate_init="select" below)
+MODEL = dict(n_hidden=32, n_latent=4, rate_init="constant")
 FIT = dict(batch_size=64, train_size=0.8, patience=1000, seed=3, progress_bar=False)
 CHILD = textwrap.dedent("""
     import sys, anndata, torch
@@ -100,7 +102,9 @@ def test_checkpoint_contents_and_mismatches(data_file, tmp_path) -> None:
     with pytest.raises(VelopyroInputError, match="lr=0.01"):
         VeloPyro(adata, **MODEL).fit(max_epochs=3, resume=tmp_path, **{**FIT, "lr": 0.02})
     with pytest.raises(VelopyroInputError, match="n_hidden=32"):
-        VeloPyro(adata, n_hidden=16, n_latent=4).fit(max_epochs=3, resume=tmp_path, **FIT)
+        VeloPyro(adata, n_hidden=16, n_latent=4, rate_init="constant").fit(max_epochs=3, resume=tmp_path, **FIT)
+    with pytest.raises(VelopyroInputError, match="rate_init='constant'"):
+        VeloPyro(adata, n_hidden=32, n_latent=4).fit(max_epochs=3, resume=tmp_path, **FIT)
     with pytest.raises(VelopyroInputError, match="split"):
         VeloPyro(adata, **MODEL).fit(max_epochs=3, resume=tmp_path, **{**FIT, "train_size": 0.7})
     with pytest.raises(VelopyroInputError, match="already holds a checkpoint"):
@@ -111,3 +115,23 @@ def test_checkpoint_contents_and_mismatches(data_file, tmp_path) -> None:
         VeloPyro(adata, **MODEL).fit(max_epochs=1, resume=tmp_path / "none", **FIT)
     with pytest.raises(VelopyroInputError, match="checkpoint_every"):
         VeloPyro(adata, **MODEL).fit(max_epochs=1, checkpoint_dir=tmp_path / "x", checkpoint_every=0, **FIT)
+
+
+def test_select_checkpoints_each_start_and_resumes_to_the_same_fit(data_file, tmp_path) -> None:
+    """rate_init="select" (the default) keeps one checkpoint per start, in a subdirectory named for it; resuming
+    a finished select fit, or one whose second start never began, gives the uncheckpointed fit bit for bit."""
+    adata = anndata.read_h5ad(data_file)
+    model = dict(n_hidden=32, n_latent=4)
+    reference = VeloPyro(adata.copy(), **model).fit(max_epochs=3, **FIT)
+    checkpointed = VeloPyro(adata.copy(), **model).fit(max_epochs=3, checkpoint_dir=tmp_path, **FIT)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["constant", "steady_state"]
+    assert load_checkpoint(tmp_path / "constant")["epoch"] == 3
+    shutil.rmtree(tmp_path / "steady_state")  # as if the fit had stopped before the second start began
+    resumed = VeloPyro(adata.copy(), **model).fit(max_epochs=3, resume=tmp_path, **FIT)
+    for fit in (checkpointed, resumed):
+        assert fit.history["rate_init"] == reference.history["rate_init"]
+        assert fit.history["rate_init_candidates"] == reference.history["rate_init_candidates"]
+        for name, value in reference.model.state_dict().items():
+            assert torch.equal(fit.model.state_dict()[name], value), name
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        VeloPyro(adata, **model).fit(max_epochs=1, resume=tmp_path / "none", **FIT)

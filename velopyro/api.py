@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -41,7 +42,9 @@ _CONFIG_FILE = "config.json"
 _FORMAT = 2  # 2: model.pt holds tensors only (read with weights_only=True)
 
 
-RATE_INITS = ("auto", "steady_state", "constant")
+RATE_INITS = ("auto", "select", "steady_state", "constant")
+#: The starts of gamma / beta that ``rate_init="select"`` fits, in this order.
+RATE_STARTS = ("constant", "steady_state")
 
 class VeloPyro:
     """veloVI RNA velocity as a Pyro program, fitted on an AnnData.
@@ -85,16 +88,16 @@ class VeloPyro:
         For count likelihoods, an ``obs`` column of per-cell size factors used for both modalities;
         by default each modality's total counts over the model's genes divided by their median.
     rate_init
-        ``"auto"`` (default): ``"steady_state"`` for the Normal likelihood on min-max scaled moments (where
-        it was measured: the pancreas direction), ``"constant"`` for count likelihoods (on a small negative
-        binomial simulation the steady-state start recovered latent time worse).
-        ``"steady_state"``: gamma starts at beta times the gene's steady-state slope of u on s
-        (:func:`velopyro.model.steady_state_ratio`, scVelo's deterministic estimate), beta at 0.97;
-        ``"constant"``: every gene starts at the reference's beta = 0.97, gamma = 0.31. Where the
-        trajectory does not pin gamma / beta down, the fit keeps the starting ratio, and that ratio
-        decides which cells lie above the steady-state line (induction, positive velocity): on pancreas
-        the constant start reads genes that are being switched off as induced and turns the
-        Pre-endocrine -> Beta direction around (see the README, "Velocity direction").
+        Where gamma / beta starts, which decides on which side of a gene's steady-state line its cells are
+        read (induction above it, positive velocity) where the trajectory does not pin the ratio down.
+        ``"constant"``: every gene at the reference's beta = 0.97, gamma = 0.31; ``"steady_state"``: gamma at
+        beta times the gene's steady-state slope of u on s (:func:`velopyro.model.steady_state_ratio`,
+        scVelo's deterministic estimate); ``"select"``: :meth:`fit` trains from both starts with the same seed
+        and split and keeps the fit with the lower validation loss (-ELBO per held-out cell), a choice that
+        uses no labels (``history["rate_init"]`` names the start kept, ``history["rate_init_candidates"]``
+        both losses); it costs two fits, and a ``checkpoint_dir`` holds one subdirectory per start.
+        ``"auto"`` (default): ``"select"``. Neither single start is right on every data set (the
+        development suite, ``benchmarks/suite.py``).
     batch_key
         Categorical ``obs`` column(s) of technical covariates (batches, samples), or None. The codes enter
         the encoder of z and a per-batch, gene-wise map of the observed mean (:mod:`velopyro.covariates`);
@@ -291,9 +294,11 @@ class VeloPyro:
                 "write_to_adata(store=...), which streams."
             )
 
-    def _build(self, lik: Likelihood, seed: int) -> None:
+    def _build(self, lik: Likelihood, seed: int, rate_init: str | None = None) -> None:
         """Build model and guide; call it inside :func:`velopyro._rng.seeded` (the networks' initial
-        weights come from torch's global generator)."""
+        weights come from torch's global generator). ``rate_init``: the start of gamma / beta, one of
+        ``RATE_STARTS`` (default: the configured one; ``"select"`` builds the constant start, which
+        :meth:`fit` replaces by each candidate's)."""
         cfg = self.config
         u_k, s_k = self._kinetic  # on disk: the statistics' subsample (all cells when they fit)
         effect = None
@@ -315,9 +320,7 @@ class VeloPyro:
         u_star, s_star = switch_targets(u_k, s_k)
         extra = {}
         # gamma / beta starts at the steady-state slope (models saved before the option: constant)
-        rate_init = cfg.get("rate_init", "constant")
-        if rate_init == "auto":
-            rate_init = "constant" if lik.is_count else "steady_state"
+        rate_init = rate_init or cfg.get("rate_init", "constant")
         if rate_init == "steady_state":
             extra["gamma_init"] = BETA_INIT * steady_state_ratio(u_k, s_k)
         family = get_guide(cfg["pi_guide"])
@@ -427,18 +430,27 @@ class VeloPyro:
             )
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise VelopyroInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
-        state = None if resume is None else load_checkpoint(resume)
-        if state is not None:
-            self._check_checkpoint(state, resume)
-            if checkpoint_dir is None:
-                checkpoint_dir = checkpoint_path(resume).parent
-        elif checkpoint_dir is not None and checkpoint_path(checkpoint_dir).is_file():
-            raise VelopyroInputError(
-                f"{str(checkpoint_dir)!r} already holds a checkpoint; pass resume={str(checkpoint_dir)!r} to "
-                "continue that fit, or choose an empty checkpoint_dir."
-            )
-        with seeded(seed):
-            self._build(get_likelihood(self._fresh_likelihood()), seed=seed)
+        starts = self._rate_starts()
+        # one checkpoint per start: rate_init="select" keeps each candidate's in a subdirectory named for it
+        if resume is not None and checkpoint_dir is None:
+            checkpoint_dir = checkpoint_path(resume).parent if len(starts) == 1 else Path(resume)
+        if resume is not None and len(starts) > 1 and checkpoint_path(resume).is_file():
+            self._check_checkpoint(load_checkpoint(resume), resume)  # one start's checkpoint: says which setting
+        plan: dict[str, tuple[Any, Any]] = {}  # start -> (its checkpoint directory, the state to resume)
+        for start in starts:
+            ck_dir, ck_resume = (_start_dir(d, start, len(starts)) for d in (checkpoint_dir, resume))
+            state = None
+            if resume is not None and (len(starts) == 1 or checkpoint_path(ck_resume).is_file()):
+                state = load_checkpoint(ck_resume)
+                self._check_checkpoint(state, ck_resume)
+            elif resume is None and ck_dir is not None and checkpoint_path(ck_dir).is_file():
+                raise VelopyroInputError(
+                    f"{str(checkpoint_dir)!r} already holds a checkpoint; pass resume={str(checkpoint_dir)!r} to "
+                    "continue that fit, or choose an empty checkpoint_dir."
+                )
+            plan[start] = (ck_dir, state)
+        if resume is not None and all(s is None for _, s in plan.values()):
+            raise FileNotFoundError(f"No checkpoint in {str(resume)!r}; pass the checkpoint_dir of an earlier fit.")
         if validation_indices is None:
             self.train_indices, self.validation_indices = split_indices(self.n_cells, cfg.train_size, seed)
         else:
@@ -452,10 +464,11 @@ class VeloPyro:
             self.validation_indices = val
             if len(self.train_indices) < 2:
                 raise VelopyroInputError("validation_indices leaves fewer than 2 training cells; hold out fewer.")
-        if state is not None:
-            saved = state["meta"]
-            if not (np.array_equal(saved["train_indices"].numpy(), self.train_indices)
-                    and np.array_equal(saved["validation_indices"].numpy(), self.validation_indices)):
+        for _, state in plan.values():
+            saved = {} if state is None else state["meta"]
+            if state is not None and not (np.array_equal(saved["train_indices"].numpy(), self.train_indices)
+                                          and np.array_equal(saved["validation_indices"].numpy(),
+                                                             self.validation_indices)):
                 raise VelopyroInputError(
                     "The checkpoint's train/validation split differs from this fit's; resume with the same "
                     "seed and train_size (or validation_indices) as the interrupted fit."
@@ -464,44 +477,76 @@ class VeloPyro:
                 "var_names": [str(v) for v in self.adata.var_names],
                 "train_indices": torch.as_tensor(self.train_indices),
                 "validation_indices": torch.as_tensor(self.validation_indices)}
-        if lightning:
-            if cfg.jit or cfg.preload or cfg.loss_per_cell:
-                raise VelopyroInputError(
-                    "jit, preload, loss_per_cell, checkpoint_dir and resume are not available with devices/strategy "
-                    "(Lightning training); drop them, or train in one process without devices/strategy."
-                )
-            from .lightning import train_lightning
-
-            accelerator = cfg.accelerator
-            if accelerator is None:
-                accelerator = {"cpu": "cpu", "cuda": "gpu"}.get(str(cfg.device).split(":")[0], "auto")
-            self.history = train_lightning(
-                self.model, self.guide, self.data, train_idx=self.train_indices,
-                validation_idx=self.validation_indices, max_epochs=cfg.max_epochs, batch_size=batch_size,
-                lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
-                early_stopping=cfg.early_stopping, patience=cfg.patience, kl_warmup_epochs=cfg.kl_warmup_epochs,
-                penalty_fade=cfg.penalty_fade, seed=seed, accelerator=accelerator,
-                devices="auto" if cfg.devices is None else cfg.devices, strategy=cfg.strategy or "auto",
-                num_nodes=cfg.num_nodes, progress_bar=cfg.progress_bar,
+        if lightning and (cfg.jit or cfg.preload or cfg.loss_per_cell):
+            raise VelopyroInputError(
+                "jit, preload, loss_per_cell, checkpoint_dir and resume are not available with devices/strategy "
+                "(Lightning training); drop them, or train in one process without devices/strategy."
             )
-            self.device = torch.device("cpu")
-            self._record_settings(cfg)
-            self.history["settings"].update(accelerator=accelerator, devices=cfg.devices, strategy=cfg.strategy,
-                                            num_nodes=cfg.num_nodes)
-            self.is_trained = True
-            return self
-        self.device = device_
-        self.is_trained = False
-        self.history = train_svi(
+        # rate_init="select": one fit from each start of gamma / beta, the same seed and split, and the one
+        # with the lower validation loss (-ELBO per held-out cell) is kept; a label-free choice of the side of
+        # each gene's steady-state line that the data support (README, "Velocity direction")
+        best = None
+        candidates: dict[str, dict[str, float]] = {}
+        for start in starts:
+            with seeded(seed):
+                self._build(get_likelihood(self._fresh_likelihood()), seed=seed, rate_init=start)
+            self.is_trained = False
+            history = (self._train_lightning(cfg, seed) if lightning
+                       else self._train_one(cfg, device_, *plan[start], meta))
+            loss = float(history.get("best_validation_loss", math.inf))
+            candidates[start] = {"validation_loss": loss, "epochs": len(history.get("epoch", []))}
+            if best is None or loss < best[0]:
+                best = (loss, start, self.model, self.guide, history)
+            if history.get("interrupted"):
+                break
+        _, start, self.model, self.guide, self.history = best
+        self.history["rate_init"] = start
+        if len(starts) > 1:
+            self.history["rate_init_candidates"] = candidates
+        self._record_settings(cfg)
+        if lightning:
+            self.history["settings"].update(accelerator=self._accelerator(cfg), devices=cfg.devices,
+                                            strategy=cfg.strategy, num_nodes=cfg.num_nodes)
+        self.is_trained = True
+        return self
+
+    def _rate_starts(self) -> tuple[str, ...]:
+        """The starts of gamma / beta that :meth:`fit` trains from (``rate_init``, documented in the class)."""
+        rate_init = self.config.get("rate_init", "constant")
+        return RATE_STARTS if rate_init in ("auto", "select") else (rate_init,)
+
+    @staticmethod
+    def _accelerator(cfg: TrainConfig) -> str:
+        if cfg.accelerator is not None:
+            return cfg.accelerator
+        return {"cpu": "cpu", "cuda": "gpu"}.get(str(cfg.device).split(":")[0], "auto")
+
+    def _train_lightning(self, cfg: TrainConfig, seed: int) -> dict[str, Any]:
+        """Train the built model and guide with PyTorch Lightning (several devices or processes)."""
+        from .lightning import train_lightning
+
+        self.device = torch.device("cpu")
+        return train_lightning(
+            self.model, self.guide, self.data, train_idx=self.train_indices,
+            validation_idx=self.validation_indices, max_epochs=cfg.max_epochs, batch_size=cfg.batch_size,
+            lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
+            early_stopping=cfg.early_stopping, patience=cfg.patience, kl_warmup_epochs=cfg.kl_warmup_epochs,
+            penalty_fade=cfg.penalty_fade, seed=seed, accelerator=self._accelerator(cfg),
+            devices="auto" if cfg.devices is None else cfg.devices, strategy=cfg.strategy or "auto",
+            num_nodes=cfg.num_nodes, progress_bar=cfg.progress_bar,
+        )
+
+    def _train_one(self, cfg: TrainConfig, device: torch.device, checkpoint_dir: Any, state: Any,
+                   meta: dict[str, Any]) -> dict[str, Any]:
+        """Train the built model and guide in this process (:func:`velopyro.train.train_svi`)."""
+        self.device = device
+        return train_svi(
             self.model, self.guide, self.data, train_idx=self.train_indices,
             validation_idx=self.validation_indices,
             config=dataclasses.replace(cfg, device=self.device, validation_indices=None, resume=None,
                                        checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir)),
             resume_state=state, checkpoint_meta=meta,
         )
-        self._record_settings(cfg)
-        self.is_trained = True
-        return self
 
     def _record_settings(self, cfg: TrainConfig) -> None:
         train_size = cfg.train_size if cfg.validation_indices is None else len(self.train_indices) / self.n_cells
@@ -1451,6 +1496,12 @@ class VeloPyro:
         from .ppc import pit
 
         return pit(self, n_samples=n_samples, **kwargs)
+
+
+def _start_dir(path: Any, start: str, n_starts: int) -> Any:
+    """The checkpoint directory of one start of gamma / beta: ``path`` itself for a single start, else its
+    subdirectory named for the start (``rate_init="select"``)."""
+    return path if path is None or n_starts == 1 else Path(path) / start
 
 
 def _several(devices: Any) -> bool:

@@ -319,5 +319,6 @@ def train_lightning(
     out: dict[str, Any] = {k: list(module.history[k]) for k in _HISTORY_KEYS}
     out["best_epoch"] = module.best_epoch
     out["stopped_early"] = module.stopped_early
+    out["best_validation_loss"] = float(module.best)
     return out
 

@@ -472,6 +472,7 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
     guide.eval()
     out = {k: list(v) for k, v in vars(hist).items()}
     out["best_epoch"] = best_epoch
+    out["best_validation_loss"] = float(best)  # inf until the KL weight reaches 1 (no best state yet)
     out["stopped_early"] = stopped
     out["interrupted"] = interrupted
     out["batch_size"] = batch_size
