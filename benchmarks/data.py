@@ -317,6 +317,8 @@ def branching_simulation(n_cells: int, n_genes: int, seed: int = 0, refresh: boo
             sim.var["true_t_"] = np.nan
         for key in ("Ms", "Mu", "true_velocity", "true_t"):
             sim.layers[key] = np.asarray(sim.layers[key], dtype=np.float32)
+        for key in ("spliced", "unspliced"):  # the count likelihoods' layers, named as in pancreas
+            sim.layers[f"raw_{key}"] = sim.layers[key].copy()
         return sim
 
     return cached("branching_sim", {"n_cells": n_cells, "n_genes": n_genes, "seed": seed, "version": 1}, build,

@@ -104,13 +104,12 @@ class VelopyroAdapter:
             early_stopping=early_stopping,
         )
         with Stopwatch() as setup:
+            layers = {"spliced_layer": "Ms", "unspliced_layer": "Mu"}  # unless init_kwargs name others (counts)
             self.model = velopyro.VeloPyro(
                 adata,
-                spliced_layer="Ms",
-                unspliced_layer="Mu",
                 state_coupling=self.state_coupling,
                 pi_guide=self.pi_guide,
-                **self.init_kwargs,
+                **{**layers, **self.init_kwargs},
             )
         kwargs = dict(
             max_epochs=max_epochs,

@@ -51,7 +51,33 @@ def test_reversed_and_shuffled_genes_are_separated(corrupted_fit):
 def test_exclude_removes_flagged_genes_from_velocity_genes(corrupted_fit):
     adata = corrupted_fit[0].copy()
     velopyro.tl.gene_time_consistency(adata, exclude=True)
-    np.testing.assert_array_equal(adata.var["velocity_genes"].to_numpy(), ~adata.var["fit_backward"].to_numpy())
+    flagged = adata.var["fit_backward"].to_numpy() | adata.var["fit_orientation_contradicted"].to_numpy()
+    np.testing.assert_array_equal(adata.var["velocity_genes"].to_numpy(), ~flagged)
+
+
+def test_orientation_columns_compare_the_two_starts_fits():
+    """var["fit_orientation_*"] after rate_init="select": per gene, the held-out log-likelihood of the kept
+    start's fit minus the other start's, and the correlation of their velocities, recomputed here from the two
+    single-start fits (the same seed and split give the same fits)."""
+    adata = velopyro.datasets.simulate(n_cells=200, n_genes=12, seed=2)
+    fit = dict(max_epochs=6, batch_size=64, seed=1, progress_bar=False)
+    model = velopyro.VeloPyro(adata).fit(**fit)
+    model.write_to_adata(n_samples=2)
+    kept = model.history["rate_init"]
+    other = next(s for s in ("constant", "steady_state") if s != kept)
+    single = {s: velopyro.VeloPyro(adata.copy(), rate_init=s).fit(**fit) for s in (kept, other)}
+    val = model.validation_indices
+    ll = {s: m.get_log_likelihood(n_samples=5, indices=val, per_gene=True).mean(axis=(0, 1))
+          for s, m in single.items()}
+    np.testing.assert_allclose(adata.var["fit_orientation_llr"].to_numpy(), ll[kept] - ll[other], rtol=1e-5,
+                               atol=1e-5)
+    agreement = adata.var["fit_orientation_agreement"].to_numpy()
+    assert np.all((agreement >= -1 - 1e-6) & (agreement <= 1 + 1e-6))
+    contradicted = (adata.var["fit_orientation_llr"] < 0) & (adata.var["fit_orientation_agreement"] < 0)
+    np.testing.assert_array_equal(adata.var["fit_orientation_contradicted"].to_numpy(), contradicted.to_numpy())
+    # a single start has no other fit to compare with
+    single[kept].write_to_adata(bdata := adata.copy(), n_samples=2)
+    assert np.isnan(bdata.var["fit_orientation_llr"]).all() and not bdata.var["fit_orientation_contradicted"].any()
 
 
 def test_requires_the_fit_keys():

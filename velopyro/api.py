@@ -485,30 +485,48 @@ class VeloPyro:
         # rate_init="select": one fit from each start of gamma / beta, the same seed and split, and the one
         # with the lower validation loss (-ELBO per held-out cell) is kept; a label-free choice of the side of
         # each gene's steady-state line that the data support (README, "Velocity direction")
-        best = None
-        candidates: dict[str, dict[str, float]] = {}
+        fits = []  # (validation loss, start, model, guide, history, per-gene evidence), in the order of starts
         for start in starts:
             with seeded(seed):
                 self._build(get_likelihood(self._fresh_likelihood()), seed=seed, rate_init=start)
             self.is_trained = False
             history = (self._train_lightning(cfg, seed) if lightning
                        else self._train_one(cfg, device_, *plan[start], meta))
-            loss = float(history.get("best_validation_loss", math.inf))
-            candidates[start] = {"validation_loss": loss, "epochs": len(history.get("epoch", []))}
-            if best is None or loss < best[0]:
-                best = (loss, start, self.model, self.guide, history)
+            evidence = self._orientation_evidence() if len(starts) > 1 else None
+            fits.append((float(history.get("best_validation_loss", math.inf)), start, self.model, self.guide,
+                         history, evidence))
             if history.get("interrupted"):
                 break
-        _, start, self.model, self.guide, self.history = best
+        kept = min(fits, key=lambda f: f[0])  # the first start on a tie
+        _, start, self.model, self.guide, self.history, _ = kept
         self.history["rate_init"] = start
         if len(starts) > 1:
-            self.history["rate_init_candidates"] = candidates
+            self.history["rate_init_candidates"] = {f[1]: {"validation_loss": f[0], "epochs": len(f[4]["epoch"])}
+                                                    for f in fits}
+            other = [f for f in fits if f is not kept]
+            if other and kept[5] is not None and other[0][5] is not None:
+                self.history["orientation"] = _orientation(kept[5], other[0][5])
         self._record_settings(cfg)
         if lightning:
             self.history["settings"].update(accelerator=self._accelerator(cfg), devices=cfg.devices,
                                             strategy=cfg.strategy, num_nodes=cfg.num_nodes)
         self.is_trained = True
         return self
+
+    def _orientation_evidence(self, n_samples: int = 5) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-gene held-out log-likelihood per cell and spliced velocity of the validation cells, for one
+        start's fit (``rate_init="select"`` compares the starts' with :func:`_orientation`)."""
+        idx = self.validation_indices
+        if len(idx) < 3:
+            return None
+        self.is_trained = True
+        try:
+            ll = self.get_log_likelihood(n_samples=n_samples, indices=idx, per_gene=True).mean(axis=(0, 1))
+            v = self._reduce(lambda smp: {"v": posterior.velocity(smp, "mean", "spliced", posterior.VELOCITY_WEIGHTS)},
+                             n_samples, posterior.QUERY_BATCH_SIZE, 0, indices=idx)["v"]
+        finally:
+            self.is_trained = False
+        return ll, v
 
     def _rate_starts(self) -> tuple[str, ...]:
         """The starts of gamma / beta that :meth:`fit` trains from (``rate_init``, documented in the class)."""
@@ -1040,6 +1058,11 @@ class VeloPyro:
         adata.var["fit_std_u"], adata.var["fit_std_s"] = per_gene["std_u"], per_gene["std_s"]
         adata.var["fit_u0"] = 0.0
         adata.var["fit_s0"] = 0.0
+        orientation = self.history.get("orientation") or {}
+        llr = np.asarray(orientation.get("llr", np.full(self.n_genes, np.nan)), dtype=np.float64)
+        agreement = np.asarray(orientation.get("agreement", np.full(self.n_genes, np.nan)), dtype=np.float64)
+        adata.var["fit_orientation_llr"], adata.var["fit_orientation_agreement"] = llr, agreement
+        adata.var["fit_orientation_contradicted"] = (llr < 0) & (agreement < 0)
         adata.uns["recover_dynamics"] = dict(_scvelo.RECOVER_DYNAMICS)
         span = cell_t.max() - cell_t.min()
         adata.obs["latent_time"] = (cell_t - cell_t.min()) / span if span > 0 else 0.0
@@ -1090,7 +1113,8 @@ class VeloPyro:
             per_gene, cell_t, kept = self._write_pass(arrays, n_samples, seed, keep)
             self._write_small(adata, per_gene, cell_t, n_samples)
             sub = anndata.AnnData(obs={"latent_time": np.asarray(adata.obs["latent_time"])[keep]},
-                                  var={"velocity_genes": np.ones(g, bool)}, layers=kept)
+                                  var={"velocity_genes": np.ones(g, bool), "fit_orientation_contradicted":
+                                       np.asarray(adata.var["fit_orientation_contradicted"])}, layers=kept)
             tl.gene_time_consistency(sub, exclude=exclude)
             for k in ("fit_time_consistency", "fit_backward", "velocity_genes"):
                 adata.var[k] = np.asarray(sub.var[k])
@@ -1496,6 +1520,20 @@ class VeloPyro:
         from .ppc import pit
 
         return pit(self, n_samples=n_samples, **kwargs)
+
+
+def _orientation(kept: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> dict[str, list]:
+    """How strongly each gene's held-out data prefer the kept start's fit over the other start's.
+
+    ``llr``: held-out log-likelihood per cell of the kept fit minus the other's (positive: the gene's own data
+    agree with the choice made for all genes); ``agreement``: Pearson correlation over the held-out cells of
+    the two fits' spliced velocity (negative: the two starts read the gene in opposite directions).
+    """
+    (ll_a, v_a), (ll_b, v_b) = kept, other
+    a, b = v_a - v_a.mean(0), v_b - v_b.mean(0)
+    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    agreement = np.divide((a * b).sum(0), den, out=np.full(den.shape, np.nan), where=den > 0)
+    return {"llr": [float(x) for x in ll_a - ll_b], "agreement": [float(x) for x in agreement]}
 
 
 def _start_dir(path: Any, start: str, n_starts: int) -> Any:

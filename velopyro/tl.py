@@ -494,8 +494,10 @@ def gene_time_consistency(
     min_cells
         Genes with fewer transient cells get NaN and are not flagged.
     exclude
-        Also set ``var["velocity_genes"]`` to False for the flagged genes, so that
-        :func:`velocity_graph` (and scVelo's ``scv.tl.velocity_graph``) leave them out.
+        Also set ``var["velocity_genes"]`` to False for the flagged genes, and for those in
+        ``var["fit_orientation_contradicted"]`` (written by :meth:`velopyro.VeloPyro.write_to_adata` after
+        ``rate_init="select"``), so that :func:`velocity_graph` (and scVelo's ``scv.tl.velocity_graph``)
+        leave them out.
 
     Returns
     -------
@@ -528,7 +530,11 @@ def gene_time_consistency(
     if exclude:
         current = (np.asarray(adata.var["velocity_genes"], dtype=bool) if "velocity_genes" in adata.var
                    else np.ones(adata.n_vars, dtype=bool))
-        adata.var["velocity_genes"] = current & ~backward
+        # a gene whose own held-out data prefer the other start's fit, which reads it the other way round
+        # (rate_init="select", VeloPyro.write_to_adata), is left out too
+        contradicted = (np.asarray(adata.var["fit_orientation_contradicted"], dtype=bool)
+                        if "fit_orientation_contradicted" in adata.var else np.zeros(adata.n_vars, dtype=bool))
+        adata.var["velocity_genes"] = current & ~backward & ~contradicted
 
 
 # --------------------------------------------------------------------------------------------------
