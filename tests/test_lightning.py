@@ -138,3 +138,25 @@ def test_early_stopping_after_warmup(sim) -> None:
     assert h["best_epoch"] >= 3 and h["epoch"][-1] == h["best_epoch"] + 1
     val = np.array(h["validation_loss"])
     assert val[h["best_epoch"] - 1] == val[2:].min()
+
+
+def test_lightning_receives_every_training_option(monkeypatch) -> None:
+    """fit(devices=2) hands the TrainConfig's eps and min_delta (and the rest) to the Lightning loop."""
+    import velopyro.lightning
+
+    seen = []
+
+    def fake_train_lightning(model, guide, data, **kwargs):
+        seen.append(kwargs)
+        return {"epoch": [1], "train_loss": [1.0], "validation_loss": [1.0], "best_epoch": 1,
+                "best_validation_loss": 1.0 + len(seen), "stopped_early": False}
+
+    monkeypatch.setattr(velopyro.lightning, "train_lightning", fake_train_lightning)
+    sim = velopyro.datasets.simulate(n_cells=60, n_genes=4, seed=0)
+    model = VeloPyro(sim, n_hidden=8, n_latent=2)
+    model.fit(max_epochs=1, batch_size=32, progress_bar=False, devices=2, eps=0.05, min_delta=0.25, clip_norm=3.0,
+              patience=7)
+    assert len(seen) == 2  # one Lightning fit per start of rate_init="select"
+    for kw in seen:
+        assert (kw["eps"], kw["min_delta"], kw["clip_norm"], kw["patience"]) == (0.05, 0.25, 3.0, 7)
+    assert model.history["rate_init"] == "constant"  # the lower of the two (fake) validation losses

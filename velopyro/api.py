@@ -547,8 +547,9 @@ class VeloPyro:
         return train_lightning(
             self.model, self.guide, self.data, train_idx=self.train_indices,
             validation_idx=self.validation_indices, max_epochs=cfg.max_epochs, batch_size=cfg.batch_size,
-            lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
-            early_stopping=cfg.early_stopping, patience=cfg.patience, kl_warmup_epochs=cfg.kl_warmup_epochs,
+            lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, clip_norm=cfg.clip_norm,
+            early_stopping=cfg.early_stopping, patience=cfg.patience, min_delta=cfg.min_delta,
+            kl_warmup_epochs=cfg.kl_warmup_epochs,
             penalty_fade=cfg.penalty_fade, seed=seed, accelerator=self._accelerator(cfg),
             devices="auto" if cfg.devices is None else cfg.devices, strategy=cfg.strategy or "auto",
             num_nodes=cfg.num_nodes, progress_bar=cfg.progress_bar,
