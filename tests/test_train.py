@@ -142,7 +142,7 @@ def test_parameter_groups_exclude_raw_parameters_from_weight_decay() -> None:
 def test_history_keys_and_split() -> None:
     hist = _fit(_tiny(), max_epochs=2)
     assert set(hist) == {"epoch", "train_loss", "validation_loss", "seconds", "kl_weight", "best_epoch",
-                         "stopped_early", "converged", "interrupted", "batch_size"}
+                         "stopped_early", "converged", "interrupted", "batch_size", "best_validation_loss"}
     assert hist["converged"] is True and hist["interrupted"] is False  # early stopping off: ran as asked
     assert hist["epoch"] == [1, 2] and hist["kl_weight"] == [1.0, 1.0]
     tr, va = train.split_indices(100, 0.9, 3)
