@@ -331,7 +331,7 @@ def trajectory(
 
 
 def exp_convolution(rates: list[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
-    """The convolution of exponentials ``e^{-x_0 t} * ... * e^{-x_n t}`` at time ``t``, evaluated stably.
+    """The convolution of the exponentials ``exp(-x_i t)``, i from 0 to n, at time ``t``, evaluated stably.
 
     ``C(x_0, ..., x_n; t) = int_{tau_0 + ... + tau_n = t, tau_i >= 0} exp(-sum_i x_i tau_i) d tau``, the
     response at ``t`` of a chain of first-order decays with rates ``x_i`` to a unit impulse at 0. It is
