@@ -80,8 +80,8 @@ def _speed_row(links: bool) -> tuple[str, str, str, str]:
     default = next(v for k, v in rows.items() if k.endswith("(default)"))
     ours = default["cpu_seconds"] / default["epochs"]
     theirs = float(np.mean(velovi))
-    return (f"Speed: pancreas CPU seconds per epoch (process CPU time, {speed['meta']['threads']} threads)", f"{theirs:.2f}",
-            f"{ours:.2f} ({ours / theirs:.2f}x)", _source("speed", SPEED, links))
+    name = f"Speed: pancreas CPU seconds per epoch (process CPU time, {speed['meta']['threads']} threads)"
+    return name, f"{theirs:.2f}", f"{ours:.2f} ({ours / theirs:.2f}x)", _source("speed", SPEED, links)
 
 
 def _memory_rows(links: bool) -> list[tuple[str, str, str, str]]:
