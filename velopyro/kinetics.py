@@ -37,7 +37,7 @@ ask it for all of these, so nothing else knows a rate by name. Kinetics are regi
 
 A new kinetics is one registered subclass that names its rates and writes :meth:`Kinetics.initial_rates`,
 :meth:`Kinetics.transcription`, :meth:`Kinetics.induction` and :meth:`Kinetics.steady_state`
-(``tutorials/custom_kinetics.py``).
+(the notebook ``tutorials/custom_kinetics.ipynb``).
 """
 
 from __future__ import annotations
