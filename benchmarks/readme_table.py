@@ -32,7 +32,7 @@ VELOVI_VARIANT = ("velovi", "default")
 
 
 def _source(label: str, rel: str, links: bool) -> str:
-    return f"[{label}]({rel})" if links else f"`{rel}`"
+    return f"[{label}]({rel})" if links else f"`{rel.removeprefix('benchmarks/results/')}`"
 
 
 def _load(rel: str) -> object:
@@ -110,7 +110,8 @@ def table(links: bool = True, markers: bool = True) -> str:
     ----------
     links
         Name each row's results file as a link relative to the repository root (the README) or, when
-        False, as a path in code (the documentation, whose pages live in ``docs/``).
+        False, as a path in code relative to ``benchmarks/results/`` (the documentation, whose pages live in
+        ``docs/``).
     markers
         Wrap the table in the two HTML comments that delimit it in README.md.
     """

@@ -54,6 +54,7 @@ intersphinx_mapping = {}  # the build runs offline; no inventories are fetched
 html_theme = "pydata_sphinx_theme"
 html_title = f"velopyro {release}"
 html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
@@ -62,6 +63,7 @@ html_theme_options = {
     "footer_end": ["sphinx-version"],
 }
 html_context = {"default_mode": "light"}
+html_sidebars = {"index": [], "getting_started": [], "benchmarks": []}  # pages with no section to navigate
 html_show_sourcelink = False
 
 
