@@ -47,7 +47,7 @@ time under each draw of z and pi, the states weighted as in :meth:`velopyro.Velo
 streamed over cells. They carry the uncertainty of the variational posterior q(z, pi | u, s) (eq. 22)
 only: the kinetic rates and switch times are point estimates, as in veloVI, and velocity's scale is
 identifiable only up to a per-gene time scale (rates x c, times / c give the same fit). Their coverage of
-a simulated truth is measured in ``benchmarks/uncertainty_groundtruth.py`` (README, "Uncertainty").
+a simulated truth is measured in ``benchmarks/uncertainty_groundtruth.py`` (``docs/uncertainty.md``).
 """
 
 from __future__ import annotations
