@@ -61,13 +61,13 @@ class VeloPyro:
         the raw counts (``"raw_spliced"``/``"raw_unspliced"`` if present, else ``"spliced"``/``"unspliced"``)
         for count likelihoods.
     likelihood
-        ``"normal"`` (seed eq. 20-21), ``"poisson"``, ``"negative_binomial"`` or a
+        ``"normal"`` (eq. 20-21), ``"poisson"``, ``"negative_binomial"`` or a
         :class:`~velopyro.likelihoods.Likelihood` instance.
     state_coupling
         ``"independent"`` (separate state mixtures for u and s, eq. 23-24, what the reference optimises)
         or ``"shared"`` (one state for u and s, the exact marginal of the generative process, eq. 15).
     pi_guide
-        ``"dirichlet"`` (default; eq. 22 as in the seed) or ``"logistic_normal"`` (a softmax of a Gaussian:
+        ``"dirichlet"`` (default; eq. 22 as in veloVI) or ``"logistic_normal"`` (a softmax of a Gaussian:
         about 30% less time per step on CPU, but a looser ELBO and less accurate latent time in
         ``benchmarks/``: it cannot match the Dirichlet(0.25) prior where the data say little about pi) or
         ``"collapsed"`` (pi integrated out of the model exactly, eq. 14-15: no q(pi | z), no pi KL;

@@ -1,4 +1,4 @@
-"""Closed-form transcription kinetics of veloVI (seed eq. 1-12) and their time derivatives.
+"""Closed-form transcription kinetics of veloVI (eq. 1-12) and their time derivatives.
 
 This module is the only place the kinetic maths lives: the model's likelihood, velocity, latent time,
 expression fit, the simulator and the plots all go through its kinetics objects (below), which are built on
@@ -9,7 +9,7 @@ float32 or float64. The one delicate term, ``(exp(-gamma tau) - exp(-beta tau)) 
 is evaluated in a form that is exact at ``gamma == beta`` (the analytic limit ``-tau exp(-beta tau)``),
 free of cancellation near it, and free of overflow for large rates and times (see :func:`exp_diff_ratio`).
 
-States are indexed 0..3 in code and 1..4 in the seed:
+States are indexed 0..3 in code and 1..4 in the paper:
 
 ==========  ===================================  =========================
 code index  seed state k                         mean
@@ -222,7 +222,7 @@ def state_times(
     t_s
         Switch time per gene, ``0 < t_s < t_max``.
     t_max
-        The fixed time scale (20 in the seed).
+        The fixed time scale (20 in veloVI).
 
     Returns
     -------
@@ -718,7 +718,7 @@ class Kinetics(nn.Module):
 
 
 class ConstantKinetics(Kinetics):
-    """veloVI's kinetics (seed eq. 1-12): constant transcription ``alpha`` in induction, zero in repression.
+    """veloVI's kinetics (eq. 1-12): constant transcription ``alpha`` in induction, zero in repression.
 
     Rates ``alpha``, ``beta``, ``gamma`` and the switch time ``t_s``; alpha starts at the data's u* (the
     reference's initialisation). The closed forms are this module's pure functions.
