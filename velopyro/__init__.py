@@ -7,7 +7,7 @@ Public names (loaded on first use, so ``import velopyro`` stays fast):
 - :mod:`velopyro.pl`: figures (phase portraits, latent time, velocity stream, loss curve, PPC)
 - :mod:`velopyro.datasets`: the bundled pancreas data and the simulator
 - :mod:`velopyro.likelihoods`: observation models (Normal, Poisson, negative binomial)
-- :mod:`velopyro.kinetics`: the kinetics objects and their closed forms (seed eq. 1-12); a new one is a
+- :mod:`velopyro.kinetics`: the kinetics objects and their closed forms (eq. 1-12); a new one is a
   registered :class:`~velopyro.kinetics.Kinetics` subclass (:func:`register_kinetics`)
 - :mod:`velopyro.ppc` / :mod:`velopyro.convert`: posterior predictive checks and ``to_arviz``
 - :mod:`velopyro.covariates`: batch covariates (``VeloPyro(adata, batch_key=...)``) and ``batch_mixing_score``

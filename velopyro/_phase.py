@@ -1,7 +1,7 @@
 """Read a fitted AnnData back for the phase portraits: observed and fitted (u, s) per cell and gene.
 
 What :meth:`velopyro.VeloPyro.write_to_adata` wrote (``var['fit_*']``, ``layers['fit_t']``,
-``layers['fit_state']``) is turned into the kinetic trajectory (seed eq. 1-12) through the fit's kinetics object
+``layers['fit_state']``) is turned into the kinetic trajectory (eq. 1-12) through the fit's kinetics object
 (its registered name is ``uns['velopyro']['config']['kinetics']``; ``"constant"`` when absent), on the scale drawn:
 the fitted likelihood's expected observation of the kinetic mean (:meth:`velopyro.likelihoods.Likelihood.
 expected_observation`), the likelihood rebuilt from the ``var['fit_<name>']`` columns of its parameters.

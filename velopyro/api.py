@@ -58,19 +58,19 @@ class VeloPyro:
         :meth:`write_to_adata`; the two layers are copied, so later edits of them do not change the model.
         Large data: a path to an ``.h5ad`` file or a ``.zarr`` store, or an AnnData opened with
         ``anndata.read_h5ad(path, backed="r")``: the layers stay on disk and training reads each minibatch
-        from there (see the README, "Large data", and :mod:`velopyro._disk`).
+        from there (see ``docs/large_data.md`` and :mod:`velopyro._disk`).
     spliced_layer, unspliced_layer
         Layer names (``"X"`` for ``adata.X``). Default: ``"Ms"``/``"Mu"`` for the Normal likelihood and
         the raw counts (``"raw_spliced"``/``"raw_unspliced"`` if present, else ``"spliced"``/``"unspliced"``)
         for count likelihoods.
     likelihood
-        ``"normal"`` (seed eq. 20-21), ``"poisson"``, ``"negative_binomial"`` or a
+        ``"normal"`` (eq. 20-21), ``"poisson"``, ``"negative_binomial"`` or a
         :class:`~velopyro.likelihoods.Likelihood` instance.
     state_coupling
         ``"independent"`` (separate state mixtures for u and s, eq. 23-24, what the reference optimises)
         or ``"shared"`` (one state for u and s, the exact marginal of the generative process, eq. 15).
     pi_guide
-        ``"dirichlet"`` (default; eq. 22 as in the seed) or ``"logistic_normal"`` (a softmax of a Gaussian:
+        ``"dirichlet"`` (default; eq. 22 as in veloVI) or ``"logistic_normal"`` (a softmax of a Gaussian:
         about 30% less time per step on CPU, but a looser ELBO and less accurate latent time in
         ``benchmarks/``: it cannot match the Dirichlet(0.25) prior where the data say little about pi) or
         ``"collapsed"`` (pi integrated out of the model exactly, eq. 14-15: no q(pi | z), no pi KL;
@@ -107,7 +107,7 @@ class VeloPyro:
         The covariate's effect on the observation model: ``"auto"`` (default: ``"scale_offset"`` for the
         Normal likelihood, a per-batch scale and offset of the min-max scaled moments; ``"scale"`` for
         count likelihoods, a per-batch detection efficiency), ``"scale_offset"``, ``"scale"`` or ``"none"``
-        (the encoder only). Chosen by ``benchmarks/covariates.py`` (README, "Covariates (batch effects)").
+        (the encoder only). Chosen by ``benchmarks/covariates.py`` (``docs/covariates.md``).
     batch_encoder
         What the encoder of z sees of the covariate: ``"corrected"`` (default) the observations mapped back
         to the reference batch by the current fitted effect, ``(x - c_b) / a_b``, and the one-hot codes;
@@ -119,7 +119,7 @@ class VeloPyro:
         The transcription kinetics, a name registered in :mod:`velopyro.kinetics` or a registered
         :class:`~velopyro.kinetics.Kinetics` subclass: ``"constant"`` (default; veloVI's constant rate in
         induction, eq. 1-12) or ``"time_dependent"`` (velovi's ``time_dep_transcription_rate``: the rate
-        relaxes from ``alpha`` to ``alpha_1`` at rate ``lambda_alpha``). See the README, "Kinetics".
+        relaxes from ``alpha`` to ``alpha_1`` at rate ``lambda_alpha``). See ``docs/kinetics.md``.
 
     Examples
     --------
@@ -383,7 +383,7 @@ class VeloPyro:
         Monte Carlo draw. The same seed, data, settings and software versions give the same fit on the
         same device, with any number of torch threads, up to the order of floating-point sums in torch's
         multi-threaded kernels (matrix products), which can differ between thread counts in the last
-        bits and then grow over the epochs (see the README, "Reliability and reproducibility"). The caller's global
+        bits and then grow over the epochs (see ``docs/reliability.md``). The caller's global
         torch, numpy and ``random`` states are left as they were. Fits and posterior queries of all
         models in one process run one at a time: a fit started in a second thread waits for the first.
 
@@ -1181,7 +1181,7 @@ class VeloPyro:
             cells whose data hold no direction: on simulated data with one cell type held at steady
             state, ``directional_cosine_sim_variance`` ranks those cells above the rest with ROC AUC
             0.98 ± 0.02 with ``"posterior"`` and 0.36 ± 0.13 with ``"pi"`` (5 seeds), whose Dirichlet draws
-            mix induction and repression in every cell (README, "Uncertainty").
+            mix induction and repression in every cell (``docs/uncertainty.md``).
 
         Returns
         -------

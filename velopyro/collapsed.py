@@ -1,4 +1,4 @@
-"""pi integrated out: the Dirichlet-Categorical algebra of ``pi_guide="collapsed"`` (seed eq. 14-15, 23-24).
+"""pi integrated out: the Dirichlet-Categorical algebra of ``pi_guide="collapsed"`` (eq. 14-15, 23-24).
 
 The prior of the state probabilities is ``pi_ng ~ Dirichlet(a)``, ``a = (0.25, 0.25, 0.25, 0.25)`` (eq. 14),
 ``A = sum_k a_k = 1``, and pi enters the likelihood only through the state(s) it generates (eq. 15). The

@@ -1,6 +1,6 @@
 """State coupling as a strategy object: how the unspliced and spliced observations share the state k.
 
-veloVI's state k (seed eq. 15) can be
+veloVI's state k (eq. 15) can be
 
 - ``"independent"`` (:class:`Independent`, the default): one state site for u and one for s, each
   ``Categorical(pi)``, the objective the reference optimises (eq. 23-24);

@@ -26,7 +26,7 @@ latent time and velocity are functions of z alone, the biological state, and a b
 that state is observed.
 
 Which design: ``benchmarks/covariates.py`` compares them on two-batch simulations (results in
-``benchmarks/results/covariates/``, summary in the README, "Covariates (batch effects)").
+``benchmarks/results/covariates/``, summary in ``docs/covariates.md``).
 """
 
 from __future__ import annotations

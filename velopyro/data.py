@@ -227,7 +227,7 @@ class BackedVeloData:
         raise RuntimeError(_IN_MEMORY_ONLY)
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Unspliced and spliced of cells ``start .. stop - 1`` as dense float32 arrays.
+        """Unspliced and spliced of cells ``start`` to ``stop - 1`` as dense float32 arrays.
 
         Parameters
         ----------

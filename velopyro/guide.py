@@ -1,4 +1,4 @@
-"""The amortised guide q(z, pi | u, s) = prod_n q(z_n | u_n, s_n) prod_g q(pi_ng | z_n) (seed eq. 22).
+"""The amortised guide q(z, pi | u, s) = prod_n q(z_n | u_n, s_n) prod_g q(pi_ng | z_n) (eq. 22).
 
 The state k is enumerated out in the model and never appears here. Shapes for a minibatch of B cells::
 
@@ -49,7 +49,7 @@ class VeloVIGuide(nn.Module):
     likelihood
         The model's likelihood; only its :meth:`~velopyro.likelihoods.Likelihood.encoder_input` is used.
     pi_guide
-        ``"dirichlet"`` (the seed's family), ``"logistic_normal"`` (cheaper to sample) or ``"collapsed"``
+        ``"dirichlet"`` (veloVI's family), ``"logistic_normal"`` (cheaper to sample) or ``"collapsed"``
         (no q(pi | z): the model must be built with ``collapse_pi=True``).
     n_hidden, n_layers, dropout_rate
         Network shape (reference: 256, 1, 0.1).

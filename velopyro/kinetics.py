@@ -1,4 +1,4 @@
-"""Closed-form transcription kinetics of veloVI (seed eq. 1-12) and their time derivatives.
+"""Closed-form transcription kinetics of veloVI (eq. 1-12) and their time derivatives.
 
 This module is the only place the kinetic maths lives: the model's likelihood, velocity, latent time,
 expression fit, the simulator and the plots all go through its kinetics objects (below), which are built on
@@ -9,7 +9,7 @@ float32 or float64. The one delicate term, ``(exp(-gamma tau) - exp(-beta tau)) 
 is evaluated in a form that is exact at ``gamma == beta`` (the analytic limit ``-tau exp(-beta tau)``),
 free of cancellation near it, and free of overflow for large rates and times (see :func:`exp_diff_ratio`).
 
-States are indexed 0..3 in code and 1..4 in the seed:
+States are indexed 0..3 in code and 1..4 in the paper:
 
 ==========  ===================================  =========================
 code index  seed state k                         mean
@@ -37,7 +37,7 @@ ask it for all of these, so nothing else knows a rate by name. Kinetics are regi
 
 A new kinetics is one registered subclass that names its rates and writes :meth:`Kinetics.initial_rates`,
 :meth:`Kinetics.transcription`, :meth:`Kinetics.induction` and :meth:`Kinetics.steady_state`
-(``tutorials/custom_kinetics.py``).
+(the notebook ``tutorials/custom_kinetics.ipynb``).
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def state_times(
     t_s
         Switch time per gene, ``0 < t_s < t_max``.
     t_max
-        The fixed time scale (20 in the seed).
+        The fixed time scale (20 in veloVI).
 
     Returns
     -------
@@ -331,7 +331,7 @@ def trajectory(
 
 
 def exp_convolution(rates: list[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
-    """The convolution of exponentials ``e^{-x_0 t} * ... * e^{-x_n t}`` at time ``t``, evaluated stably.
+    """The convolution of the exponentials ``exp(-x_i t)``, i from 0 to n, at time ``t``, evaluated stably.
 
     ``C(x_0, ..., x_n; t) = int_{tau_0 + ... + tau_n = t, tau_i >= 0} exp(-sum_i x_i tau_i) d tau``, the
     response at ``t`` of a chain of first-order decays with rates ``x_i`` to a unit impulse at 0. It is
@@ -718,7 +718,7 @@ class Kinetics(nn.Module):
 
 
 class ConstantKinetics(Kinetics):
-    """veloVI's kinetics (seed eq. 1-12): constant transcription ``alpha`` in induction, zero in repression.
+    """veloVI's kinetics (eq. 1-12): constant transcription ``alpha`` in induction, zero in repression.
 
     Rates ``alpha``, ``beta``, ``gamma`` and the switch time ``t_s``; alpha starts at the data's u* (the
     reference's initialisation). The closed forms are this module's pure functions.

@@ -2,10 +2,10 @@
 
 The pattern of Pyro's ``examples/svi_lightning.py``: a ``LightningModule`` around the ELBO module
 ``TraceEnum_ELBO(max_plate_nesting=2)(model, guide)`` (the switch penalty is the model's ``pyro.factor``,
-seed eq. 25-27) and a torch optimiser; Lightning's strategy (``"ddp"``, ``"ddp_spawn"``, ...) runs one
+eq. 25-27) and a torch optimiser; Lightning's strategy (``"ddp"``, ``"ddp_spawn"``, ...) runs one
 process per device and averages the gradients. The minibatches are passed to the model explicitly with the
 size of the cells plate (the number of training cells N), so each process scales its B/P cells by
-N / (B/P) and the averaged gradient is that of the global batch of B cells (seed eq. 13-21: the ELBO is a
+N / (B/P) and the averaged gradient is that of the global batch of B cells (eq. 13-21: the ELBO is a
 sum over cells).
 
 The cells are split by ``torch.utils.data.DistributedSampler``: in epoch e it permutes the training cells

@@ -1,4 +1,4 @@
-"""Observation models p(x | kinetic mean) for unspliced and spliced abundance (seed eq. 20-21).
+"""Observation models p(x | kinetic mean) for unspliced and spliced abundance (eq. 20-21).
 
 The model hands a likelihood the kinetic mean of the state it is enumerating (eq. 1-12) and the state
 index, and gets a ``torch.distributions.Distribution`` back; nothing else in velopyro knows which
@@ -198,7 +198,7 @@ class Likelihood(nn.Module):
 
 
 class Normal(Likelihood):
-    """The seed's Normal on smoothed, min-max scaled abundance (eq. 20-21).
+    """veloVI's Normal on smoothed, min-max scaled abundance (eq. 20-21).
 
     ``x ~ Normal(mean_k, (c_k sigma_g)^2)`` with ``c = (1, 1, 1, 0.1)``: the repression steady state is
     ten times tighter. One ``sigma`` per gene and modality, a point estimate initialised at the gene's

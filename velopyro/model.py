@@ -1,4 +1,4 @@
-"""The veloVI generative process as a Pyro model (seed eq. 13-21) with the switch penalty (eq. 27).
+"""The veloVI generative process as a Pyro model (eq. 13-21) with the switch penalty (eq. 27).
 
 Plates: ``cells`` at dim -2 (subsampled; sites inside are scaled by N/B) and ``genes`` at dim -1.
 Shapes inside a minibatch of B cells and G genes (E: the enumeration dimension of k, size 4, at dim -3)::
@@ -24,7 +24,7 @@ With ``collapse_pi=True`` (``pi_guide="collapsed"``) pi is integrated out exactl
 ``k_s | k_u ~ Categorical((0.25 + e_{k_u}) / 2)`` (independent; the Dirichlet-multinomial pair of the same pi).
 There is no pi site.
 
-Switch penalty (eq. 25, 27): the seed writes ``L_velo = L_elbo + lambda L_switch`` with lambda = 0.2
+Switch penalty (eq. 25, 27): veloVI's objective is ``L_velo = L_elbo + lambda L_switch`` with lambda = 0.2,
 and the veloVI reference applies it to the per-cell mean of the ELBO. velopyro keeps that meaning: the
 factor is ``-N lambda L_switch`` outside the cells plate (so it is not rescaled by N/B), i.e. the loss
 per cell is ``-ELBO / N + lambda L_switch`` whatever the minibatch size.

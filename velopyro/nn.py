@@ -86,7 +86,7 @@ class Encoder(nn.Module):
     n_genes
         G; the input has 2G features (plus ``n_covariates``).
     n_latent
-        d (10 in the seed).
+        d (10 in veloVI).
     n_hidden, n_layers, dropout_rate
         Trunk shape (see :class:`FCLayers`).
     n_covariates

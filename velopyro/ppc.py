@@ -3,7 +3,7 @@
 Every function here takes a fitted :class:`~velopyro.api.VeloPyro` (or its
 :class:`~velopyro.fitted.FittedModel`) and walks over the cells in batches
 (:func:`velopyro.posterior.iterate_samples`). Within a batch it draws from the variational posterior
-``q(z, pi | u, s)`` (seed eq. 22), maps each draw through the time heads and the kinetics
+``q(z, pi | u, s)`` (eq. 22), maps each draw through the time heads and the kinetics
 (eq. 16-19, 1-12) and, for replicated data, runs the **Pyro model itself without observations** with
 ``z`` and ``pi`` fixed to the draw (:func:`replicate`), so ``u_rep`` and ``s_rep`` come from the model's
 likelihood object (eq. 20-21 for the Normal, the count likelihoods otherwise). The replicated data, the

@@ -476,7 +476,7 @@ def gene_time_consistency(
 
     The classic failure of RNA velocity is a gene fitted in reverse (its induction read as repression),
     which turns its velocity's sign around. In veloVI each gene's time is a function of the shared latent
-    z (seed eq. 16-19), so a gene's time heads can order the cells in the opposite direction to every
+    z (eq. 16-19), so a gene's time heads can order the cells in the opposite direction to every
     other gene and still fit its phase portrait equally well: the curve is the same point set traversed
     either way. Its signature is therefore an ordering, not a worse fit. For each gene, this is the
     Spearman correlation between its fitted time ``layers["fit_t"]`` and the cell-level

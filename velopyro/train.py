@@ -2,7 +2,7 @@
 
 The objective is the (negative) ELBO of ``TraceEnum_ELBO(max_plate_nesting=2)`` (the state k enumerated
 out; ``JitTraceEnum_ELBO`` with ``jit=True``) plus the switch penalty, which the model adds as a
-``pyro.factor`` (seed eq. 25-27). Its gradient drives a torch AdamW optimiser with global gradient-norm
+``pyro.factor`` (eq. 25-27). Its gradient drives a torch AdamW optimiser with global gradient-norm
 clipping, the pattern of Pyro's ``examples/svi_torch.py``: the parameters live in the model's and the
 guide's ``nn.Module``s rather than Pyro's global parameter store, so several models can be fitted in
 one session and saved with ``state_dict``.

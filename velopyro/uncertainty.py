@@ -27,19 +27,19 @@ does not grow with draws x cells x genes:
 Keys written by :func:`write_directional_uncertainty` and :meth:`velopyro.VeloPyro.get_permutation_scores`
 (veloVI's names):
 
-========================================  ===================================================================
-``obs["directional_cosine_sim_variance"]``  variance over draws of the cosine to the mean velocity
-``obs["directional_cosine_sim_difference"]`` 95th - 5th percentile of those cosines
-``obs["directional_cosine_sim_mean"]``      their mean (1: all draws point the same way)
-``obs["directional_variance"]``             variance over draws of the angle ``arccos(cosine)``
-``obs["directional_difference"]``           95th - 5th percentile of the angle
-``obs["<key>_extrinsic"]``                  the same five, for the extrapolated future state
-``varm["permutation_scores"]``              genes x cell types t-statistics
-``uns["permutation_scores"]``               ``labels_key``, ``cell_types`` (the columns), ``max_cells`` (-1: all)
-``layers["velocity_lower"]``                lower bound of the equal-tailed posterior interval of velocity
-``layers["velocity_upper"]``                its upper bound (cells x genes)
-``uns["velocity_interval"]``                ``level``, ``n_samples``, ``mode``, ``state_weights`` of that interval
-========================================  ===================================================================
+==============================================  ===================================================================
+``obs["directional_cosine_sim_variance"]``      variance over draws of the cosine to the mean velocity
+``obs["directional_cosine_sim_difference"]``    95th - 5th percentile of those cosines
+``obs["directional_cosine_sim_mean"]``          their mean (1: all draws point the same way)
+``obs["directional_variance"]``                 variance over draws of the angle ``arccos(cosine)``
+``obs["directional_difference"]``               95th - 5th percentile of the angle
+``obs["<key>_extrinsic"]``                      the same five, for the extrapolated future state
+``varm["permutation_scores"]``                  genes x cell types t-statistics
+``uns["permutation_scores"]``                   ``labels_key``, ``cell_types`` (the columns), ``max_cells`` (-1: all)
+``layers["velocity_lower"]``                    lower bound of the equal-tailed posterior interval of velocity
+``layers["velocity_upper"]``                    its upper bound (cells x genes)
+``uns["velocity_interval"]``                    ``level``, ``n_samples``, ``mode``, ``state_weights`` of that interval
+==============================================  ===================================================================
 
 **Posterior intervals of velocity** (:func:`velocity_quantiles`, :meth:`velopyro.VeloPyro.get_velocity_interval`):
 equal-tailed quantiles over posterior draws of each cell's velocity (the velocity of eq. 2 at the cell's
@@ -47,7 +47,7 @@ time under each draw of z and pi, the states weighted as in :meth:`velopyro.Velo
 streamed over cells. They carry the uncertainty of the variational posterior q(z, pi | u, s) (eq. 22)
 only: the kinetic rates and switch times are point estimates, as in veloVI, and velocity's scale is
 identifiable only up to a per-gene time scale (rates x c, times / c give the same fit). Their coverage of
-a simulated truth is measured in ``benchmarks/uncertainty_groundtruth.py`` (README, "Uncertainty").
+a simulated truth is measured in ``benchmarks/uncertainty_groundtruth.py`` (``docs/uncertainty.md``).
 """
 
 from __future__ import annotations
