@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import VelopyroInputError, check_matrix, format_names
+from ._validation import VelopyroInputError, check_counts_range, check_matrix, format_names
 from .data import BackedVeloData, open_store
 
 __all__ = ["STAT_ENTRIES", "StreamedInputs", "StoreWriter", "is_on_disk", "store_path", "stream_inputs",
@@ -87,7 +87,14 @@ def read_frame(path: str, key: str) -> Any:
 
     root = open_store(path)
     try:
-        return read_elem(root[key])
+        if key not in root:
+            raise VelopyroInputError(f"{path!r} has no {key!r} element, so it is not an AnnData store; pass an AnnData "
+                                     "written by anndata (adata.write_h5ad / adata.write_zarr).")
+        try:
+            return read_elem(root[key])
+        except Exception as err:  # a damaged element
+            raise VelopyroInputError(f"cannot read {key!r} of {path!r} ({type(err).__name__}); the file is damaged: "
+                                     "write it again with anndata.") from err
     finally:
         if hasattr(root, "close"):
             root.close()
@@ -241,6 +248,8 @@ def stream_inputs(path: str, spliced_layer: str, unspliced_layer: str, var_names
                     "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
                     "likelihood='normal' on Ms/Mu."
                 )
+            if is_count:
+                check_counts_range(x, name, likelihood_name)
             np.minimum(mins[key], lo_, out=mins[key])
             np.maximum(maxs[key], hi_, out=maxs[key])
             if is_count:

@@ -23,7 +23,18 @@ import torch
 from . import _disk, kinetics, posterior
 from ._registry import check_registered
 from ._rng import check_seed, seeded
-from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
+from ._validation import (
+    VelopyroInputError,
+    check_batch_categories,
+    check_batch_key,
+    check_constant_genes,
+    check_counts_range,
+    check_expression,
+    check_layer_pair,
+    check_model_options,
+    check_n_samples,
+    format_names,
+)
 from .checkpoint import checkpoint_path, load_checkpoint
 from .coupling import STATE_COUPLINGS
 from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
@@ -150,6 +161,14 @@ class VeloPyro:
         batch_categories: dict[str, list[str]] | None = None,
         kinetics: str | type[Kinetics] = "constant",
     ) -> None:
+        # every option through the one table of velopyro._validation (types, ranges, choices), before any work
+        check_model_options(dict(
+            spliced_layer=spliced_layer, unspliced_layer=unspliced_layer, likelihood=likelihood,
+            state_coupling=state_coupling, pi_guide=pi_guide, n_latent=n_latent, n_hidden=n_hidden,
+            n_layers=n_layers, dropout_rate=dropout_rate, t_max=t_max, switch_penalty=switch_penalty,
+            size_factor_key=size_factor_key, rate_init=rate_init, batch_key=batch_key, batch_effect=batch_effect,
+            batch_encoder=batch_encoder, batch_categories=batch_categories, kinetics=kinetics))
+        batch_categories = check_batch_categories(batch_categories)
         if state_coupling not in STATE_COUPLINGS:
             raise ValueError(f"state_coupling must be one of {tuple(STATE_COUPLINGS)}, got {state_coupling!r}.")
         if pi_guide not in GUIDES:
@@ -164,6 +183,14 @@ class VeloPyro:
         lik = get_likelihood(likelihood)
         #: The .h5ad file / zarr store the data are read from during training (None: in memory).
         self.store = _disk.store_path(adata) if _disk.is_on_disk(adata) else None
+        if getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
+            raise VelopyroInputError(
+                f"adata is a view ({adata.n_obs} cells x {adata.n_vars} genes) of the backed AnnData of "
+                f"{str(adata.filename)!r}; velopyro reads the layers from that file, which holds every cell and gene, "
+                "not the subset: load the subset "
+                "(adata = adata.to_memory()) or write it to its own file (adata.to_memory().write_h5ad('subset.h5ad')) "
+                "and pass that."
+            )
         if self.store is not None:
             if not getattr(adata, "isbacked", False):  # a path: obs and var only, the matrices stay on disk
                 import anndata
@@ -175,6 +202,7 @@ class VeloPyro:
                                                              unspliced_layer, has_layers=True)
         else:
             spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
+        check_layer_pair(spliced_layer, unspliced_layer)
         if batch_effect == "auto":
             batch_effect = "scale" if lik.is_count else "scale_offset"
         if batch_key is not None and lik.is_count and batch_effect == "scale_offset":
@@ -182,7 +210,7 @@ class VeloPyro:
                                      f"{lik.name!r} negative; use batch_effect='scale' (a detection efficiency).")
         codes, batch_keys, batch_cats = None, None, None
         if batch_key is not None:
-            keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
+            keys = check_batch_key(batch_key)
             known = None if batch_categories is None else [batch_categories.get(k) for k in keys]
             if known is not None and any(c is None for c in known):
                 raise VelopyroInputError(f"batch_categories {sorted(batch_categories)} does not cover batch_key "
@@ -244,6 +272,7 @@ class VeloPyro:
                         "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
                         "likelihood='normal' on Ms/Mu."
                     )
+                check_counts_range(x, name, lik.name)
             sf_u, sf_s = _size_factors(adata, u, s, cfg["size_factor_key"])
         else:
             sf_u = sf_s = np.ones(n, dtype=np.float32)
@@ -427,6 +456,11 @@ class VeloPyro:
             )
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise VelopyroInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
+        if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+            raise VelopyroInputError(
+                f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a directory; pass a directory for the "
+                "checkpoints (it is created if missing)."
+            )
         state = None if resume is None else load_checkpoint(resume)
         if state is not None:
             self._check_checkpoint(state, resume)
@@ -460,8 +494,9 @@ class VeloPyro:
                     "The checkpoint's train/validation split differs from this fit's; resume with the same "
                     "seed and train_size (or validation_indices) as the interrupted fit."
                 )
+        self._check_reference_batches()
         meta = {"config": dict(self.config), "n_cells": self.n_cells,
-                "var_names": [str(v) for v in self.adata.var_names],
+                "var_names": [str(v) for v in self.adata.var_names], "fingerprint": self._fingerprint(),
                 "train_indices": torch.as_tensor(self.train_indices),
                 "validation_indices": torch.as_tensor(self.validation_indices)}
         if lightning:
@@ -511,6 +546,33 @@ class VeloPyro:
                                         kl_warmup_epochs=cfg.kl_warmup_epochs, penalty_fade=cfg.penalty_fade,
                                         jit=cfg.jit)
 
+    def _fingerprint(self) -> dict[str, Any]:
+        """What identifies the fitted data in a checkpoint: the shape, digests of the cell and gene names, and
+        a digest of the values of up to 64 evenly spaced cells (both layers, as the model reads them)."""
+        rows = np.unique(np.round(np.linspace(0, self.n_cells - 1, min(self.n_cells, 64))).astype(np.int64))
+        if self._sub is None:
+            u, s = self.data.u.numpy()[rows], self.data.s.numpy()[rows]
+        else:
+            u, s = self.data.read(rows)
+        h = hashlib.sha256()
+        for x in (u, s):
+            h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        return {"shape": [int(self.n_cells), int(self.n_genes)], "obs_names_sha256": _names_digest(self.obs_names),
+                "var_names_sha256": _names_digest(self.var_names), "values_sha256": h.hexdigest()}
+
+    def _check_reference_batches(self) -> None:
+        """Refuse a covariate whose reference (first) category has no training cell: the kinetics are put on
+        that category's scale, which the data would then not identify."""
+        cats = self.config.get("batch_categories") or {}
+        for j, key in enumerate(self.config.get("batch_key") or []):
+            codes = self.data.batch_index[:, j].numpy()[self.train_indices]
+            if not np.any(codes == 0):
+                raise VelopyroInputError(
+                    f"the reference category {cats[key][0]!r} of batch_key {key!r} (the first of batch_categories) "
+                    "has no training cells; the rates are fitted on the reference's scale: list a category "
+                    "present in adata.obs first, or drop batch_categories to read them from obs."
+                )
+
     def _check_checkpoint(self, state: dict[str, Any], path: Any) -> None:
         """Raise unless the checkpoint was written for this data and model configuration."""
         meta = state.get("meta", {})
@@ -520,6 +582,17 @@ class VeloPyro:
                 f"{len(meta.get('var_names', []))} genes, not this AnnData ({self.n_cells} x {self.n_genes}); "
                 "resume on the data the interrupted fit used."
             )
+        saved = meta.get("fingerprint")  # checkpoints written before fingerprints have none
+        if saved is not None:
+            now = self._fingerprint()
+            what = ("cell names" if saved.get("obs_names_sha256") != now["obs_names_sha256"] else
+                    "values" if saved.get("values_sha256") != now["values_sha256"] else
+                    "data" if saved != now else None)
+            if what is not None:
+                raise VelopyroInputError(
+                    f"The checkpoint {str(path)!r} was written for other data (same genes and number of cells, "
+                    f"other {what}); resume on the data the interrupted fit used, or start a new fit without resume."
+                )
         for key, value in meta.get("config", {}).items():
             if self.config.get(key) != value:
                 raise VelopyroInputError(
@@ -855,7 +928,7 @@ class VeloPyro:
             Target AnnData with the same cells and genes as the fit (default: the one the model was
             built on).
         n_samples
-            Posterior draws averaged.
+            Posterior draws averaged, a positive integer (checked before anything is written).
         copy
             Write into a copy and return it.
         seed
@@ -875,6 +948,7 @@ class VeloPyro:
             The copy if ``copy`` (and no ``store``) else None.
         """
         self._check_trained()
+        n_samples = check_n_samples(n_samples)
         adata = self.adata if adata is None else adata
         if adata.shape != (self.n_cells, self.n_genes):
             raise VelopyroInputError(
@@ -1063,6 +1137,7 @@ class VeloPyro:
     def _velocity_draws(self, n_samples: int, mode: str, state_weights: str, statistic: str, batch_size: int,
                         seed: int | None) -> np.ndarray:
         self._check_trained()
+        n_samples = check_n_samples(n_samples)
         out = np.empty((n_samples, self.n_cells, self.n_genes), dtype=np.float32)
         with seeded(seed):
             for _, sno, smp in posterior.iterate_samples(self.model, self.guide, self.data, n_samples=n_samples,
@@ -1315,6 +1390,9 @@ class VeloPyro:
         """
         self._check_trained()
         p = Path(path)
+        if p.is_symlink():
+            raise FileExistsError(f"{p} is a symbolic link; refusing to replace it: pass the directory itself "
+                                  f"({os.path.realpath(p)}) or a new directory name.")
         if p.exists() and not p.is_dir():
             raise FileExistsError(f"{p} exists and is not a directory; choose a new directory name.")
         entries = sorted(e.name for e in p.iterdir()) if p.is_dir() else []
@@ -1537,6 +1615,14 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def _torch_load_reason(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, without torch's advice to load with ``weights_only=False``
+    (which would run any code the file holds)."""
+    from .checkpoint import torch_load_reason
+
+    return torch_load_reason(err)
+
+
 def _read_saved(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``config.json`` and ``model.pt`` of a saved model, checked; never unpickles Python objects."""
     for name in (_CONFIG_FILE, _MODEL_FILE):
@@ -1551,11 +1637,12 @@ def _read_saved(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except (ValueError, UnicodeDecodeError) as err:
         raise VelopyroInputError(f"{p / _CONFIG_FILE} is not a valid velopyro configuration "
                                  f"({_first_line(err)}); the directory is damaged: save the model again.") from err
+    _check_saved_meta(p, meta)
     try:
         state = torch.load(p / _MODEL_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling refused, truncated zip, not a torch file, ...
         raise VelopyroInputError(
-            f"{p / _MODEL_FILE} cannot be loaded as tensors only ({_first_line(err)}); it is damaged, comes "
+            f"{p / _MODEL_FILE} cannot be loaded as tensors only ({_torch_load_reason(err)}); it is damaged, comes "
             "from velopyro 0.1 (numpy arrays inside) or holds other Python objects, which velopyro refuses "
             "to unpickle: save the model again with this version."
         ) from err
@@ -1565,6 +1652,27 @@ def _read_saved(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise VelopyroInputError(f"{p / _MODEL_FILE} does not hold a velopyro model ({', '.join(keys)}); "
                                  "pass the directory written by VeloPyro.save.")
     return meta, state
+
+
+def _check_saved_meta(p: Path, meta: dict[str, Any]) -> None:
+    """Every field of a saved ``config.json`` through the checks of the constructor's options (one table,
+    :data:`velopyro._validation.MODEL_OPTION_CHECKS`), before anything is built from it."""
+    where = p / _CONFIG_FILE
+    fmt = meta.get("format")
+    if fmt != _FORMAT:
+        raise VelopyroInputError(f"{where} has format {fmt!r}, which this velopyro version does not read (it reads "
+                                 f"format {_FORMAT}); save the model again with this version.")
+    try:
+        n_genes = meta.get("n_genes")
+        if not isinstance(meta.get("n_cells"), int) or not isinstance(n_genes, int) or n_genes < 1 \
+                or isinstance(n_genes, bool) or meta["n_cells"] < 1:
+            raise VelopyroInputError("n_cells and n_genes must be positive integers")
+        if len(meta["var_names"]) != n_genes or not all(isinstance(v, str) for v in meta["var_names"]):
+            raise VelopyroInputError(f"var_names must be {n_genes} gene names")
+        check_model_options(meta["config"])
+    except VelopyroInputError as err:
+        raise VelopyroInputError(f"{where} holds an invalid setting ({str(err).rstrip('.')}); the directory is "
+                                 "damaged or was edited: save the model again.") from None
 
 
 def _json_default(o: Any) -> Any:
