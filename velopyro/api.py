@@ -1086,27 +1086,66 @@ class VeloPyro:
         }
 
     def _write_store(self, adata: Any, store: str, n_samples: int, seed: int | None, exclude: bool) -> None:
-        """:meth:`write_to_adata` into an ``.h5ad``/zarr store, in row chunks."""
-        import anndata
+        """:meth:`write_to_adata` into an ``.h5ad``/zarr store, in row chunks: a new store is written under a
+        temporary name and renamed when complete; an existing one must hold the fitted cells and genes."""
+        n, g = self.n_cells, self.n_genes
+        if self.store is not None and not os.path.exists(self.store):
+            raise VelopyroInputError(f"the data store {self.store!r} this model reads no longer exists; nothing was "
+                                     "written: put the file back, or build the model again on the data.")
+        new = not os.path.exists(store)
+        if not new:
+            from anndata.io import read_elem
 
-        from . import tl
-
-        n, g, bs = self.n_cells, self.n_genes, posterior.QUERY_BATCH_SIZE
-        if os.path.exists(store):
             root = _disk.open_store(store)
             try:
-                shape = tuple(int(root[k][root[k].attrs["_index"]].shape[0]) for k in ("obs", "var"))
+                if not all(k in root and "_index" in root[k].attrs for k in ("obs", "var")):
+                    raise VelopyroInputError(f"store {store!r} is not an AnnData store (no obs/var); pass a new path "
+                                             "or the .h5ad/.zarr store of these cells.")
+                names = [read_elem(root[k][root[k].attrs["_index"]]) for k in ("obs", "var")]
             finally:
                 if hasattr(root, "close"):
                     root.close()
+            shape = (len(names[0]), len(names[1]))
             if shape != (n, g):
                 raise VelopyroInputError(
                     f"store {store!r} holds {shape[0]} cells x {shape[1]} genes, not the fitted {n} x {g}; pass a "
                     "new path or the store of these cells."
                 )
+            # the names as an in-memory write checks them: the same cells and genes, in the same order
+            _check_same_names(names[1], self.var_names, "genes", "var_names", "write the store with "
+                              "adata[:, model.var_names]", whose=f"store {store!r}'s")
+            _check_same_names(names[0], self.obs_names, "cells", "obs_names", "write the store with "
+                              "adata[model.obs_names]", whose=f"store {store!r}'s")
         same_file = self.store is not None and os.path.abspath(store) == os.path.abspath(self.store)
         if same_file:
             self.data.close()
+        target, store = store, _temporary_name(store) if new else store  # a new store appears only when complete
+        try:
+            self._write_store_into(adata, store, same_file, n_samples, seed, exclude)
+            if new:
+                os.replace(store, target)
+        except BaseException as err:
+            if new:
+                if os.path.isdir(store):
+                    shutil.rmtree(store, ignore_errors=True)
+                else:
+                    Path(store).unlink(missing_ok=True)
+            if isinstance(err, Exception) and self.store is not None and not os.path.exists(self.store):
+                raise VelopyroInputError(
+                    f"the data store {self.store!r} this model reads disappeared during the write "
+                    f"({type(err).__name__}); " + (f"nothing was written to {target!r}" if new else
+                                                   f"{target!r} holds partial outputs") +
+                    ": put the file back and write again."
+                ) from err
+            raise
+
+    def _write_store_into(self, adata: Any, store: str, same_file: bool, n_samples: int, seed: int | None,
+                          exclude: bool) -> None:
+        import anndata
+
+        from . import tl
+
+        n, g, bs = self.n_cells, self.n_genes, posterior.QUERY_BATCH_SIZE
         writer = _disk.StoreWriter(store, obs=adata.obs, var=adata.var)
         try:
             if same_file and not writer.zarr:  # read the inputs through the writable handle
@@ -1589,7 +1628,15 @@ def _check_one_layer_constant(s: np.ndarray, u: np.ndarray, var_names: Any, s_la
         )
 
 
-def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix: str) -> None:
+def _temporary_name(path: str) -> str:
+    """A fresh hidden name next to ``path`` with the same suffix (``.zarr`` stays a zarr store)."""
+    import uuid
+
+    p = Path(path)
+    return str(p.with_name(f".{p.stem}.tmp-{uuid.uuid4().hex[:8]}{p.suffix}"))
+
+
+def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix: str, whose: str = "adata's") -> None:
     """Raise unless ``names`` equal the fitted ``names`` in the same order."""
     names = np.asarray(names, dtype=str)
     if np.array_equal(names, fitted):
@@ -1598,7 +1645,7 @@ def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix:
         problem = f"the same {what} in another order"
     else:
         problem = f"{int(np.sum(~np.isin(names, fitted)))} {what} the fit does not have"
-    raise VelopyroInputError(f"adata's {attr} differ from the fitted data's ({problem}); pass the AnnData the "
+    raise VelopyroInputError(f"{whose} {attr} differ from the fitted data's ({problem}); pass the AnnData the "
                              f"model was fitted on, or reorder it: {fix}.copy().")
 
 
