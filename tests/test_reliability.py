@@ -772,3 +772,53 @@ def test_22_every_option_has_one_check():
     assert set(v.MODEL_OPTION_CHECKS) == params
     assert v._RATE_INITS == api.RATE_INITS and v._BATCH_EFFECTS == covariates.BATCH_EFFECTS
     assert v._BATCH_ENCODERS == covariates.BATCH_ENCODERS
+
+
+def test_22_2_cli_commit_rolls_back_when_a_later_rename_fails(tmp_path, monkeypatch):
+    from velopyro import cli
+
+    first, second = tmp_path / "a.png", tmp_path / "b.h5ad"
+    first.write_bytes(b"old a")
+    second.write_bytes(b"old b")
+    outputs = cli._Outputs()
+    outputs.file(first, lambda p: p.write_bytes(b"new a"))
+    outputs.file(second, lambda p: p.write_bytes(b"new b"))
+    original = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst) == second:
+            raise OSError(errno.EIO, "I/O error")
+        return original(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="I/O error"):
+        outputs.commit()
+    monkeypatch.undo()
+    assert first.read_bytes() == b"old a" and second.read_bytes() == b"old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.h5ad"]  # no temporary or backup left
+
+
+@pytest.mark.slow  # ~40 s: UMAP's first call compiles
+def test_22_2_failing_demo_keeps_the_previous_figures(tmp_path, monkeypatch, capsys):
+    from velopyro import cli, datasets, pl
+
+    def small_pancreas():
+        a = simulate(n_cells=120, n_genes=12, seed=0, likelihood="poisson")
+        a.obs["clusters"] = pd.Categorical(np.where(a.obs["true_t"] > a.obs["true_t"].median(), "late", "early"))
+        a.X = a.layers["spliced"].copy()
+        return a
+
+    def broken_loss_curve(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    for name in (cli.DEMO_H5AD, *cli.DEMO_FIGURES):
+        (out / name).write_bytes(b"previous " + name.encode())
+    before = _tree_sha(out)
+    monkeypatch.setattr(datasets, "pancreas", small_pancreas)
+    monkeypatch.setattr(pl, "loss_curve", broken_loss_curve)  # the last figure fails
+    code = main(["demo", "--out", str(out), "--max-epochs", "2", "--n-samples", "2", "-q", "--device", "cpu"])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 1 and "No space left" in line
+    assert _tree_sha(out) == before  # no figure replaced, nothing added

@@ -1238,8 +1238,8 @@ class VeloPyro:
         from . import uncertainty
 
         self._check_trained()
-        if n_samples < 2:
-            raise VelopyroInputError(f"n_samples must be >= 2 to measure a spread, got {n_samples}")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+            raise VelopyroInputError(f"n_samples must be >= 2 (an integer) to measure a spread, got {n_samples!r}")
         cols = {k: np.zeros(self.n_cells) for k in uncertainty.STAT_NAMES}
         with seeded(seed):
             for idx, draws in uncertainty.velocity_draws_by_batch(self, n_samples, state_weights=state_weights,
@@ -1262,8 +1262,8 @@ class VeloPyro:
         from . import tl, uncertainty
 
         self._require_memory("extrinsic uncertainty (n_extrinsic_samples)")
-        if n_draws < 2:
-            raise VelopyroInputError(f"n_extrinsic_samples must be >= 2, got {n_draws}")
+        if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
+            raise VelopyroInputError(f"n_extrinsic_samples must be >= 2 (an integer), got {n_draws!r}")
         if "connectivities" not in self.adata.obsp:
             raise VelopyroInputError("extrinsic uncertainty needs obsp['connectivities']; run velopyro.pp.preprocess "
                                      "(or scanpy.pp.neighbors) first")

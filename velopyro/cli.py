@@ -404,6 +404,7 @@ class _Outputs:
         import uuid
 
         done: list[tuple[Path, Path | None, bool]] = []
+        backup: Path | None = None
         try:
             for tmp, target, is_dir in sorted(self.staged, key=lambda t: not t[2]):
                 backup = None
@@ -423,7 +424,10 @@ class _Outputs:
                             shutil.copy2(target, backup)
                     os.replace(tmp, target)  # atomic: the target is the previous file or the new one
                 done.append((target, backup, is_dir))
+                backup = None
         except BaseException:
+            if backup is not None:  # the link to a file that was not replaced
+                backup.unlink(missing_ok=True)
             for target, backup, is_dir in reversed(done):  # roll back what was renamed
                 if is_dir:
                     shutil.rmtree(target, ignore_errors=True)
