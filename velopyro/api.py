@@ -22,7 +22,7 @@ import torch
 
 from . import _disk, kinetics, posterior
 from ._registry import check_registered
-from ._rng import check_seed, seeded
+from ._rng import seeded
 from ._validation import (
     VelopyroInputError,
     check_batch_categories,
@@ -128,6 +128,14 @@ class VeloPyro:
         :class:`~velopyro.kinetics.Kinetics` subclass: ``"constant"`` (default; veloVI's constant rate in
         induction, eq. 1-12) or ``"time_dependent"`` (velovi's ``time_dep_transcription_rate``: the rate
         relaxes from ``alpha`` to ``alpha_1`` at rate ``lambda_alpha``). See the README, "Kinetics".
+
+    Every option is checked before any work (:data:`velopyro._validation.MODEL_OPTION_CHECKS`, the table
+    :meth:`load` applies to a saved ``config.json`` too): integers are integers (``n_latent``, ``n_hidden``
+    and ``n_layers`` at least 1, ``n_hidden`` at most 65536), ``t_max`` is finite and positive,
+    ``dropout_rate`` in [0, 1), ``switch_penalty`` non-negative, the two layers differ, ``batch_key`` is a
+    column name or a list of them and ``batch_categories`` lists each category once; a mistake raises a
+    one-line :class:`~velopyro._validation.VelopyroInputError`. A view of a backed AnnData is refused (the
+    layers would be read from the whole file): load the subset or write it to its own file.
 
     Examples
     --------
@@ -430,8 +438,13 @@ class VeloPyro:
             ``penalty_fade``, ``jit``, ``device`` (``"auto"``), ``preload``, ``seed`` (0), ``progress_bar``,
             ``train_size`` (0.9) and ``validation_indices`` (cell positions held out for validation, e.g.
             to compare with another model on the same cells; overrides ``train_size``). An unknown name
-            raises ``TypeError``. Checkpoints: ``checkpoint_dir``, ``checkpoint_every``, ``resume``
-            (continue an interrupted fit exactly). Several processes through PyTorch Lightning:
+            raises ``TypeError``; a value out of its type or range (``max_epochs=0``, ``lr=inf``, a negative
+            ``patience``, ``early_stopping="no"``, ...) a one-line
+            :class:`~velopyro._validation.VelopyroInputError` (:class:`~velopyro.train.TrainConfig`).
+            Checkpoints: ``checkpoint_dir``, ``checkpoint_every``, ``resume``
+            (continue an interrupted fit exactly; a checkpoint records a fingerprint of the data, the shape,
+            cell and gene names and a digest of a sample of the values, and resuming on other data is
+            refused). Several processes through PyTorch Lightning:
             ``accelerator``, ``devices``, ``strategy``, ``num_nodes`` (e.g. ``devices=4, strategy="ddp"``).
 
         Returns
@@ -441,10 +454,9 @@ class VeloPyro:
         """
         cfg = TrainConfig.from_options(config, **train_kwargs)
         batch_size, seed, validation_indices = cfg.batch_size, cfg.seed, cfg.validation_indices
-        checkpoint_dir, checkpoint_every, resume = cfg.checkpoint_dir, cfg.checkpoint_every, cfg.resume
-        check_seed(seed, allow_none=False)
-        if int(batch_size) < 2:
-            raise VelopyroInputError(f"batch_size must be at least 2 (BatchNorm), got {batch_size}.")
+        checkpoint_dir, resume = cfg.checkpoint_dir, cfg.resume
+        # every option was checked by TrainConfig (velopyro._validation.TRAIN_OPTION_CHECKS); the checks here
+        # are those that need the data or combine options
         device_ = resolve_device(cfg.device)
         lightning = cfg.strategy is not None or _several(cfg.devices) or cfg.num_nodes > 1
         if lightning and (checkpoint_dir is not None or resume is not None):
@@ -454,8 +466,6 @@ class VeloPyro:
                 "random states, which several Lightning processes do not share; train in one process "
                 "(no devices/strategy) to checkpoint and resume, or drop checkpoint_dir/resume."
             )
-        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-            raise VelopyroInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
         if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
             raise VelopyroInputError(
                 f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a directory; pass a directory for the "
@@ -938,9 +948,12 @@ class VeloPyro:
             (velopyro's and scVelo's ``velocity_graph``) leaves them out.
         store
             Write into this ``.h5ad`` file or ``.zarr`` store instead of the AnnData's layers: a new path (it
-            gets the fitted cells' ``obs`` and ``var``) or an existing AnnData store with the same cells, e.g.
-            the file the model reads (:attr:`store`; its outputs of the same names are replaced). Required
-            for a model on a backed AnnData (whose file AnnData holds open read-only).
+            gets the fitted cells' ``obs`` and ``var``; it is written under a temporary name next to it and
+            renamed when complete, so a failed write leaves no file) or an existing AnnData store with the
+            fitted cells and genes (the same ``obs_names`` and ``var_names`` in the same order, checked as for
+            an in-memory ``adata``), e.g. the file the model reads (:attr:`store`; its outputs of the same
+            names are replaced). Required for a model on a backed AnnData (whose file AnnData holds open
+            read-only).
 
         Returns
         -------
@@ -1481,7 +1494,10 @@ class VeloPyro:
         ``model.pt`` is read with ``torch.load(weights_only=True)``: a file that holds anything but
         tensors (e.g. a pickled object that would run code), a truncated or corrupt file, or an unreadable
         ``config.json`` raises :class:`~velopyro._validation.VelopyroInputError` and runs nothing, as does a
-        component name (likelihood, state coupling, guide) that this session has not registered.
+        component name (likelihood, state coupling, guide) that this session has not registered. Every field
+        of ``config.json`` goes through the constructor's checks (:data:`velopyro._validation.MODEL_OPTION_CHECKS`)
+        before anything is built: an unknown ``format``, ``t_max <= 0``, ``n_latent < 1``, ``n_hidden`` above
+        65536, an unknown option, ... are refused in one line.
 
         The genes must be the saved model's, in the same order. The cells may differ (the guide is
         amortised, so the loaded model answers queries for any cells): with the fitted cells (same

@@ -5,6 +5,12 @@ Run ``velopyro --help`` or ``velopyro COMMAND --help``. Also available as ``pyth
 Errors in the input (missing file or layer, NaN or negative values, unknown options, ...) print one
 line ``velopyro: error: ...`` on stderr and exit with status 1 (2 for unknown options); set the
 environment variable ``VELOPYRO_DEBUG=1`` to get the full traceback instead.
+
+Outputs are committed only when every step has succeeded: the output .h5ad, the ``--save-model``
+directory and the demo's figures are written under temporary names next to their targets and renamed
+into place together as the last step (Ctrl-C is held off meanwhile; a failed rename rolls the others
+back), so a run that fails or is interrupted leaves every previous output as it was. Ctrl-C at any
+point before that (also while the libraries are imported) prints one line and exits with status 130.
 """
 
 from __future__ import annotations
