@@ -704,9 +704,19 @@ def test_22_11_training_mistakes_are_refused(sim, bad):
         VeloPyro(sim, n_hidden=16).fit(progress_bar=False, **bad)
 
 
-def test_22_11_same_layer_and_absurd_counts_are_refused(sim):
+def test_22_11_same_layer_and_absurd_counts_are_refused(sim, tmp_path, capsys):
     with pytest.raises(VelopyroInputError, match="spliced_layer and unspliced_layer are both 'Ms'"):
         VeloPyro(sim, "Ms", "Ms")
+    raw = _counts(60)
+    before = _snapshot(raw)
+    with pytest.raises(VelopyroInputError, match="both 'spliced'"):
+        pp.preprocess(raw, spliced_layer="spliced", unspliced_layer="spliced", min_shared_counts=0)
+    _assert_same(before, _snapshot(raw))
+    raw.write_h5ad(tmp_path / "raw.h5ad")
+    code = main(["fit", str(tmp_path / "raw.h5ad"), "-o", str(tmp_path / "o.h5ad"), *CLI_FIT,
+                 "--spliced-layer", "spliced", "--unspliced-layer", "spliced"])
+    assert code == 1 and "both 'spliced'" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "o.h5ad").exists()
     a = _counts(60)
     a.layers["spliced"][3, 2] = 1e30
     with pytest.raises(VelopyroInputError, match="counts up to 1e\\+30, above 16777216"):

@@ -359,6 +359,7 @@ def check_expression(
         genes (if ``reject_constant_genes``).
     """
     _check_anndata(adata)
+    check_layer_pair(spliced_layer, unspliced_layer)
     x_s = get_layer(adata, spliced_layer, what="spliced layer")
     x_u = get_layer(adata, unspliced_layer, what="unspliced layer")
     n_obs, n_vars = adata.n_obs, adata.n_vars
