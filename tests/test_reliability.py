@@ -522,16 +522,19 @@ def test_22_2_model_directory_filled_during_the_run(small_h5ad, tmp_path, monkey
     assert sorted(p.name for p in d.iterdir()) == ["theirs.txt"]
 
 
-def test_22_3_store_write_checks_cell_and_gene_names(fitted, sim, tmp_path):
+@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+def test_22_3_store_write_checks_cell_and_gene_names(fitted, sim, tmp_path, fmt):
     other = sim.copy()
     other.obs_names = [f"x{i}" for i in range(sim.n_obs)]
-    for a, what in ((other, "obs_names differ"), (sim[:, ::-1].copy(), "var_names differ .*another order")):
-        path = tmp_path / "other.h5ad"
-        a.write_h5ad(path)
-        h = _sha(path)
+    cases = ((other, "obs_names differ"), (sim[:, ::-1].copy(), "var_names differ .*another order"))
+    for i, (a, what) in enumerate(cases):
+        path = tmp_path / f"other{i}.{fmt}"
+        a.write_h5ad(path) if fmt == "h5ad" else a.write_zarr(path)
+        h = _sha(path) if fmt == "h5ad" else {p.relative_to(path): _sha(p) for p in path.rglob("*") if p.is_file()}
         with pytest.raises(VelopyroInputError, match=what):
             fitted.write_to_adata(n_samples=1, store=path)
-        assert _sha(path) == h
+        assert h == (_sha(path) if fmt == "h5ad" else
+                     {p.relative_to(path): _sha(p) for p in path.rglob("*") if p.is_file()})
 
 
 def test_22_4_view_of_a_backed_adata_is_refused(sim_h5ad):
@@ -782,6 +785,9 @@ def test_22_every_option_has_one_check():
     assert set(v.MODEL_OPTION_CHECKS) == params
     assert v._RATE_INITS == api.RATE_INITS and v._BATCH_EFFECTS == covariates.BATCH_EFFECTS
     assert v._BATCH_ENCODERS == covariates.BATCH_ENCODERS
+    from velopyro import _rng
+
+    assert v._SEED_MAX == _rng.SEED_MAX
 
 
 def test_22_2_cli_commit_rolls_back_when_a_later_rename_fails(tmp_path, monkeypatch):

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ._validation import VelopyroInputError, check_counts_range, check_matrix, format_names
-from .data import BackedVeloData, open_store
+from .data import BackedVeloData
+from .data import open_store as _open_store
 
 __all__ = ["STAT_ENTRIES", "StreamedInputs", "StoreWriter", "is_on_disk", "store_path", "stream_inputs",
            "read_frame", "layer_names"]
@@ -31,6 +32,37 @@ __all__ = ["STAT_ENTRIES", "StreamedInputs", "StoreWriter", "is_on_disk", "store
 STAT_ENTRIES = 2**22
 #: Entries per block of the streamed pass.
 BLOCK_ENTRIES = 2**22
+
+
+def open_store(path: str) -> Any:
+    """Open an ``.h5ad`` file (h5py) or a zarr store read-only, or raise a one-line error.
+
+    Parameters
+    ----------
+    path
+        File or directory.
+
+    Returns
+    -------
+    h5py.File or zarr.Group
+        The root group.
+
+    Raises
+    ------
+    VelopyroInputError
+        For a path that is not a readable HDF5 file or zarr group (empty, truncated, text, a plain
+        directory), naming it; no h5py or zarr traceback.
+    """
+    try:
+        return _open_store(path)
+    except Exception as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        kind = "directory" if os.path.isdir(path) else "file"
+        why = lines[0] if lines else type(err).__name__
+        raise VelopyroInputError(
+            f"cannot read the {kind} {str(path)!r} as an .h5ad file or a .zarr store ({why}); "
+            "pass an AnnData written by anndata (adata.write_h5ad / adata.write_zarr), complete and not damaged."
+        ) from err
 
 
 def is_on_disk(source: Any) -> bool:

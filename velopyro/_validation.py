@@ -717,10 +717,13 @@ def _check_validation_indices(value: Any) -> Any:
     return value
 
 
-def _check_seed(value: Any) -> Any:
-    from ._rng import check_seed
+#: As :data:`velopyro._rng.SEED_MAX` (not imported: this module imports no other velopyro module).
+_SEED_MAX = 2**32 - 1
 
-    check_seed(value, allow_none=False)
+
+def _check_seed(value: Any) -> Any:
+    if not _is_int(value) or not 0 <= int(value) <= _SEED_MAX:
+        raise VelopyroInputError(f"seed must be an integer in [0, {_SEED_MAX}], got {value!r}.")
     return value
 
 

@@ -1114,7 +1114,7 @@ class VeloPyro:
                 if not all(k in root and "_index" in root[k].attrs for k in ("obs", "var")):
                     raise VelopyroInputError(f"store {store!r} is not an AnnData store (no obs/var); pass a new path "
                                              "or the .h5ad/.zarr store of these cells.")
-                names = [read_elem(root[k][root[k].attrs["_index"]]) for k in ("obs", "var")]
+                names = [[str(v) for v in read_elem(root[k][root[k].attrs["_index"]])] for k in ("obs", "var")]
             finally:
                 if hasattr(root, "close"):
                     root.close()

@@ -374,31 +374,14 @@ def open_store(path: str) -> Any:
     -------
     h5py.File or zarr.Group
         The root group.
-
-    Raises
-    ------
-    VelopyroInputError
-        In one line, for a path that is not a readable HDF5 file or zarr group (empty, truncated, text, a
-        plain directory).
     """
-    try:
-        if os.path.isdir(path):
-            import zarr
+    if os.path.isdir(path):
+        import zarr
 
-            return zarr.open_group(path, mode="r")
-        import h5py
+        return zarr.open_group(path, mode="r")
+    import h5py
 
-        return h5py.File(path, "r")
-    except Exception as err:  # empty, truncated, text, a plain directory, ...: one line, no h5py/zarr traceback
-        from ._validation import VelopyroInputError
-
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        kind = "directory" if os.path.isdir(path) else "file"
-        why = lines[0] if lines else type(err).__name__
-        raise VelopyroInputError(
-            f"cannot read the {kind} {str(path)!r} as an .h5ad file or a .zarr store ({why}); "
-            "pass an AnnData written by anndata (adata.write_h5ad / adata.write_zarr), complete and not damaged."
-        ) from err
+    return h5py.File(path, "r")
 
 
 def _encoding(elem: Any) -> str:
