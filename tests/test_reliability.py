@@ -501,6 +501,9 @@ def test_22_2_failing_cli_run_keeps_the_previous_output(small_h5ad, tmp_path, mo
         line = _one_line(capsys.readouterr().err)
         assert code == 1 and "overlap" in line
         assert _sha(prev) == h and sorted(p.name for p in tmp_path.iterdir()) == ["prev.h5ad"]
+    code = main(["fit", str(small_h5ad), "-o", str(prev), *CLI_FIT, "--checkpoint-dir", str(prev)])
+    assert code == 1 and "also the --checkpoint-dir directory" in _one_line(capsys.readouterr().err)
+    assert _sha(prev) == h
 
 
 def test_22_2_model_directory_filled_during_the_run(small_h5ad, tmp_path, monkeypatch, capsys):

@@ -1125,10 +1125,12 @@ class VeloPyro:
                     "new path or the store of these cells."
                 )
             # the names as an in-memory write checks them: the same cells and genes, in the same order
-            _check_same_names(names[1], self.var_names, "genes", "var_names", "write the store with "
-                              "adata[:, model.var_names]", whose=f"store {store!r}'s")
-            _check_same_names(names[0], self.obs_names, "cells", "obs_names", "write the store with "
-                              "adata[model.obs_names]", whose=f"store {store!r}'s")
+            advice = ("pass a new path, or a store of the fitted cells and genes in their order, e.g. one written "
+                      "from adata[model.obs_names, model.var_names].copy()")
+            _check_same_names(names[1], self.var_names, "genes", "var_names", "", whose=f"store {store!r}'s",
+                              advice=advice)
+            _check_same_names(names[0], self.obs_names, "cells", "obs_names", "", whose=f"store {store!r}'s",
+                              advice=advice)
         same_file = self.store is not None and os.path.abspath(store) == os.path.abspath(self.store)
         if same_file:
             self.data.close()
@@ -1652,7 +1654,8 @@ def _temporary_name(path: str) -> str:
     return str(p.with_name(f".{p.stem}.tmp-{uuid.uuid4().hex[:8]}{p.suffix}"))
 
 
-def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix: str, whose: str = "adata's") -> None:
+def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix: str, whose: str = "adata's",
+                      advice: str | None = None) -> None:
     """Raise unless ``names`` equal the fitted ``names`` in the same order."""
     names = np.asarray(names, dtype=str)
     if np.array_equal(names, fitted):
@@ -1661,8 +1664,9 @@ def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix:
         problem = f"the same {what} in another order"
     else:
         problem = f"{int(np.sum(~np.isin(names, fitted)))} {what} the fit does not have"
-    raise VelopyroInputError(f"{whose} {attr} differ from the fitted data's ({problem}); pass the AnnData the "
-                             f"model was fitted on, or reorder it: {fix}.copy().")
+    if advice is None:
+        advice = f"pass the AnnData the model was fitted on, or reorder it: {fix}.copy()"
+    raise VelopyroInputError(f"{whose} {attr} differ from the fitted data's ({problem}); {advice}.")
 
 
 def _names_digest(names: np.ndarray) -> str:

@@ -485,6 +485,11 @@ def _overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 def _check_paths(args: argparse.Namespace, out_path: Path) -> None:
     """Refuse outputs that would collide (checked before anything is read or fitted)."""
+    for flag in ("checkpoint_dir", "resume"):
+        other = getattr(args, flag, None)
+        if other is not None and Path(other).resolve() == out_path.resolve():
+            raise VelopyroCliError(f"-o {str(out_path)!r} is also the --{flag.replace('_', '-')} directory; give the "
+                                   "output file its own name")
     if args.save_model is None:
         return
     d = Path(args.save_model)
