@@ -468,12 +468,12 @@ class _HoldInterrupts:
             self.old = signal.signal(signal.SIGINT, lambda signum, frame: self.caught.append(signum))
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         import signal
 
         if self.old is not None:
             signal.signal(signal.SIGINT, self.old)
-        if self.caught:
+        if self.caught and exc_type is None:  # (a failed commit was rolled back and reports its own error)
             print(f"{PROG}: interrupt received while the outputs were written; they are complete", file=sys.stderr)
 
 
