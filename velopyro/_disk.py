@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import VelopyroInputError, check_matrix, format_names
-from .data import BackedVeloData, open_store
+from ._validation import VelopyroInputError, check_counts_range, check_matrix, format_names
+from .data import BackedVeloData
+from .data import open_store as _open_store
 
 __all__ = ["STAT_ENTRIES", "StreamedInputs", "StoreWriter", "is_on_disk", "store_path", "stream_inputs",
            "read_frame", "layer_names"]
@@ -31,6 +32,37 @@ __all__ = ["STAT_ENTRIES", "StreamedInputs", "StoreWriter", "is_on_disk", "store
 STAT_ENTRIES = 2**22
 #: Entries per block of the streamed pass.
 BLOCK_ENTRIES = 2**22
+
+
+def open_store(path: str) -> Any:
+    """Open an ``.h5ad`` file (h5py) or a zarr store read-only, or raise a one-line error.
+
+    Parameters
+    ----------
+    path
+        File or directory.
+
+    Returns
+    -------
+    h5py.File or zarr.Group
+        The root group.
+
+    Raises
+    ------
+    VelopyroInputError
+        For a path that is not a readable HDF5 file or zarr group (empty, truncated, text, a plain
+        directory), naming it; no h5py or zarr traceback.
+    """
+    try:
+        return _open_store(path)
+    except Exception as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        kind = "directory" if os.path.isdir(path) else "file"
+        why = lines[0] if lines else type(err).__name__
+        raise VelopyroInputError(
+            f"cannot read the {kind} {str(path)!r} as an .h5ad file or a .zarr store ({why}); "
+            "pass an AnnData written by anndata (adata.write_h5ad / adata.write_zarr), complete and not damaged."
+        ) from err
 
 
 def is_on_disk(source: Any) -> bool:
@@ -87,7 +119,14 @@ def read_frame(path: str, key: str) -> Any:
 
     root = open_store(path)
     try:
-        return read_elem(root[key])
+        if key not in root:
+            raise VelopyroInputError(f"{path!r} has no {key!r} element, so it is not an AnnData store; pass an AnnData "
+                                     "written by anndata (adata.write_h5ad / adata.write_zarr).")
+        try:
+            return read_elem(root[key])
+        except Exception as err:  # a damaged element
+            raise VelopyroInputError(f"cannot read {key!r} of {path!r} ({type(err).__name__}); the file is damaged: "
+                                     "write it again with anndata.") from err
     finally:
         if hasattr(root, "close"):
             root.close()
@@ -241,6 +280,8 @@ def stream_inputs(path: str, spliced_layer: str, unspliced_layer: str, var_names
                     "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
                     "likelihood='normal' on Ms/Mu."
                 )
+            if is_count:
+                check_counts_range(x, name, likelihood_name)
             np.minimum(mins[key], lo_, out=mins[key])
             np.maximum(maxs[key], hi_, out=maxs[key])
             if is_count:

@@ -23,8 +23,19 @@ import torch
 
 from . import _disk, kinetics, posterior
 from ._registry import check_registered
-from ._rng import check_seed, seeded
-from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
+from ._rng import seeded
+from ._validation import (
+    VelopyroInputError,
+    check_batch_categories,
+    check_batch_key,
+    check_constant_genes,
+    check_counts_range,
+    check_expression,
+    check_layer_pair,
+    check_model_options,
+    check_n_samples,
+    format_names,
+)
 from .checkpoint import checkpoint_path, load_checkpoint
 from .coupling import STATE_COUPLINGS
 from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
@@ -121,6 +132,14 @@ class VeloPyro:
         induction, eq. 1-12) or ``"time_dependent"`` (velovi's ``time_dep_transcription_rate``: the rate
         relaxes from ``alpha`` to ``alpha_1`` at rate ``lambda_alpha``). See ``docs/kinetics.md``.
 
+    Every option is checked before any work (:data:`velopyro._validation.MODEL_OPTION_CHECKS`, the table
+    :meth:`load` applies to a saved ``config.json`` too): integers are integers (``n_latent``, ``n_hidden``
+    and ``n_layers`` at least 1, ``n_hidden`` at most 65536), ``t_max`` is finite and positive,
+    ``dropout_rate`` in [0, 1), ``switch_penalty`` non-negative, the two layers differ, ``batch_key`` is a
+    column name or a list of them and ``batch_categories`` lists each category once; a mistake raises a
+    one-line :class:`~velopyro._validation.VelopyroInputError`. A view of a backed AnnData is refused (the
+    layers would be read from the whole file): load the subset or write it to its own file.
+
     Examples
     --------
     >>> adata = velopyro.datasets.pancreas()
@@ -153,6 +172,14 @@ class VeloPyro:
         batch_categories: dict[str, list[str]] | None = None,
         kinetics: str | type[Kinetics] = "constant",
     ) -> None:
+        # every option through the one table of velopyro._validation (types, ranges, choices), before any work
+        check_model_options(dict(
+            spliced_layer=spliced_layer, unspliced_layer=unspliced_layer, likelihood=likelihood,
+            state_coupling=state_coupling, pi_guide=pi_guide, n_latent=n_latent, n_hidden=n_hidden,
+            n_layers=n_layers, dropout_rate=dropout_rate, t_max=t_max, switch_penalty=switch_penalty,
+            size_factor_key=size_factor_key, rate_init=rate_init, batch_key=batch_key, batch_effect=batch_effect,
+            batch_encoder=batch_encoder, batch_categories=batch_categories, kinetics=kinetics))
+        batch_categories = check_batch_categories(batch_categories)
         if state_coupling not in STATE_COUPLINGS:
             raise ValueError(f"state_coupling must be one of {tuple(STATE_COUPLINGS)}, got {state_coupling!r}.")
         if pi_guide not in GUIDES:
@@ -167,6 +194,14 @@ class VeloPyro:
         lik = get_likelihood(likelihood)
         #: The .h5ad file / zarr store the data are read from during training (None: in memory).
         self.store = _disk.store_path(adata) if _disk.is_on_disk(adata) else None
+        if getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
+            raise VelopyroInputError(
+                f"adata is a view ({adata.n_obs} cells x {adata.n_vars} genes) of the backed AnnData of "
+                f"{str(adata.filename)!r}; velopyro reads the layers from that file, which holds every cell and gene, "
+                "not the subset: load the subset "
+                "(adata = adata.to_memory()) or write it to its own file (adata.to_memory().write_h5ad('subset.h5ad')) "
+                "and pass that."
+            )
         if self.store is not None:
             if not getattr(adata, "isbacked", False):  # a path: obs and var only, the matrices stay on disk
                 import anndata
@@ -178,6 +213,7 @@ class VeloPyro:
                                                              unspliced_layer, has_layers=True)
         else:
             spliced_layer, unspliced_layer = _default_layers(adata, lik, spliced_layer, unspliced_layer)
+        check_layer_pair(spliced_layer, unspliced_layer)
         if batch_effect == "auto":
             batch_effect = "scale" if lik.is_count else "scale_offset"
         if batch_key is not None and lik.is_count and batch_effect == "scale_offset":
@@ -185,7 +221,7 @@ class VeloPyro:
                                      f"{lik.name!r} negative; use batch_effect='scale' (a detection efficiency).")
         codes, batch_keys, batch_cats = None, None, None
         if batch_key is not None:
-            keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
+            keys = check_batch_key(batch_key)
             known = None if batch_categories is None else [batch_categories.get(k) for k in keys]
             if known is not None and any(c is None for c in known):
                 raise VelopyroInputError(f"batch_categories {sorted(batch_categories)} does not cover batch_key "
@@ -247,6 +283,7 @@ class VeloPyro:
                         "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
                         "likelihood='normal' on Ms/Mu."
                     )
+                check_counts_range(x, name, lik.name)
             sf_u, sf_s = _size_factors(adata, u, s, cfg["size_factor_key"])
         else:
             sf_u = sf_s = np.ones(n, dtype=np.float32)
@@ -404,8 +441,13 @@ class VeloPyro:
             ``penalty_fade``, ``jit``, ``device`` (``"auto"``), ``preload``, ``seed`` (0), ``progress_bar``,
             ``train_size`` (0.9) and ``validation_indices`` (cell positions held out for validation, e.g.
             to compare with another model on the same cells; overrides ``train_size``). An unknown name
-            raises ``TypeError``. Checkpoints: ``checkpoint_dir``, ``checkpoint_every``, ``resume``
-            (continue an interrupted fit exactly). Several processes through PyTorch Lightning:
+            raises ``TypeError``; a value out of its type or range (``max_epochs=0``, ``lr=inf``, a negative
+            ``patience``, ``early_stopping="no"``, ...) a one-line
+            :class:`~velopyro._validation.VelopyroInputError` (:class:`~velopyro.train.TrainConfig`).
+            Checkpoints: ``checkpoint_dir``, ``checkpoint_every``, ``resume``
+            (continue an interrupted fit exactly; a checkpoint records a fingerprint of the data, the shape,
+            cell and gene names and a digest of a sample of the values, and resuming on other data is
+            refused). Several processes through PyTorch Lightning:
             ``accelerator``, ``devices``, ``strategy``, ``num_nodes`` (e.g. ``devices=4, strategy="ddp"``).
 
         Returns
@@ -414,11 +456,10 @@ class VeloPyro:
             ``self``, fitted; the loss curves are in :attr:`history`.
         """
         cfg = TrainConfig.from_options(config, **train_kwargs)
-        batch_size, seed, validation_indices = cfg.batch_size, cfg.seed, cfg.validation_indices
-        checkpoint_dir, checkpoint_every, resume = cfg.checkpoint_dir, cfg.checkpoint_every, cfg.resume
-        check_seed(seed, allow_none=False)
-        if int(batch_size) < 2:
-            raise VelopyroInputError(f"batch_size must be at least 2 (BatchNorm), got {batch_size}.")
+        seed, validation_indices = cfg.seed, cfg.validation_indices
+        checkpoint_dir, resume = cfg.checkpoint_dir, cfg.resume
+        # every option was checked by TrainConfig (velopyro._validation.TRAIN_OPTION_CHECKS); the checks here
+        # are those that need the data or combine options
         device_ = resolve_device(cfg.device)
         lightning = cfg.strategy is not None or _several(cfg.devices) or cfg.num_nodes > 1
         if lightning and (checkpoint_dir is not None or resume is not None):
@@ -428,8 +469,11 @@ class VeloPyro:
                 "random states, which several Lightning processes do not share; train in one process "
                 "(no devices/strategy) to checkpoint and resume, or drop checkpoint_dir/resume."
             )
-        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-            raise VelopyroInputError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
+        if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+            raise VelopyroInputError(
+                f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a directory; pass a directory for the "
+                "checkpoints (it is created if missing)."
+            )
         starts = self._rate_starts()
         # one checkpoint per start: rate_init="select" keeps each candidate's in a subdirectory named for it
         if resume is not None and checkpoint_dir is None:
@@ -473,8 +517,9 @@ class VeloPyro:
                     "The checkpoint's train/validation split differs from this fit's; resume with the same "
                     "seed and train_size (or validation_indices) as the interrupted fit."
                 )
+        self._check_reference_batches()
         meta = {"config": dict(self.config), "n_cells": self.n_cells,
-                "var_names": [str(v) for v in self.adata.var_names],
+                "var_names": [str(v) for v in self.adata.var_names], "fingerprint": self._fingerprint(),
                 "train_indices": torch.as_tensor(self.train_indices),
                 "validation_indices": torch.as_tensor(self.validation_indices)}
         if lightning and (cfg.jit or cfg.preload or cfg.loss_per_cell):
@@ -575,6 +620,33 @@ class VeloPyro:
                                         kl_warmup_epochs=cfg.kl_warmup_epochs, penalty_fade=cfg.penalty_fade,
                                         jit=cfg.jit)
 
+    def _fingerprint(self) -> dict[str, Any]:
+        """What identifies the fitted data in a checkpoint: the shape, digests of the cell and gene names, and
+        a digest of the values of up to 64 evenly spaced cells (both layers, as the model reads them)."""
+        rows = np.unique(np.round(np.linspace(0, self.n_cells - 1, min(self.n_cells, 64))).astype(np.int64))
+        if self._sub is None:
+            u, s = self.data.u.numpy()[rows], self.data.s.numpy()[rows]
+        else:
+            u, s = self.data.read(rows)
+        h = hashlib.sha256()
+        for x in (u, s):
+            h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        return {"shape": [int(self.n_cells), int(self.n_genes)], "obs_names_sha256": _names_digest(self.obs_names),
+                "var_names_sha256": _names_digest(self.var_names), "values_sha256": h.hexdigest()}
+
+    def _check_reference_batches(self) -> None:
+        """Refuse a covariate whose reference (first) category has no training cell: the kinetics are put on
+        that category's scale, which the data would then not identify."""
+        cats = self.config.get("batch_categories") or {}
+        for j, key in enumerate(self.config.get("batch_key") or []):
+            codes = self.data.batch_index[:, j].numpy()[self.train_indices]
+            if not np.any(codes == 0):
+                raise VelopyroInputError(
+                    f"the reference category {cats[key][0]!r} of batch_key {key!r} (the first of batch_categories) "
+                    "has no training cells; the rates are fitted on the reference's scale: list a category "
+                    "present in adata.obs first, or drop batch_categories to read them from obs."
+                )
+
     def _check_checkpoint(self, state: dict[str, Any], path: Any) -> None:
         """Raise unless the checkpoint was written for this data and model configuration."""
         meta = state.get("meta", {})
@@ -584,6 +656,17 @@ class VeloPyro:
                 f"{len(meta.get('var_names', []))} genes, not this AnnData ({self.n_cells} x {self.n_genes}); "
                 "resume on the data the interrupted fit used."
             )
+        saved = meta.get("fingerprint")  # checkpoints written before fingerprints have none
+        if saved is not None:
+            now = self._fingerprint()
+            what = ("cell names" if saved.get("obs_names_sha256") != now["obs_names_sha256"] else
+                    "values" if saved.get("values_sha256") != now["values_sha256"] else
+                    "data" if saved != now else None)
+            if what is not None:
+                raise VelopyroInputError(
+                    f"The checkpoint {str(path)!r} was written for other data (same genes and number of cells, "
+                    f"other {what}); resume on the data the interrupted fit used, or start a new fit without resume."
+                )
         for key, value in meta.get("config", {}).items():
             if self.config.get(key) != value:
                 raise VelopyroInputError(
@@ -919,7 +1002,7 @@ class VeloPyro:
             Target AnnData with the same cells and genes as the fit (default: the one the model was
             built on).
         n_samples
-            Posterior draws averaged.
+            Posterior draws averaged, a positive integer (checked before anything is written).
         copy
             Write into a copy and return it.
         seed
@@ -929,9 +1012,12 @@ class VeloPyro:
             (velopyro's and scVelo's ``velocity_graph``) leaves them out.
         store
             Write into this ``.h5ad`` file or ``.zarr`` store instead of the AnnData's layers: a new path (it
-            gets the fitted cells' ``obs`` and ``var``) or an existing AnnData store with the same cells, e.g.
-            the file the model reads (:attr:`store`; its outputs of the same names are replaced). Required
-            for a model on a backed AnnData (whose file AnnData holds open read-only).
+            gets the fitted cells' ``obs`` and ``var``; it is written under a temporary name next to it and
+            renamed when complete, so a failed write leaves no file) or an existing AnnData store with the
+            fitted cells and genes (the same ``obs_names`` and ``var_names`` in the same order, checked as for
+            an in-memory ``adata``), e.g. the file the model reads (:attr:`store`; its outputs of the same
+            names are replaced). Required for a model on a backed AnnData (whose file AnnData holds open
+            read-only).
 
         Returns
         -------
@@ -939,6 +1025,7 @@ class VeloPyro:
             The copy if ``copy`` (and no ``store``) else None.
         """
         self._check_trained()
+        n_samples = check_n_samples(n_samples)
         adata = self.adata if adata is None else adata
         if adata.shape != (self.n_cells, self.n_genes):
             raise VelopyroInputError(
@@ -1081,27 +1168,68 @@ class VeloPyro:
         }
 
     def _write_store(self, adata: Any, store: str, n_samples: int, seed: int | None, exclude: bool) -> None:
-        """:meth:`write_to_adata` into an ``.h5ad``/zarr store, in row chunks."""
-        import anndata
+        """:meth:`write_to_adata` into an ``.h5ad``/zarr store, in row chunks: a new store is written under a
+        temporary name and renamed when complete; an existing one must hold the fitted cells and genes."""
+        n, g = self.n_cells, self.n_genes
+        if self.store is not None and not os.path.exists(self.store):
+            raise VelopyroInputError(f"the data store {self.store!r} this model reads no longer exists; nothing was "
+                                     "written: put the file back, or build the model again on the data.")
+        new = not os.path.exists(store)
+        if not new:
+            from anndata.io import read_elem
 
-        from . import tl
-
-        n, g, bs = self.n_cells, self.n_genes, posterior.QUERY_BATCH_SIZE
-        if os.path.exists(store):
             root = _disk.open_store(store)
             try:
-                shape = tuple(int(root[k][root[k].attrs["_index"]].shape[0]) for k in ("obs", "var"))
+                if not all(k in root and "_index" in root[k].attrs for k in ("obs", "var")):
+                    raise VelopyroInputError(f"store {store!r} is not an AnnData store (no obs/var); pass a new path "
+                                             "or the .h5ad/.zarr store of these cells.")
+                names = [[str(v) for v in read_elem(root[k][root[k].attrs["_index"]])] for k in ("obs", "var")]
             finally:
                 if hasattr(root, "close"):
                     root.close()
+            shape = (len(names[0]), len(names[1]))
             if shape != (n, g):
                 raise VelopyroInputError(
                     f"store {store!r} holds {shape[0]} cells x {shape[1]} genes, not the fitted {n} x {g}; pass a "
                     "new path or the store of these cells."
                 )
+            # the names as an in-memory write checks them: the same cells and genes, in the same order
+            advice = ("pass a new path, or a store of the fitted cells and genes in their order, e.g. one written "
+                      "from adata[model.obs_names, model.var_names].copy()")
+            _check_same_names(names[1], self.var_names, "genes", "var_names", "", whose=f"store {store!r}'s",
+                              advice=advice)
+            _check_same_names(names[0], self.obs_names, "cells", "obs_names", "", whose=f"store {store!r}'s",
+                              advice=advice)
         same_file = self.store is not None and os.path.abspath(store) == os.path.abspath(self.store)
         if same_file:
             self.data.close()
+        target, store = store, _temporary_name(store) if new else store  # a new store appears only when complete
+        try:
+            self._write_store_into(adata, store, same_file, n_samples, seed, exclude)
+            if new:
+                os.replace(store, target)
+        except BaseException as err:
+            if new:
+                if os.path.isdir(store):
+                    shutil.rmtree(store, ignore_errors=True)
+                else:
+                    Path(store).unlink(missing_ok=True)
+            if isinstance(err, Exception) and self.store is not None and not os.path.exists(self.store):
+                raise VelopyroInputError(
+                    f"the data store {self.store!r} this model reads disappeared during the write "
+                    f"({type(err).__name__}); " + (f"nothing was written to {target!r}" if new else
+                                                   f"{target!r} holds partial outputs") +
+                    ": put the file back and write again."
+                ) from err
+            raise
+
+    def _write_store_into(self, adata: Any, store: str, same_file: bool, n_samples: int, seed: int | None,
+                          exclude: bool) -> None:
+        import anndata
+
+        from . import tl
+
+        n, g, bs = self.n_cells, self.n_genes, posterior.QUERY_BATCH_SIZE
         writer = _disk.StoreWriter(store, obs=adata.obs, var=adata.var)
         try:
             if same_file and not writer.zarr:  # read the inputs through the writable handle
@@ -1133,6 +1261,7 @@ class VeloPyro:
     def _velocity_draws(self, n_samples: int, mode: str, state_weights: str, statistic: str, batch_size: int,
                         seed: int | None) -> np.ndarray:
         self._check_trained()
+        n_samples = check_n_samples(n_samples)
         out = np.empty((n_samples, self.n_cells, self.n_genes), dtype=np.float32)
         with seeded(seed):
             for _, sno, smp in posterior.iterate_samples(self.model, self.guide, self.data, n_samples=n_samples,
@@ -1194,8 +1323,8 @@ class VeloPyro:
         from . import uncertainty
 
         self._check_trained()
-        if n_samples < 2:
-            raise VelopyroInputError(f"n_samples must be >= 2 to measure a spread, got {n_samples}")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+            raise VelopyroInputError(f"n_samples must be >= 2 (an integer) to measure a spread, got {n_samples!r}")
         cols = {k: np.zeros(self.n_cells) for k in uncertainty.STAT_NAMES}
         with seeded(seed):
             for idx, draws in uncertainty.velocity_draws_by_batch(self, n_samples, state_weights=state_weights,
@@ -1218,8 +1347,8 @@ class VeloPyro:
         from . import tl, uncertainty
 
         self._require_memory("extrinsic uncertainty (n_extrinsic_samples)")
-        if n_draws < 2:
-            raise VelopyroInputError(f"n_extrinsic_samples must be >= 2, got {n_draws}")
+        if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
+            raise VelopyroInputError(f"n_extrinsic_samples must be >= 2 (an integer), got {n_draws!r}")
         if "connectivities" not in self.adata.obsp:
             raise VelopyroInputError("extrinsic uncertainty needs obsp['connectivities']; run velopyro.pp.preprocess "
                                      "(or scanpy.pp.neighbors) first")
@@ -1385,6 +1514,9 @@ class VeloPyro:
         """
         self._check_trained()
         p = Path(path)
+        if p.is_symlink():
+            raise FileExistsError(f"{p} is a symbolic link; refusing to replace it: pass the directory itself "
+                                  f"({os.path.realpath(p)}) or a new directory name.")
         if p.exists() and not p.is_dir():
             raise FileExistsError(f"{p} exists and is not a directory; choose a new directory name.")
         entries = sorted(e.name for e in p.iterdir()) if p.is_dir() else []
@@ -1434,7 +1566,10 @@ class VeloPyro:
         ``model.pt`` is read with ``torch.load(weights_only=True)``: a file that holds anything but
         tensors (e.g. a pickled object that would run code), a truncated or corrupt file, or an unreadable
         ``config.json`` raises :class:`~velopyro._validation.VelopyroInputError` and runs nothing, as does a
-        component name (likelihood, state coupling, guide) that this session has not registered.
+        component name (likelihood, state coupling, guide) that this session has not registered. Every field
+        of ``config.json`` goes through the constructor's checks (:data:`velopyro._validation.MODEL_OPTION_CHECKS`)
+        before anything is built: an unknown ``format``, ``t_max <= 0``, ``n_latent < 1``, ``n_hidden`` above
+        65536, an unknown option, ... are refused in one line.
 
         The genes must be the saved model's, in the same order. The cells may differ (the guide is
         amortised, so the loaded model answers queries for any cells): with the fitted cells (same
@@ -1601,7 +1736,16 @@ def _check_one_layer_constant(s: np.ndarray, u: np.ndarray, var_names: Any, s_la
         )
 
 
-def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix: str) -> None:
+def _temporary_name(path: str) -> str:
+    """A fresh hidden name next to ``path`` with the same suffix (``.zarr`` stays a zarr store)."""
+    import uuid
+
+    p = Path(path)
+    return str(p.with_name(f".{p.stem}.tmp-{uuid.uuid4().hex[:8]}{p.suffix}"))
+
+
+def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix: str, whose: str = "adata's",
+                      advice: str | None = None) -> None:
     """Raise unless ``names`` equal the fitted ``names`` in the same order."""
     names = np.asarray(names, dtype=str)
     if np.array_equal(names, fitted):
@@ -1610,8 +1754,9 @@ def _check_same_names(names: Any, fitted: np.ndarray, what: str, attr: str, fix:
         problem = f"the same {what} in another order"
     else:
         problem = f"{int(np.sum(~np.isin(names, fitted)))} {what} the fit does not have"
-    raise VelopyroInputError(f"adata's {attr} differ from the fitted data's ({problem}); pass the AnnData the "
-                             f"model was fitted on, or reorder it: {fix}.copy().")
+    if advice is None:
+        advice = f"pass the AnnData the model was fitted on, or reorder it: {fix}.copy()"
+    raise VelopyroInputError(f"{whose} {attr} differ from the fitted data's ({problem}); {advice}.")
 
 
 def _names_digest(names: np.ndarray) -> str:
@@ -1625,6 +1770,14 @@ def _names_digest(names: np.ndarray) -> str:
 def _first_line(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def _torch_load_reason(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, without torch's advice to load with ``weights_only=False``
+    (which would run any code the file holds)."""
+    from .checkpoint import torch_load_reason
+
+    return torch_load_reason(err)
 
 
 def _read_saved(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -1641,11 +1794,12 @@ def _read_saved(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except (ValueError, UnicodeDecodeError) as err:
         raise VelopyroInputError(f"{p / _CONFIG_FILE} is not a valid velopyro configuration "
                                  f"({_first_line(err)}); the directory is damaged: save the model again.") from err
+    _check_saved_meta(p, meta)
     try:
         state = torch.load(p / _MODEL_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling refused, truncated zip, not a torch file, ...
         raise VelopyroInputError(
-            f"{p / _MODEL_FILE} cannot be loaded as tensors only ({_first_line(err)}); it is damaged, comes "
+            f"{p / _MODEL_FILE} cannot be loaded as tensors only ({_torch_load_reason(err)}); it is damaged, comes "
             "from velopyro 0.1 (numpy arrays inside) or holds other Python objects, which velopyro refuses "
             "to unpickle: save the model again with this version."
         ) from err
@@ -1655,6 +1809,27 @@ def _read_saved(p: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise VelopyroInputError(f"{p / _MODEL_FILE} does not hold a velopyro model ({', '.join(keys)}); "
                                  "pass the directory written by VeloPyro.save.")
     return meta, state
+
+
+def _check_saved_meta(p: Path, meta: dict[str, Any]) -> None:
+    """Every field of a saved ``config.json`` through the checks of the constructor's options (one table,
+    :data:`velopyro._validation.MODEL_OPTION_CHECKS`), before anything is built from it."""
+    where = p / _CONFIG_FILE
+    fmt = meta.get("format")
+    if fmt != _FORMAT:
+        raise VelopyroInputError(f"{where} has format {fmt!r}, which this velopyro version does not read (it reads "
+                                 f"format {_FORMAT}); save the model again with this version.")
+    try:
+        n_genes = meta.get("n_genes")
+        if not isinstance(meta.get("n_cells"), int) or not isinstance(n_genes, int) or n_genes < 1 \
+                or isinstance(n_genes, bool) or meta["n_cells"] < 1:
+            raise VelopyroInputError("n_cells and n_genes must be positive integers")
+        if len(meta["var_names"]) != n_genes or not all(isinstance(v, str) for v in meta["var_names"]):
+            raise VelopyroInputError(f"var_names must be {n_genes} gene names")
+        check_model_options(meta["config"])
+    except VelopyroInputError as err:
+        raise VelopyroInputError(f"{where} holds an invalid setting ({str(err).rstrip('.')}); the directory is "
+                                 "damaged or was edited: save the model again.") from None
 
 
 def _json_default(o: Any) -> Any:

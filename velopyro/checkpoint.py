@@ -26,7 +26,8 @@ import torch
 from ._validation import VelopyroInputError
 
 __all__ = ["CHECKPOINT_FILE", "TRAJECTORY_SETTINGS", "checkpoint_path", "save_checkpoint", "load_checkpoint",
-           "capture_rng", "restore_rng", "check_settings", "training_state", "restore_training"]
+           "capture_rng", "restore_rng", "check_settings", "training_state", "restore_training",
+           "torch_load_reason"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 _FORMAT = 1
@@ -171,13 +172,41 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     p = checkpoint_path(path)
     if not p.exists():
         raise FileNotFoundError(f"No checkpoint at {str(p)!r}; pass the checkpoint_dir of an earlier fit.")
+    if p.is_dir():
+        raise VelopyroInputError(f"{str(p)!r} is a directory, not a checkpoint file; pass the checkpoint_dir of an "
+                                 "earlier fit (it holds checkpoint.pt).")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or foreign file
-        raise VelopyroInputError(f"{str(p)!r} is not a readable velopyro checkpoint ({err}).") from err
+        raise VelopyroInputError(f"{str(p)!r} is not a readable velopyro checkpoint ({torch_load_reason(err)}); "
+                                 "velopyro never unpickles other objects: resume from the checkpoint_dir of a "
+                                 "velopyro fit, or start a new fit without resume.") from err
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise VelopyroInputError(f"{str(p)!r} is not a velopyro checkpoint (format {_FORMAT}).")
+        raise VelopyroInputError(f"{str(p)!r} is not a velopyro checkpoint (format {_FORMAT}); resume from the "
+                                 "checkpoint_dir of a velopyro fit, or start a new fit without resume.")
     return state
+
+
+def torch_load_reason(err: BaseException) -> str:
+    """A one-line reason why ``torch.load(weights_only=True)`` failed, without torch's advice to retry with
+    ``weights_only=False`` (which would run whatever code the file holds).
+
+    Parameters
+    ----------
+    err
+        The exception ``torch.load`` raised.
+
+    Returns
+    -------
+    str
+        E.g. ``"it holds Python objects other than tensors"``.
+    """
+    text = str(err)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds Python objects other than tensors"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else type(err).__name__
+    return f"{type(err).__name__}: {first}" if len(first) < 200 else type(err).__name__
 
 
 def training_state(

@@ -5,6 +5,12 @@ Run ``velopyro --help`` or ``velopyro COMMAND --help``. Also available as ``pyth
 Errors in the input (missing file or layer, NaN or negative values, unknown options, ...) print one
 line ``velopyro: error: ...`` on stderr and exit with status 1 (2 for unknown options); set the
 environment variable ``VELOPYRO_DEBUG=1`` to get the full traceback instead.
+
+Outputs are committed only when every step has succeeded: the output .h5ad, the ``--save-model``
+directory and the demo's figures are written under temporary names next to their targets and renamed
+into place together as the last step (Ctrl-C is held off meanwhile; a failed rename rolls the others
+back), so a run that fails or is interrupted leaves every previous output as it was. Ctrl-C at any
+point before that (also while the libraries are imported) prints one line and exits with status 130.
 """
 
 from __future__ import annotations
@@ -88,8 +94,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (value > 0 and value != float("inf")):  # NaN and inf are not learning rates
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
     return value
 
 
@@ -324,29 +330,180 @@ def _check_device(device: str) -> None:
     resolve_device(device)  # ValueError with a one-line message for an unknown device
 
 
-def _write_h5ad_atomic(adata: Any, path: Path) -> None:
-    """Write ``adata`` to a temporary file next to ``path`` and rename it into place.
+class _Outputs:
+    """A command's outputs (files and a model directory), staged under temporary names next to their targets
+    and committed together at the very end, so that a run that fails (or is interrupted) at any step before the
+    commit leaves every previous output as it was.
 
-    A failure (full disk, file size limit, ...) removes the temporary file and leaves ``path`` (the
-    previous output, or the input when ``-o`` names it) as it was.
+    The commit renames the model directory into place and then each file (``os.replace``, atomic); SIGINT is
+    held off while it runs, and a failure of a later rename rolls the earlier ones back (the replaced files are
+    kept as hard links, or copies, until the commit is complete).
     """
-    import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".h5ad", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plainly created file, not mkstemp's 0600
-        adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, Exception):
-            raise VelopyroCliError(f"could not write {str(path)!r} ({_one_line(err)}); nothing was replaced: "
-                                   "the previous file (if any) is unchanged") from err
-        raise
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path, bool]] = []  # (temporary, target, is a directory)
+        self.scratch: list[Path] = []  # temporary directories to remove
+        self.created: list[Path] = []  # parent directories this run created (removed again if left empty)
+
+    def _parent(self, target: Path) -> Path:
+        missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.created.extend(missing)  # innermost first
+        return target.parent
+
+    def file(self, target: Path, write: Any) -> None:
+        """Stage a file: ``write(temporary_path)`` writes it (a failure removes it and raises one line)."""
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=target.suffix, dir=self._parent(target))
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plainly created file, not mkstemp's 0600
+            write(Path(tmp))
+        except BaseException as err:
+            Path(tmp).unlink(missing_ok=True)
+            self.discard()
+            if isinstance(err, Exception):
+                raise VelopyroCliError(f"could not write {str(target)!r} ({_one_line(err)}); nothing was replaced: "
+                                       "the previous file (if any) is unchanged") from err
+            raise
+        self.staged.append((Path(tmp), target, False))
+
+    def model(self, target: Path, model: Any) -> None:
+        """Stage a saved model directory (``model.save`` into a temporary directory next to ``target``)."""
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=self._parent(target)))
+        self.scratch.append(scratch)
+        try:
+            model.save(scratch / "model")
+        except BaseException as err:
+            self.discard()
+            if isinstance(err, Exception):
+                raise VelopyroCliError(f"could not save the model to {str(target)!r} ({_one_line(err)}); nothing "
+                                       "was written: the previous outputs (if any) are unchanged") from err
+            raise
+        self.staged.append((scratch / "model", target, True))
+
+    def discard(self) -> None:
+        """Remove everything staged (and the parent directories this run created, if empty)."""
+        import shutil
+
+        for tmp, _, is_dir in self.staged:
+            if not is_dir:
+                tmp.unlink(missing_ok=True)
+        for d in self.scratch:
+            shutil.rmtree(d, ignore_errors=True)
+        self.staged, self.scratch = [], []
+        for d in self.created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self.created = []
+
+    def commit(self) -> None:
+        """Rename everything staged into place (directories first, the files last), or nothing."""
+        import shutil
+        import uuid
+
+        done: list[tuple[Path, Path | None, bool]] = []
+        backup: Path | None = None
+        try:
+            for tmp, target, is_dir in sorted(self.staged, key=lambda t: not t[2]):
+                backup = None
+                if is_dir:
+                    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+                        raise VelopyroCliError(f"--save-model {str(target)!r} was created by another process during "
+                                               "the run; nothing was written: choose a new directory")
+                    if target.exists():
+                        target.rmdir()
+                    os.rename(tmp, target)
+                else:
+                    if target.exists():
+                        backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+                        try:
+                            os.link(target, backup)
+                        except OSError:
+                            shutil.copy2(target, backup)
+                    os.replace(tmp, target)  # atomic: the target is the previous file or the new one
+                done.append((target, backup, is_dir))
+                backup = None
+        except BaseException:
+            if backup is not None:  # the link to a file that was not replaced
+                backup.unlink(missing_ok=True)
+            for target, backup, is_dir in reversed(done):  # roll back what was renamed
+                if is_dir:
+                    shutil.rmtree(target, ignore_errors=True)
+                elif backup is not None:
+                    os.replace(backup, target)
+                else:
+                    target.unlink(missing_ok=True)
+            self.discard()
+            raise
+        for _, backup, _ in done:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+        self.staged, self.created = [], []
+        self.discard()
+
+
+def _write_h5ad(adata: Any) -> Any:
+    return lambda path: adata.write_h5ad(path)
+
+
+class _HoldInterrupts:
+    """Hold SIGINT off while the outputs are committed and the final line is printed (main thread only):
+    an interrupt then arrives after the outputs are complete, and the command reports success."""
+
+    def __enter__(self) -> _HoldInterrupts:
+        import signal
+        import threading
+
+        self.caught: list[int] = []
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, lambda signum, frame: self.caught.append(signum))
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        if self.caught and exc_type is None:  # (a failed commit was rolled back and reports its own error)
+            print(f"{PROG}: interrupt received while the outputs were written; they are complete", file=sys.stderr)
+
+
+def _overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths are the same or one lies inside the other."""
+    pa, pb = Path(a).resolve(), Path(b).resolve()
+    return pa == pb or pa in pb.parents or pb in pa.parents
+
+
+def _check_paths(args: argparse.Namespace, out_path: Path) -> None:
+    """Refuse outputs that would collide (checked before anything is read or fitted)."""
+    for flag in ("checkpoint_dir", "resume"):
+        other = getattr(args, flag, None)
+        if other is not None and Path(other).resolve() == out_path.resolve():
+            raise VelopyroCliError(f"-o {str(out_path)!r} is also the --{flag.replace('_', '-')} directory; give the "
+                                   "output file its own name")
+    if args.save_model is None:
+        return
+    d = Path(args.save_model)
+    if _overlaps(d, out_path):
+        raise VelopyroCliError(f"-o {str(out_path)!r} and --save-model {str(d)!r} overlap; give the model its own "
+                               "directory, apart from the output file")
+    for flag in ("checkpoint_dir", "resume"):
+        other = getattr(args, flag, None)
+        if other is not None and _overlaps(d, other):
+            raise VelopyroCliError(f"--save-model {str(d)!r} and --{flag.replace('_', '-')} {str(other)!r} overlap "
+                                   "(the checkpoints are written there during the fit); give the model its own "
+                                   "directory")
+    if d.exists() and (not d.is_dir() or any(d.iterdir())):
+        raise VelopyroCliError(f"--save-model {str(d)!r} exists and is not an empty directory")
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -354,14 +511,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from ._validation import check_matrix, get_layer
     from .api import VeloPyro
     from .likelihoods import LIKELIHOODS
+    from .train import TrainConfig
 
     count = LIKELIHOODS[args.likelihood].is_count
     out_path = _prepare_output(args.output)
     _check_device(args.device)
-    if args.save_model is not None:
-        d = Path(args.save_model)
-        if d.exists() and (not d.is_dir() or any(d.iterdir())):
-            raise VelopyroCliError(f"--save-model {str(d)!r} exists and is not an empty directory")
+    TrainConfig.from_options(**_fit_kwargs(args))  # every training option through the library's checks
+    _check_paths(args, out_path)
     # validate what can be checked cheaply before any progress output
     adata = _read_h5ad(args.input)
     if args.batch_key is not None:  # the covariate's column checks (missing, NaN) before any preprocessing
@@ -417,11 +573,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     steps.done()
 
     steps.start(f"writing {out_path}")
-    _write_h5ad_atomic(adata, out_path)
+    outputs = _Outputs()  # staged under temporary names; nothing replaced until every output is complete
+    outputs.file(out_path, _write_h5ad(adata))
     if args.save_model is not None:
-        model.save(args.save_model)  # written under a temporary name and renamed when complete
-    steps.done()
-    print(f"wrote {out_path}" + (f" and the model to {args.save_model}" if args.save_model else ""))
+        outputs.model(Path(args.save_model), model)
+    with _HoldInterrupts():
+        outputs.commit()  # the last step: the renames, then the final line
+        args.committed = True
+        steps.done()
+        print(f"wrote {out_path}" + (f" and the model to {args.save_model}" if args.save_model else ""), flush=True)
     return 0
 
 
@@ -443,7 +603,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise VelopyroCliError(f"--out {str(out)!r} exists and is not a directory")
     _check_device(args.device)
-    out.mkdir(parents=True, exist_ok=True)
+    from .train import TrainConfig
+
+    TrainConfig.from_options(**_fit_kwargs(args))
     steps = _Steps(7, args.quiet)
 
     steps.start("loading the bundled pancreas data")
@@ -477,19 +639,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     plt = _plt()  # pyplot, with the Agg backend when there is no display
 
+    outputs = _Outputs()  # figures and AnnData staged; committed together once all are drawn and written
+
+    def figure(draw: Any) -> Any:
+        def write(path: Path) -> None:
+            plt.close(draw(path))
+
+        return write
+
     for name, draw in zip(DEMO_FIGURES, (
         lambda p: pl.phase_portraits(adata, save=p),
         lambda p: pl.latent_time(adata, basis="umap", save=p),
         lambda p: pl.velocity_stream(adata, basis="umap", color="clusters", save=p),
         lambda p: pl.loss_curve(model, save=p),
     ), strict=True):
-        fig = draw(out / name)
-        plt.close(fig)
+        outputs.file(out / name, figure(draw))
     steps.done()
 
     steps.start("writing the AnnData")
-    h5ad = out / DEMO_H5AD
-    _write_h5ad_atomic(adata, h5ad)
+    outputs.file(out / DEMO_H5AD, _write_h5ad(adata))
+    with _HoldInterrupts():
+        outputs.commit()
+        args.committed = True
     steps.done()
     if not args.quiet:
         print(f"demo finished in {steps.total() / 60:.1f} min", file=sys.stderr)
@@ -539,33 +710,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit status: 0 on success, 1 on an error in the input or the run, 2 on a usage error,
         130 when interrupted.
     """
-    parser = _build_parser()
+    args = None
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version and usage errors
-        return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return 2
-    from ._validation import VelopyroInputError
-    from .train import TrainingDivergedError
-
-    user_errors = (VelopyroInputError, VelopyroCliError, FileNotFoundError, FileExistsError, KeyError,
-                   ValueError, TrainingDivergedError, OSError, ImportError)
-    with warnings.catch_warnings():
-        if getattr(args, "quiet", False):
-            warnings.simplefilter("ignore")
-        warnings.showwarning = _show_warning
+        parser = _build_parser()
         try:
-            return int(args.func(args))
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
-            return 130
-        except user_errors as err:
-            if os.environ.get("VELOPYRO_DEBUG"):
-                raise
-            print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
-            return 1
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version and usage errors
+            return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        from ._validation import VelopyroInputError  # numpy, scipy, torch: Ctrl-C here is caught below
+        from .train import TrainingDivergedError
+
+        user_errors = (VelopyroInputError, VelopyroCliError, FileNotFoundError, FileExistsError, KeyError,
+                       ValueError, TrainingDivergedError, OSError, ImportError)
+        with warnings.catch_warnings():
+            if getattr(args, "quiet", False):
+                warnings.simplefilter("ignore")
+            warnings.showwarning = _show_warning
+            try:
+                return int(args.func(args))
+            except user_errors as err:
+                if os.environ.get("VELOPYRO_DEBUG"):
+                    raise
+                print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        if getattr(args, "committed", False):  # after the outputs were renamed into place: they are complete
+            print(f"{PROG}: interrupted after the outputs were written; they are complete", file=sys.stderr)
+            return 0
+        print(f"{PROG}: interrupted; no output was written or replaced", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validation import VelopyroInputError, format_names
+from ._validation import VelopyroInputError, check_batch_categories, check_batch_key, format_names
 
 __all__ = ["BATCH_EFFECTS", "BATCH_ENCODERS", "BatchEffect", "read_batches", "check_batch_index", "one_hot",
            "batch_mixing_score", "combined_labels"]
@@ -52,12 +52,7 @@ _MODALITIES = ("u", "s")
 
 
 def _as_keys(batch_key: str | Sequence[str]) -> list[str]:
-    keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
-    if not keys or not all(isinstance(k, str) for k in keys):
-        raise VelopyroInputError(f"batch_key must be an obs column name or a list of them, got {batch_key!r}.")
-    if len(set(keys)) != len(keys):
-        raise VelopyroInputError(f"batch_key lists a column twice ({keys}); pass each obs column once.")
-    return keys
+    return check_batch_key(batch_key, allow_none=False)
 
 
 def read_batches(
@@ -93,6 +88,9 @@ def read_batches(
     if categories is not None and len(categories) != len(keys):
         raise VelopyroInputError(f"batch_key names {len(keys)} column(s) but {len(categories)} category list(s) "
                                  "were given; pass one list per key.")
+    if categories is not None:  # no string split into characters, no category twice, none empty
+        checked = check_batch_categories(dict(zip(keys, categories, strict=True)))
+        categories = [checked[k] for k in keys]
     obs = adata.obs
     codes = np.empty((adata.n_obs, len(keys)), dtype=np.int64)
     cats_out: list[list[str]] = []

@@ -48,7 +48,7 @@ import torch
 from pyro import poutine
 
 from . import kinetics
-from ._validation import VelopyroInputError
+from ._validation import VelopyroInputError, check_int, check_n_samples
 from .coupling import StateCoupling, get_state_coupling
 from .data import VeloData
 
@@ -259,9 +259,9 @@ def iterate_samples(
     data
         Inputs on the host.
     n_samples
-        Posterior draws per cell.
+        Posterior draws per cell, a positive integer (else :class:`~velopyro._validation.VelopyroInputError`).
     batch_size
-        Cells per batch.
+        Cells per batch, a positive integer.
     device
         Where to compute.
     indices
@@ -272,6 +272,8 @@ def iterate_samples(
     tuple
         Batch number, sample number and the draw.
     """
+    check_n_samples(n_samples)
+    check_int(batch_size, "batch_size", minimum=1, example=QUERY_BATCH_SIZE)
     dev = torch.device(device)
     model.eval()
     guide.eval()
@@ -398,6 +400,7 @@ def reduce_samples(
     dict of str to numpy.ndarray
         The posterior means, first axis over the visited cells.
     """
+    check_n_samples(n_samples)  # before anything: 0 draws would average nothing (uninitialised outputs)
     out: dict[str, list[np.ndarray]] = {}
     acc: dict[str, torch.Tensor] = {}
     count = 0

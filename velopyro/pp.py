@@ -32,6 +32,7 @@ from anndata import AnnData
 from ._validation import (
     VelopyroInputError,
     _constant_columns,
+    check_layer_pair,
     check_matrix,
     format_names,
     get_layer,
@@ -213,6 +214,7 @@ def filter_and_normalize(
         On missing layers, NaN/inf, negative values, non-numeric dtypes, or if no gene passes.
     """
     _check_in_memory(adata, "filter_and_normalize")
+    check_layer_pair(spliced_layer, unspliced_layer)
     x_s = get_layer(adata, spliced_layer, what="spliced layer")
     x_u = get_layer(adata, unspliced_layer, what="unspliced layer")
     check_matrix(x_s, spliced_layer, shape=adata.shape)
@@ -391,6 +393,7 @@ def moments(
         On missing layers or ``X``, NaN/inf, negative values, or fewer than 2 cells.
     """
     _check_in_memory(adata, "moments")
+    check_layer_pair(spliced_layer, unspliced_layer)
     x_s = get_layer(adata, spliced_layer, what="spliced layer")
     x_u = get_layer(adata, unspliced_layer, what="unspliced layer")
     x = get_layer(adata, "X", what="expression matrix")
@@ -610,6 +613,7 @@ def select_genes(
         On missing layers, NaN/inf, or if no gene passes (lower ``min_r2`` / ``min_gamma``).
     """
     _check_in_memory(adata, "select_genes")
+    check_layer_pair(spliced_layer, unspliced_layer)
     x_s = get_layer(adata, spliced_layer, what="spliced layer")
     x_u = get_layer(adata, unspliced_layer, what="unspliced layer")
     check_matrix(x_s, spliced_layer, shape=adata.shape, allow_negative=True)

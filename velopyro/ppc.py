@@ -41,6 +41,7 @@ from scipy import stats
 
 from . import kinetics, posterior
 from ._rng import seeded
+from ._validation import check_n_samples
 from .coupling import StateCoupling, get_state_coupling
 from .fitted import FittedLike, FittedModel, as_fitted
 
@@ -330,8 +331,7 @@ def iterate_draws(
         ``(S, B, ...)``.
     """
     model = as_fitted(model)
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
+    n_samples = check_n_samples(n_samples)
     per_cell = sum(_per_cell_size(n, model) for n in names)
     b = int(max(1, min(batch_size, max_batch_floats // max(1, n_samples * per_cell))))
     need_rep = any(n in PREDICTIVE_VARIABLES for n in names)
@@ -567,6 +567,7 @@ def pit(
     numpy.ndarray
         ``(cells, genes)`` in (0, 1); ``(2, cells, genes)`` (unspliced, spliced) for ``"both"``.
     """
+    n_samples = check_n_samples(n_samples)
     if modality not in ("u", "s", "both"):
         raise ValueError(f"modality must be 'u', 's' or 'both', got {modality!r}.")
     if predictive not in ("conditional", "marginal"):
@@ -718,6 +719,7 @@ def histograms(
         return torch.bincount(torch.bucketize(x.float().contiguous(), inner, right=True).flatten(),
                               minlength=nb).double()
 
+    n_samples = check_n_samples(n_samples)
     rep_g = torch.zeros(n_samples, n_g, nb, dtype=torch.float64)
     rep_p = torch.zeros(n_samples, nb, dtype=torch.float64)
     for _, batch in iterate_draws(model, [modality], n_samples, seed, idx, batch_size, states=states):

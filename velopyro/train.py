@@ -43,7 +43,11 @@ class TrainConfig:
     """Every training option of velopyro with its default: the one place they are declared.
 
     :func:`train_svi` and :meth:`VeloPyro.fit <velopyro.api.VeloPyro.fit>` take these as keyword arguments
-    (or a ``TrainConfig``); the command line reads its defaults from here.
+    (or a ``TrainConfig``); the command line reads its defaults from here. Every field is checked when the
+    configuration is made (:data:`velopyro._validation.TRAIN_OPTION_CHECKS`, one check per field): a value
+    of the wrong type or out of range (``max_epochs=0``, ``lr=inf``, ``eps=0``, a negative ``patience``,
+    ``min_delta``, ``clip_norm``, ``weight_decay`` or ``kl_warmup_epochs``, ``early_stopping="no"``,
+    ``devices=0``, ...) raises a one-line :class:`~velopyro._validation.VelopyroInputError`.
 
     Attributes
     ----------
@@ -62,7 +66,8 @@ class TrainConfig:
         Stop when the validation loss has not improved by ``min_delta`` (0) for ``patience`` (45) epochs;
         the best state is kept either way.
     kl_warmup_epochs
-        If set, the z site is scaled by ``w = min(1, epoch / kl_warmup_epochs)`` (``poutine.scale``).
+        If set (a non-negative integer; 0 or None: no warm-up), the z site is scaled by
+        ``w = min(1, epoch / kl_warmup_epochs)`` (``poutine.scale``).
     penalty_fade
         Multiply the switch penalty by ``1 - w`` (the reference's schedule; needs ``kl_warmup_epochs``).
     jit
@@ -128,6 +133,12 @@ class TrainConfig:
     strategy: str | None = None
     num_nodes: int = 1
 
+    def __post_init__(self) -> None:
+        # every field is checked by the one table of velopyro._validation (a field without a check fails here)
+        from ._validation import check_train_options
+
+        check_train_options({f.name: getattr(self, f.name) for f in fields(self)})
+
     @classmethod
     def from_options(cls, config: TrainConfig | None = None, **options: Any) -> TrainConfig:
         """``config`` (default: all defaults) with ``options`` replacing its fields.
@@ -148,6 +159,9 @@ class TrainConfig:
         ------
         TypeError
             For a name that is not a training option (the message lists the valid ones).
+    VelopyroInputError
+        For a value out of its option's type or range (every field is checked on construction by
+        :data:`velopyro._validation.TRAIN_OPTION_CHECKS`).
         """
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(options) - set(names))

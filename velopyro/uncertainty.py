@@ -183,8 +183,8 @@ def velocity_quantiles(
     q = np.asarray(quantiles, dtype=np.float64)
     if q.size == 0 or not np.all((q >= 0) & (q <= 1)):
         raise VelopyroInputError(f"quantiles must lie in [0, 1], got {quantiles!r}")
-    if n_samples < 2:
-        raise VelopyroInputError(f"n_samples must be >= 2 for an interval, got {n_samples}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+        raise VelopyroInputError(f"n_samples must be >= 2 (an integer) for an interval, got {n_samples!r}")
     out = np.empty((q.size, model.n_cells, model.n_genes), dtype=np.float32)
     for idx, draws in velocity_draws_by_batch(model, n_samples, mode, state_weights, batch_size):
         out[:, idx] = np.quantile(draws, q.ravel(), axis=0)
