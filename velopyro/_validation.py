@@ -789,7 +789,8 @@ def check_train_options(options: Mapping[str, Any]) -> None:
         TRAIN_OPTION_CHECKS[name](value)
 
 
-_RATE_INITS = ("auto", "steady_state", "constant")
+#: ``VeloPyro``'s ``rate_init`` choices (``velopyro.api.RATE_INITS``; the CLI reads them here, without torch)
+RATE_INITS = ("auto", "select", "steady_state", "constant")
 _BATCH_EFFECTS = ("auto", "scale_offset", "scale", "none")
 _BATCH_ENCODERS = ("corrected", "onehot")
 
@@ -808,7 +809,7 @@ MODEL_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "t_max": lambda v: check_number(v, "t_max", minimum=0, exclusive_minimum=True, example=20.0),
     "switch_penalty": lambda v: check_number(v, "switch_penalty", minimum=0, example=0.2),
     "size_factor_key": lambda v: _check_str(v, "size_factor_key", allow_none=True),
-    "rate_init": lambda v: check_choice(v, "rate_init", _RATE_INITS),
+    "rate_init": lambda v: check_choice(v, "rate_init", RATE_INITS),
     "batch_key": lambda v: check_batch_key(v),
     "batch_effect": lambda v: check_choice(v, "batch_effect", _BATCH_EFFECTS, allow_none=True),
     "batch_encoder": lambda v: check_choice(v, "batch_encoder", _BATCH_ENCODERS, allow_none=True),

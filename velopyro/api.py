@@ -25,6 +25,7 @@ from . import _disk, kinetics, posterior
 from ._registry import check_registered
 from ._rng import seeded
 from ._validation import (
+    RATE_INITS,
     VelopyroInputError,
     check_batch_categories,
     check_batch_key,
@@ -53,7 +54,6 @@ _CONFIG_FILE = "config.json"
 _FORMAT = 2  # 2: model.pt holds tensors only (read with weights_only=True)
 
 
-RATE_INITS = ("auto", "select", "steady_state", "constant")
 #: The starts of gamma / beta that ``rate_init="select"`` fits, in this order.
 RATE_STARTS = ("constant", "steady_state")
 

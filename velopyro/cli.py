@@ -148,7 +148,10 @@ def _choices() -> dict[str, list[str]]:
     for c in COMPONENTS:
         module = sys.modules.get(c.module)
         out[c.option] = list(getattr(module, c.registry)) if module is not None else list(c.builtin)
-    for option, module, name in (("rate_init", "api", "RATE_INITS"), ("batch_effect", "covariates", "BATCH_EFFECTS")):
+    from ._validation import RATE_INITS
+
+    out["rate_init"] = list(RATE_INITS)
+    for option, module, name in (("batch_effect", "covariates", "BATCH_EFFECTS"),):
         for node in _source(module).body:
             if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
                 out[option] = list(ast.literal_eval(node.value))
@@ -173,7 +176,8 @@ def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
         g.add_argument("--pi-guide", choices=choices["pi_guide"], default=None,
                        help="variational family of the state probabilities pi" + d("pi_guide"))
         g.add_argument("--rate-init", choices=choices["rate_init"], default=None,
-                       help="starting gamma / beta: each gene's steady-state slope, or one constant for all"
+                       help="starting gamma / beta: select (fit from both starts, keep the lower validation loss), "
+                            "each gene's steady-state slope, or one constant for all"
                             + d("rate_init"))
         g.add_argument("--batch-key", action="append", default=None, metavar="KEY",
                        help="categorical obs column of a technical covariate (batch, sample); repeat it for "
