@@ -786,7 +786,7 @@ def test_22_every_option_has_one_check():
     assert set(v.TRAIN_OPTION_CHECKS) == {f.name for f in dataclasses.fields(TrainConfig)}
     params = set(inspect.signature(VeloPyro.__init__).parameters) - {"self", "adata"}
     assert set(v.MODEL_OPTION_CHECKS) == params
-    assert v._RATE_INITS == api.RATE_INITS and v._BATCH_EFFECTS == covariates.BATCH_EFFECTS
+    assert v.RATE_INITS == api.RATE_INITS and v._BATCH_EFFECTS == covariates.BATCH_EFFECTS
     assert v._BATCH_ENCODERS == covariates.BATCH_ENCODERS
     from velopyro import _rng
 
