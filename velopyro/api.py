@@ -24,6 +24,7 @@ from . import _disk, kinetics, posterior
 from ._registry import check_registered
 from ._rng import check_seed, seeded
 from ._validation import VelopyroInputError, check_constant_genes, check_expression, format_names
+from ._warn import caller_stacklevel
 from .checkpoint import checkpoint_path, load_checkpoint
 from .coupling import STATE_COUPLINGS
 from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
@@ -251,7 +252,7 @@ class VeloPyro:
                 warnings.warn(
                     "The Normal likelihood expects min-max scaled Ms/Mu in [0, 1] (seed eq. 20-21), but "
                     f"the layers reach {max(s.max(), u.max()):.3g}; run velopyro.pp.preprocess first.",
-                    stacklevel=3,
+                    stacklevel=caller_stacklevel(),
                 )
         data = VeloData(torch.from_numpy(u), torch.from_numpy(s), torch.from_numpy(sf_u[:, None].copy()),
                         torch.from_numpy(sf_s[:, None].copy()))
@@ -276,7 +277,7 @@ class VeloPyro:
             warnings.warn(
                 "The Normal likelihood expects min-max scaled Ms/Mu in [0, 1] (seed eq. 20-21), but "
                 f"the layers reach {sub.max_value:.3g}; run velopyro.pp.preprocess first.",
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),
             )
         self._sub = sub
         return sub.data, (lik.to_kinetic_scale(sub.u, sub.size_factor_u),
@@ -1326,7 +1327,8 @@ class VeloPyro:
         if LIKELIHOODS.get(self.likelihood.name) is not type(self.likelihood):
             warnings.warn(f"The likelihood {self.likelihood.name!r} is not registered under its name; it is saved by "
                           "its parameters only: register its class (velopyro.likelihoods.register_likelihood) or "
-                          "pass the same instance to VeloPyro.load(..., likelihood=...).", stacklevel=2)
+                          "pass the same instance to VeloPyro.load(..., likelihood=...).",
+                          stacklevel=caller_stacklevel())
         state = {"model": self.model.state_dict(), "guide": self.guide.state_dict(),
                  "train_indices": torch.as_tensor(np.asarray(self.train_indices, dtype=np.int64)),
                  "validation_indices": torch.as_tensor(np.asarray(self.validation_indices, dtype=np.int64))}
@@ -1418,7 +1420,7 @@ class VeloPyro:
         else:
             warnings.warn(f"adata's cells ({obj.n_cells}) are not the fitted cells ({meta['n_cells']}); the "
                           "saved train/validation split does not apply and is dropped (train_indices and "
-                          "validation_indices are empty).", UserWarning, stacklevel=2)
+                          "validation_indices are empty).", UserWarning, stacklevel=caller_stacklevel())
             obj.train_indices, obj.validation_indices = np.arange(0), np.arange(0)
         obj.history = meta["history"]
         obj.device = resolve_device(device)
