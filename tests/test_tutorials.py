@@ -21,6 +21,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_tutorial_runs_at_small_size(script: str, tmp_path: Path) -> None:
     env = dict(os.environ, VELOPYRO_TUTORIAL_SMALL="1", VELOPYRO_TUTORIAL_OUTPUT=str(tmp_path),
@@ -35,6 +36,7 @@ def test_tutorial_runs_at_small_size(script: str, tmp_path: Path) -> None:
     assert len(figures) >= 3, f"{script} wrote {figures}"
 
 
+@pytest.mark.slow
 def test_pancreas_uncertainty_notebook_runs_at_small_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The notebook, executed top to bottom (400 cells, 40 genes, 15 epochs), CellRank cells included."""
     pytest.importorskip("cellrank", reason="the notebook's fate analysis needs the cellrank extra")
