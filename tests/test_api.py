@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 from scipy.stats import spearmanr
 
 import velopyro
@@ -11,37 +12,59 @@ from velopyro._validation import VelopyroInputError
 from velopyro.datasets import simulate
 from velopyro.train import TrainingDivergedError
 
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
+
+
+def build_sim():
+    return simulate(n_cells=500, n_genes=30, seed=1)
+
+
+def build_fitted(sim, seed: int = 0) -> VeloPyro:
+    """The ``fitted`` fixture's fit (``seed``: the fit's; benchmarks/test_thresholds.py varies it)."""
+    model = VeloPyro(sim, state_coupling="independent")
+    model.fit(max_epochs=150, batch_size=128, progress_bar=False, seed=seed)
+    return model
+
+
+def recovery_metrics(sim, fitted) -> dict[str, float]:
+    """What test_recovers_latent_time_and_states asserts on, from one fit."""
+    lt = fitted.get_latent_time(n_samples=10)
+    rho = [spearmanr(lt[:, g], sim.layers["true_t"][:, g])[0] for g in range(sim.n_vars)]
+    cell = fitted.get_latent_time(level="cell")
+    states = fitted.get_state_assignment(hard=True)
+    rates = fitted.get_rates()
+    ratio_true = sim.var["true_gamma"] / sim.var["true_beta"]
+    v = fitted.get_velocity(n_samples=10)
+    return {"gene_time_median_spearman": float(np.nanmedian(rho)),
+            "cell_time_spearman": float(spearmanr(cell, sim.obs["true_t"])[0]),
+            "state_accuracy": float((states == sim.layers["true_state"]).mean()),
+            "gamma_beta_spearman": float(spearmanr(rates["gamma"] / rates["beta"], ratio_true)[0]),
+            "velocity_sign_accuracy": float((np.sign(v) == np.sign(sim.layers["true_velocity"])).mean())}
+
 
 @pytest.fixture(scope="module")
 def sim():
-    return simulate(n_cells=500, n_genes=30, seed=1)
+    return build_sim()
 
 
 @pytest.fixture(scope="module")
 def fitted(sim):
-    model = VeloPyro(sim, state_coupling="independent")
-    model.fit(max_epochs=150, batch_size=128, progress_bar=False, seed=0)
-    return model
+    return build_fitted(sim)
 
 
+@pytest.mark.slow
 def test_recovers_latent_time_and_states(sim, fitted):
-    lt = fitted.get_latent_time(n_samples=10)
-    rho = [spearmanr(lt[:, g], sim.layers["true_t"][:, g])[0] for g in range(sim.n_vars)]
+    m = recovery_metrics(sim, fitted)
     # per gene, time is only identifiable where the phase portrait is not saturated; most genes are
-    assert np.nanmedian(rho) > 0.6
-    cell = fitted.get_latent_time(level="cell")
-    assert spearmanr(cell, sim.obs["true_t"])[0] > 0.8
-    states = fitted.get_state_assignment(hard=True)
-    acc = (states == sim.layers["true_state"]).mean()
-    assert acc > 0.6  # chance is at most 0.45 (the largest true state's share)
-    assert np.bincount(sim.layers["true_state"].ravel()).max() / states.size < 0.5
-    rates = fitted.get_rates()
-    ratio_true = sim.var["true_gamma"] / sim.var["true_beta"]
-    assert spearmanr(rates["gamma"] / rates["beta"], ratio_true)[0] > 0.8  # gamma/beta is identifiable
-    v = fitted.get_velocity(n_samples=10)
-    assert (np.sign(v) == np.sign(sim.layers["true_velocity"])).mean() > 0.7
+    assert m["gene_time_median_spearman"] > 0.6, m
+    assert m["cell_time_spearman"] > 0.8, m
+    assert m["state_accuracy"] > 0.6, m  # chance is at most 0.45 (the largest true state's share)
+    assert np.bincount(sim.layers["true_state"].ravel()).max() / sim.layers["true_state"].size < 0.5
+    assert m["gamma_beta_spearman"] > 0.8, m  # gamma/beta is identifiable
+    assert m["velocity_sign_accuracy"] > 0.7, m
 
 
+@pytest.mark.slow
 def test_output_shapes_and_probabilities(fitted):
     n, g = fitted.n_cells, fitted.n_genes
     p = fitted.get_state_assignment(n_samples=3)
@@ -60,12 +83,14 @@ def test_output_shapes_and_probabilities(fitted):
     assert ll.shape == (2, len(fitted.validation_indices)) and np.isfinite(ll).all()
 
 
+@pytest.mark.slow
 def test_batched_outputs_do_not_depend_on_batch_size(fitted):
     a = fitted.get_latent_representation(batch_size=7)
     b = fitted.get_latent_representation(batch_size=500)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_write_to_adata_scvelo_keys(sim, fitted):
     out = fitted.write_to_adata(sim, n_samples=2, copy=True)
     for key in ("velocity", "velocity_u", "fit_t", "fit_state"):
@@ -87,6 +112,7 @@ def test_write_to_adata_scvelo_keys(sim, fitted):
                                   fitted.get_state_assignment(n_samples=2, state_weights="posterior").argmax(-1))
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_exact(sim, fitted, tmp_path):
     fitted.save(tmp_path / "m")
     loaded = VeloPyro.load(tmp_path / "m", sim)
@@ -182,8 +208,9 @@ def test_validation_indices_are_held_out(sim):
 
 def test_fit_cut_short_at_max_epochs_warns_and_is_marked(sim):
     model = VeloPyro(sim)
-    with pytest.warns(UserWarning, match="reached max_epochs=2 before early stopping"):
+    with pytest.warns(UserWarning, match="reached max_epochs=2 before early stopping") as caught:
         model.fit(max_epochs=2, batch_size=256, progress_bar=False, seed=0)
+    assert {w.filename for w in caught if "max_epochs" in str(w.message)} == {__file__}  # the caller's line
     assert model.history["converged"] is False and model.history["stopped_early"] is False
     import matplotlib
 

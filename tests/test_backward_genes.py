@@ -2,8 +2,11 @@
 
 import numpy as np
 import pytest
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 
 import velopyro
+
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 
 def _auc(score_bad: np.ndarray, score_good: np.ndarray) -> float:
@@ -12,8 +15,8 @@ def _auc(score_bad: np.ndarray, score_good: np.ndarray) -> float:
     return float(((diff > 0) + 0.5 * (diff == 0)).mean())
 
 
-@pytest.fixture(scope="module")
-def corrupted_fit():
+def build_corrupted_fit(seed: int = 0):
+    """The ``corrupted_fit`` fixture (``seed``: the fit's; benchmarks/test_thresholds.py varies it)."""
     adata = velopyro.datasets.simulate(n_cells=400, n_genes=30, seed=1)
     order = np.argsort(adata.obs["true_t"].to_numpy())
     rng = np.random.default_rng(0)
@@ -28,26 +31,41 @@ def corrupted_fit():
         for key in ("Ms", "Mu"):
             adata.layers[key][:, g] = adata.layers[key][perm, g]
     model = velopyro.VeloPyro(adata)
-    model.fit(max_epochs=60, batch_size=128, seed=0, progress_bar=False)
+    model.fit(max_epochs=60, batch_size=128, seed=seed, progress_bar=False)
     model.write_to_adata(n_samples=3)
     return adata, reversed_genes, shuffled_genes
 
 
-def test_reversed_and_shuffled_genes_are_separated(corrupted_fit):
+@pytest.fixture(scope="module")
+def corrupted_fit():
+    return build_corrupted_fit()
+
+
+def separation_metrics(corrupted_fit) -> dict:
+    """What test_reversed_and_shuffled_genes_are_separated asserts on (runs gene_time_consistency)."""
     adata, rev, shuf = corrupted_fit
     velopyro.tl.gene_time_consistency(adata)
     score = adata.var["fit_time_consistency"].to_numpy()
     clean = np.setdiff1d(np.arange(adata.n_vars), np.r_[rev, shuf])
-    assert np.isfinite(score[clean]).all()
-    auc_rev = _auc(score[rev], score[clean])
-    auc_all = _auc(np.nan_to_num(score[np.r_[rev, shuf]], nan=-1.0), score[clean])
-    assert auc_rev >= 0.9, (auc_rev, score)
-    assert auc_all >= 0.9, (auc_all, score)
+    return {"clean_finite": bool(np.isfinite(score[clean]).all()),
+            "auc_reversed": _auc(score[rev], score[clean]),
+            "auc_all": _auc(np.nan_to_num(score[np.r_[rev, shuf]], nan=-1.0), score[clean]),
+            "backward_share_reversed": float(adata.var["fit_backward"].to_numpy()[rev].mean()),
+            "backward_share_clean": float(adata.var["fit_backward"].to_numpy()[clean].mean())}
+
+
+@pytest.mark.slow
+def test_reversed_and_shuffled_genes_are_separated(corrupted_fit):
+    m = separation_metrics(corrupted_fit)
+    assert m["clean_finite"]
+    assert m["auc_reversed"] >= 0.9, (m, corrupted_fit[0].var["fit_time_consistency"].to_numpy())
+    assert m["auc_all"] >= 0.9, (m, corrupted_fit[0].var["fit_time_consistency"].to_numpy())
     # reversed genes run against the consensus: flagged as backward; clean genes are not
-    assert adata.var["fit_backward"].to_numpy()[rev].mean() >= 0.8
-    assert adata.var["fit_backward"].to_numpy()[clean].mean() <= 0.1
+    assert m["backward_share_reversed"] >= 0.8, m
+    assert m["backward_share_clean"] <= 0.1, m
 
 
+@pytest.mark.slow
 def test_exclude_removes_flagged_genes_from_velocity_genes(corrupted_fit):
     adata = corrupted_fit[0].copy()
     velopyro.tl.gene_time_consistency(adata, exclude=True)

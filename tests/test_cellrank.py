@@ -22,18 +22,23 @@ def _row_sums(t) -> np.ndarray:
     return np.asarray(t.sum(1)).ravel()
 
 
-@pytest.fixture(scope="module")
-def cellrank_ready():
+def build_cellrank_ready(seed: int = 0):
+    """The ``cellrank_ready`` fixture (``seed``: the fit's; benchmarks/test_thresholds.py varies it)."""
     cr = pytest.importorskip("cellrank")
     sc = pytest.importorskip("scanpy")
     sim = velopyro.datasets.simulate(n_cells=600, n_genes=20, seed=0)
     adata = sim[sim.obs["true_t"] < 12].copy()
     model = velopyro.VeloPyro(adata)
-    model.fit(max_epochs=1000, batch_size=128, progress_bar=False, seed=0)  # to convergence, as test_scvelo_compat
+    model.fit(max_epochs=1000, batch_size=128, progress_bar=False, seed=seed)  # to convergence, as test_scvelo_compat
     model.write_to_adata(n_samples=10)
     sc.pp.pca(adata, n_comps=10, random_state=0)
     sc.pp.neighbors(adata, n_neighbors=15, random_state=0)
     return cr, adata
+
+
+@pytest.fixture(scope="module")
+def cellrank_ready():
+    return build_cellrank_ready()
 
 
 @slow

@@ -13,11 +13,14 @@ import anndata
 import numpy as np
 import pytest
 import torch
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 
 from velopyro import VeloPyro
 from velopyro._validation import VelopyroInputError
 from velopyro.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from velopyro.datasets import simulate
+
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 # one start of gamma / beta: these tests follow one fit's checkpoint file (rate_init="select" below)
 MODEL = dict(n_hidden=32, n_latent=4, rate_init="constant")
@@ -55,6 +58,7 @@ def _kill_after_checkpoint(data_file: Path, ckpt_dir: Path) -> subprocess.Comple
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@pytest.mark.slow
 def test_killed_fit_resumes_exactly(data_file, tmp_path) -> None:
     ckpt_dir = tmp_path / "ckpt"
     done = _kill_after_checkpoint(data_file, ckpt_dir)

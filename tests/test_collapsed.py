@@ -5,6 +5,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
@@ -16,6 +17,8 @@ from velopyro.datasets import simulate
 from velopyro.guide import VeloVIGuide
 from velopyro.likelihoods import Normal
 from velopyro.model import VeloVIModel, switch_targets
+
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 N, G, D = 6, 3, 10
 ALPHA = torch.full((4,), 0.25, dtype=torch.float64)

@@ -17,7 +17,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
 
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 from test_ppc import fit_model, single_thread  # noqa: E402, F401  (tests/ is on sys.path; shared cached fits)
+
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +137,29 @@ def _loo(model: velopyro.VeloPyro, per_gene: bool, n_samples: int = 200):
     return idata, loo, [str(w.message) for w in caught]
 
 
-def test_loo_runs_on_a_well_specified_fit_and_reports_pareto_k() -> None:
-    model = fit_model("negative_binomial", "negative_binomial")
+def loo_metrics(fit_seed: int = 0) -> dict:
+    """PSIS-LOO of the NB fit to NB counts, per (cell, gene) pair and per cell."""
+    model = fit_model("negative_binomial", "negative_binomial", fit_seed=fit_seed)
     _, loo_pair, _ = _loo(model, per_gene=True)
     _, loo_cell, _ = _loo(model, per_gene=False)
+    k_pair = loo_pair.pareto_k.values.ravel()
+    return {"loo_pair": loo_pair, "loo_cell": loo_cell, "p_loo_share": float(loo_pair.p_loo / k_pair.size),
+            "share_k_above_0.7": float(np.mean(k_pair > 0.7))}
+
+
+def compare_metrics(fit_seed: int = 0):
+    """az.compare of the NB and Poisson fits to NB counts (per-pair LOO)."""
+    loos = {name: _loo(fit_model("negative_binomial", name, fit_seed=fit_seed), per_gene=True)[1]
+            for name in ("negative_binomial", "poisson")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return az.compare(loos)
+
+
+@pytest.mark.slow
+def test_loo_runs_on_a_well_specified_fit_and_reports_pareto_k() -> None:
+    m = loo_metrics()
+    loo_pair, loo_cell = m["loo_pair"], m["loo_cell"]
     k_pair = loo_pair.pareto_k.values.ravel()
     k_cell = loo_cell.pareto_k.values.ravel()
     print(f"NB on NB: per (cell, gene) elpd {loo_pair.elpd_loo:.1f}, p_loo {loo_pair.p_loo:.1f}, "
@@ -151,12 +173,9 @@ def test_loo_runs_on_a_well_specified_fit_and_reports_pareto_k() -> None:
     assert np.mean(k_pair > 0.7) < 0.25
 
 
+@pytest.mark.slow
 def test_compare_prefers_the_true_likelihood() -> None:
-    loos = {name: _loo(fit_model("negative_binomial", name), per_gene=True)[1]
-            for name in ("negative_binomial", "poisson")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        cmp = az.compare(loos)
+    cmp = compare_metrics()
     print(cmp[["rank", "elpd_loo", "p_loo", "elpd_diff", "dse"]])
     assert cmp.index[0] == "negative_binomial"
     assert cmp["elpd_diff"].iloc[1] > 4 * cmp["dse"].iloc[1]

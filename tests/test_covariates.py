@@ -10,6 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _fixtures import (
+    SHORT_FITS,  # tests/ is on sys.path (pytest rootdir-relative import)
+    fit_threads_context,  # tests/ is on sys.path (pytest rootdir-relative import)
+)
 from scipy.stats import spearmanr
 
 import velopyro
@@ -17,6 +21,8 @@ from velopyro import VeloPyro
 from velopyro._validation import VelopyroInputError
 from velopyro.covariates import BatchEffect, batch_mixing_score, read_batches
 from velopyro.datasets import simulate
+
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 # ---- reading the covariates ----------------------------------------------------------------------------
 
@@ -153,26 +159,28 @@ def _recovery(model: VeloPyro, adata) -> dict[str, float]:
 _LABELS = simulate(N_CELLS, N_GENES, seed=SEED, n_batches=2).obs["batch"].to_numpy()  # for the one-batch fit
 
 
-@pytest.fixture(scope="module")
-def recovery() -> dict[str, dict[str, float]]:
+def build_recovery(fit_seed: int = SEED) -> dict[str, dict[str, float]]:
     """The same cells and genes without a batch effect, with it and no batch_key, with it and batch_key.
 
-    On one torch thread: a fit's numbers depend on the thread count (README, reliability), and the 0.02
-    margins were read off one-thread fits; the CI runner's core count must not change them (on two threads
-    this seed's batch_key fit gave latent time 0.881 against the one-batch 0.904, 0.003 past the margin).
+    On one torch thread (:func:`_fixtures.fit_threads`): a fit's numbers depend on the thread count (README,
+    reliability), and the 0.02 margins were read off one-thread fits (on two threads this seed's batch_key fit
+    gave latent time 0.881 against the one-batch 0.904, 0.003 past the margin). ``fit_seed``: the fits'
+    (benchmarks/test_thresholds.py varies it; the data stay seed 2).
     """
     out = {}
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
+    with fit_threads_context(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, n_batches, key in (("one_batch", 1, None), ("no_key", 2, None), ("batch_key", 2, "batch")):
             adata = simulate(N_CELLS, N_GENES, seed=SEED, n_batches=n_batches)
             m = VeloPyro(adata, batch_key=key)
-            m.fit(max_epochs=EPOCHS, batch_size=128, progress_bar=False, seed=SEED)
+            m.fit(max_epochs=EPOCHS, batch_size=128, progress_bar=False, seed=fit_seed)
             out[name] = _recovery(m, adata)
-    torch.set_num_threads(before)
     return out
+
+
+@pytest.fixture(scope="module")
+def recovery() -> dict[str, dict[str, float]]:
+    return build_recovery()
 
 
 @pytest.mark.slow

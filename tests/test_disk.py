@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 
 import velopyro
 from velopyro import _disk, posterior
 from velopyro._validation import VelopyroInputError
 from velopyro.data import BLOCK_CELLS, MAX_GAP, WINDOW_CELLS, BackedVeloData
+
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 CPU = torch.device("cpu")
 

@@ -14,6 +14,8 @@ from torch.autograd.functional import jacobian
 from velopyro import distributions as vd
 from velopyro.model import select_state
 
+#: torch's TracerWarning for a Python branch on a tensor's size under torch.jit.trace
+TRACED_CHECKS = "ignore:Converting a tensor to a Python boolean might cause the trace:torch.jit.TracerWarning"
 
 def test_compact_drops_only_broadcast_dims():
     base = torch.randn(4, 1, 7)
@@ -133,6 +135,8 @@ def test_parallel_dirichlet_draws_gradients_and_seed(monkeypatch):
     assert torch.allclose(g, _Dirichlet_backward(x.detach(), cc.detach(), w), atol=1e-6)
 
 
+# the sampler's size and device checks, traced as constants: intended (one trace per shape)
+@pytest.mark.filterwarnings(TRACED_CHECKS)
 def test_parallel_dirichlet_is_traced_by_jit_and_replays_fresh_draws(monkeypatch):
     """``fit(jit=True)`` traces the ELBO: the threaded sampler must be one node of the graph, drawing anew
     on every call of the traced function, with torch's implicit gradient."""
@@ -154,6 +158,8 @@ def test_parallel_dirichlet_is_traced_by_jit_and_replays_fresh_draws(monkeypatch
     torch.testing.assert_close(g, _Dirichlet_backward(x2.detach(), c.detach(), w), atol=1e-6, rtol=1e-5)
 
 
+# the sampler's size and device checks, traced as constants: intended (one trace per shape)
+@pytest.mark.filterwarnings(TRACED_CHECKS)
 def test_jit_fit_with_the_threaded_dirichlet_guide(monkeypatch):
     """A JIT fit with the default Dirichlet q(pi | z) on the threaded path: finite, improving, reproducible."""
     import velopyro

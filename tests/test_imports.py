@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "velopyro"
 #: and ``pl._ppc`` are the unit ``pl``), never one of the same or a higher layer.
 LAYERS: list[set[str]] = [
     # leaves, no velopyro import
-    # leaves also: collapsed (the algebra of pi integrated out)
-    {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "collapsed"},
+    # leaves also: collapsed (the algebra of pi integrated out); _warn (warnings' stacklevel)
+    {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "collapsed", "_warn"},
     {"pp", "likelihoods", "nn", "coupling", "_rng", "_registry",
      "covariates"},  # preprocessing; observation models, networks,
     # state couplings; batch covariates; the components' registries by name (imported by name, never at import time)

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 from scipy.stats import spearmanr
 from torch.distributions import constraints, transform_to
 
@@ -20,6 +21,8 @@ from velopyro._rng import seeded
 from velopyro._validation import VelopyroInputError
 from velopyro.datasets import simulate
 from velopyro.model import VeloVIModel
+
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -78,9 +81,25 @@ def test_constant_kinetics_fit_is_bit_identical_to_the_pure_function_model(monke
     np.testing.assert_array_equal(new.get_latent_time(n_samples=2), old.get_latent_time(n_samples=2))
 
 
+def build_td_sim():
+    return simulate(n_cells=500, n_genes=30, seed=0, kinetics="time_dependent")
+
+
+def build_td_model(td_sim):
+    """The untrained time-dependent model of test_time_dependent_recovers_its_simulators_truth."""
+    # rate_init="constant": the default steady-state start reads gamma/beta and the steady states off the data
+    # before any training (Spearman 0.99 untrained), so only a start that knows nothing tests the fit
+    return velopyro.VeloPyro(td_sim, kinetics="time_dependent", rate_init="constant")
+
+
+def fit_td_model(model, seed: int = 0):
+    """That test's fit (``seed``: the fit's; benchmarks/test_thresholds.py varies it)."""
+    return model.fit(max_epochs=150, batch_size=128, progress_bar=False, seed=seed)
+
+
 @pytest.fixture(scope="module")
 def td_sim():
-    return simulate(n_cells=500, n_genes=30, seed=0, kinetics="time_dependent")
+    return build_td_sim()
 
 
 def _recovery(model, sim) -> dict[str, float]:
@@ -110,13 +129,13 @@ RECOVERY = {"time": 0.7, "gamma/beta": 0.7, "alpha_1/gamma": 0.7, "alpha/alpha_1
 
 
 @pytest.mark.slow
+# the untrained model has constant rate ratios: their Spearman is NaN, as the test expects
+@pytest.mark.filterwarnings("ignore:An input array is constant:scipy.stats.ConstantInputWarning")
 def test_time_dependent_recovers_its_simulators_truth(td_sim):
-    # rate_init="constant": the default steady-state start reads gamma/beta and the steady states off the data
-    # before any training (Spearman 0.99 untrained), so only a start that knows nothing tests the fit
-    model = velopyro.VeloPyro(td_sim, kinetics="time_dependent", rate_init="constant")
+    model = build_td_model(td_sim)
     untrained = _recovery(model, td_sim)
     assert not any(untrained[k] > v for k, v in RECOVERY.items()), untrained  # NaN: a constant rate ratio
-    model.fit(max_epochs=150, batch_size=128, progress_bar=False, seed=0)
+    fit_td_model(model)
     got = _recovery(model, td_sim)
     assert all(got[k] > v for k, v in RECOVERY.items()), got
 

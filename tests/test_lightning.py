@@ -18,14 +18,22 @@ FIT = dict(batch_size=32, train_size=0.8, max_epochs=8, progress_bar=False, acce
 
 @pytest.fixture(scope="module")
 def sim():
+    return build_sim()
+
+
+def build_sim():
     return simulate(n_cells=200, n_genes=8, seed=0)
+
+
+def build_ddp(sim, seed: int = 0) -> VeloPyro:
+    # "ddp_fork": the two gloo processes are forked from this one (no re-import, ~3 s here); "ddp_spawn"
+    # gives the same numbers but starts two fresh interpreters (~40 s on this machine)
+    return VeloPyro(sim, **MODEL).fit(devices=2, strategy="ddp_fork", seed=seed, **FIT)
 
 
 @pytest.fixture(scope="module")
 def ddp(sim):
-    # "ddp_fork": the two gloo processes are forked from this one (no re-import, ~3 s here); "ddp_spawn"
-    # gives the same numbers but starts two fresh interpreters (~40 s on this machine)
-    return VeloPyro(sim, **MODEL).fit(devices=2, strategy="ddp_fork", seed=0, **FIT)
+    return build_ddp(sim)
 
 
 def _single(sim, seed: int) -> VeloPyro:
@@ -49,23 +57,33 @@ def test_distributed_sampler_gives_the_same_global_batches() -> None:
             assert union == sorted(single[k * per_process * world:(k + 1) * per_process * world])
 
 
+def ddp_curve_metrics(sim, ddp: VeloPyro, seed: int = 0) -> dict:
+    """The DDP fit's train-loss curve, the single-process one at its seed, and the seed-to-seed noise (the
+    largest distance to the single-process curve at seed + 1)."""
+    one, other_seed = _single(sim, seed), _single(sim, seed + 1)
+    one_curve = np.array(one.history["train_loss"])
+    noise = np.abs(np.array(other_seed.history["train_loss"]) - one_curve).max()
+    return {"ddp_curve": np.array(ddp.history["train_loss"]), "one_curve": one_curve, "noise": noise}
+
+
+@pytest.mark.slow  # forks two gloo processes (ddp_fork)
 def test_ddp_loss_curve_close_to_single_process(sim, ddp) -> None:
     h = ddp.history
     assert h["epoch"] == list(range(1, 9))
     assert all(np.isfinite(h["validation_loss"]))
     assert h["best_epoch"] == 1 + int(np.argmin(h["validation_loss"]))
-    one, other_seed = _single(sim, 0), _single(sim, 1)
-    ddp_curve, one_curve = np.array(h["train_loss"]), np.array(one.history["train_loss"])
+    m = ddp_curve_metrics(sim, ddp)
+    ddp_curve, one_curve, noise = m["ddp_curve"], m["one_curve"], m["noise"]
     # Tolerance. The gradient of each DDP step is that of the same global batch as the single process
     # (the test above), but three things differ: each process draws its own Monte Carlo noise and dropout
     # masks, and BatchNorm normalises 16 cells rather than 32 (SyncBatchNorm needs a GPU). The first two are
     # the noise that separates two single-process fits with different seeds, so the DDP curve must lie
     # within twice that seed-to-seed distance (here 2 x 0.7 nats per cell while the loss falls by ~18)
-    noise = np.abs(np.array(other_seed.history["train_loss"]) - one_curve).max()
     assert np.abs(ddp_curve - one_curve).max() <= 2 * noise
     assert one_curve[0] - one_curve[-1] > 10 * noise  # the curve falls far more than the tolerance
 
 
+@pytest.mark.slow  # forks two gloo processes (ddp_fork)
 def test_ddp_result_trained_saves_and_loads(sim, ddp, tmp_path) -> None:
     # the weights trained in the worker processes came back to this one
     fresh = VeloPyro(sim, **MODEL)
@@ -77,6 +95,7 @@ def test_ddp_result_trained_saves_and_loads(sim, ddp, tmp_path) -> None:
     assert loaded.history["train_loss"] == ddp.history["train_loss"]
 
 
+@pytest.mark.slow  # forks two gloo processes (ddp_fork)
 def test_ddp_from_disk_equals_in_memory(sim, ddp, tmp_path) -> None:
     """Lightning processes read the cells from an .h5ad (each opens the file): the same global batches as in
     memory, so the same loss curve."""
@@ -115,6 +134,7 @@ def test_checkpoints_with_devices_refused(sim, tmp_path) -> None:
     assert code != 0 and not (tmp_path / "ck2").exists() and not (tmp_path / "out.h5ad").exists()
 
 
+@pytest.mark.slow  # forks two gloo processes (ddp_fork)
 def test_cli_devices(sim, tmp_path) -> None:
     import anndata as ad
 
@@ -130,10 +150,16 @@ def test_cli_devices(sim, tmp_path) -> None:
     assert np.isfinite(res.layers["velocity"]).all()
 
 
+def early_stopping_history(sim, seed: int = 0) -> dict:
+    """A Lightning fit with early stopping (patience 1 after a 3-epoch KL warm-up): its history."""
+    fit = {**FIT, "max_epochs": 40}
+    return VeloPyro(sim, **MODEL).fit(devices=1, strategy="auto", seed=seed, patience=1, kl_warmup_epochs=3,
+                                      **fit).history
+
+
 def test_early_stopping_after_warmup(sim) -> None:
     # Lightning's EarlyStopping on the reduced validation ELBO, counting only after the KL warm-up
-    fit = {**FIT, "max_epochs": 40}
-    h = VeloPyro(sim, **MODEL).fit(devices=1, strategy="auto", seed=0, patience=1, kl_warmup_epochs=3, **fit).history
+    h = early_stopping_history(sim)
     assert h["stopped_early"] and len(h["epoch"]) < 40
     assert h["best_epoch"] >= 3 and h["epoch"][-1] == h["best_epoch"] + 1
     val = np.array(h["validation_loss"])

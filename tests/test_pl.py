@@ -13,11 +13,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 from matplotlib.figure import Figure  # noqa: E402
 
 import velopyro  # noqa: E402
 from velopyro import pl, tl  # noqa: E402
 from velopyro._validation import VelopyroInputError  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 matplotlib.use("Agg")
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from _fixtures import fit_threads, fit_threads_context  # tests/ is on sys.path (pytest rootdir-relative import)
 from scipy.stats import spearmanr
 
 import velopyro
@@ -34,20 +35,23 @@ def simulated(likelihood: str, seed: int = 0):
 
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
-    """Small models run faster on one thread, and do not thrash when the CPU is shared."""
+    """Small models run faster on one thread, and do not thrash when the CPU is shared (VELOPYRO_TEST_THREADS
+    overrides the 1: _fixtures.fit_threads)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(fit_threads())
     yield
     torch.set_num_threads(before)
 
 
 @functools.cache
-def fit_model(data_likelihood: str, fit_likelihood: str, seed: int = 0) -> velopyro.VeloPyro:
-    """A small fit of ``fit_likelihood`` on data simulated from ``data_likelihood`` (cached)."""
+def fit_model(data_likelihood: str, fit_likelihood: str, seed: int = 0, fit_seed: int = 0) -> velopyro.VeloPyro:
+    """A small fit of ``fit_likelihood`` on data simulated from ``data_likelihood`` (cached; ``seed`` the
+    data's, ``fit_seed`` the fit's), on :func:`_fixtures.fit_threads` threads."""
     adata = simulated(data_likelihood, seed)
     kwargs = {"size_factor_key": "true_size_factor"} if fit_likelihood != "normal" else {}
     model = velopyro.VeloPyro(adata, likelihood=fit_likelihood, n_hidden=64, **kwargs)
-    model.fit(max_epochs=EPOCHS, batch_size=128, early_stopping=False, progress_bar=False, seed=0)
+    with fit_threads_context():
+        model.fit(max_epochs=EPOCHS, batch_size=128, early_stopping=False, progress_bar=False, seed=fit_seed)
     return model
 
 
@@ -57,38 +61,56 @@ def tail_share(p: np.ndarray) -> float:
 
 
 # ---- recovery ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("likelihood", ["normal", "poisson", "negative_binomial"])
-def test_fit_recovers_latent_time_with_each_likelihood(likelihood: str) -> None:
-    model = fit_model(likelihood, likelihood)
+def latent_time_metrics(likelihood: str, fit_seed: int = 0) -> dict[str, float]:
+    """What test_fit_recovers_latent_time_with_each_likelihood asserts on (and prints)."""
+    model = fit_model(likelihood, likelihood, fit_seed=fit_seed)
     adata = simulated(likelihood)
     cell = model.get_latent_time(level="cell", n_samples=10)
     rho_cell = spearmanr(cell, adata.obs["true_t"]).statistic
     gene = model.get_latent_time(n_samples=10)
     rho_gene = np.nanmedian([spearmanr(gene[:, j], adata.layers["true_t"][:, j]).statistic
                              for j in range(adata.n_vars)])
-    print(f"{likelihood}: Spearman cell-level {rho_cell:.3f}, per-gene median {rho_gene:.3f}")
-    assert rho_cell > 0.8
+    return {"cell_time_spearman": float(rho_cell), "gene_time_median_spearman": float(rho_gene)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("likelihood", ["normal", "poisson", "negative_binomial"])
+def test_fit_recovers_latent_time_with_each_likelihood(likelihood: str) -> None:
+    m = latent_time_metrics(likelihood)
+    print(f"{likelihood}: Spearman cell-level {m['cell_time_spearman']:.3f}, "
+          f"per-gene median {m['gene_time_median_spearman']:.3f}")
+    assert m["cell_time_spearman"] > 0.8
 
 
 # ---- PIT calibration -----------------------------------------------------------------------------
+def pit_count_metrics(fit_seed: int = 0) -> dict:
+    """The randomised PIT of the NB and Poisson fits to NB counts: KS per modality and tail shares."""
+    nb = ppc.pit(fit_model("negative_binomial", "negative_binomial", fit_seed=fit_seed), n_samples=100,
+                 modality="both", seed=0)
+    po = ppc.pit(fit_model("negative_binomial", "poisson", fit_seed=fit_seed), n_samples=100, modality="both",
+                 seed=0)
+    return {"ks_nb": [ppc.ks_uniform(nb[j]) for j in range(2)], "ks_po": [ppc.ks_uniform(po[j]) for j in range(2)],
+            "tail_nb": tail_share(nb), "tail_po": tail_share(po)}
+
+
+@pytest.mark.slow
 def test_pit_is_calibrated_when_well_specified_and_detects_overdispersion() -> None:
     """NB counts: the NB fit's randomised PIT is close to uniform, a Poisson fit's is U-shaped."""
-    nb = ppc.pit(fit_model("negative_binomial", "negative_binomial"), n_samples=100, modality="both", seed=0)
-    po = ppc.pit(fit_model("negative_binomial", "poisson"), n_samples=100, modality="both", seed=0)
-    ks_nb = [ppc.ks_uniform(nb[j]) for j in range(2)]
-    ks_po = [ppc.ks_uniform(po[j]) for j in range(2)]
-    print(f"KS well-specified (NB on NB) u/s: {ks_nb}, tails {tail_share(nb):.3f}; "
-          f"misspecified (Poisson on NB) u/s: {ks_po}, tails {tail_share(po):.3f}")
+    m = pit_count_metrics()
+    ks_nb, ks_po = m["ks_nb"], m["ks_po"]
+    print(f"KS well-specified (NB on NB) u/s: {ks_nb}, tails {m['tail_nb']:.3f}; "
+          f"misspecified (Poisson on NB) u/s: {ks_po}, tails {m['tail_po']:.3f}")
     # A KS bound, not the asymptotic 1.36/sqrt(n): the 30,000 PIT values per modality share cells and
     # come from a variational posterior, so they are not independent exact-posterior pivots.
     assert max(ks_nb) < 0.06
     assert min(ks_po) > max(ks_nb) + 0.02
-    assert abs(tail_share(nb) - 0.2) < 0.04  # flat
-    assert tail_share(po) > 0.28  # U-shaped: Poisson replicates are too narrow for NB counts
+    assert abs(m["tail_nb"] - 0.2) < 0.04  # flat
+    assert m["tail_po"] > 0.28  # U-shaped: Poisson replicates are too narrow for NB counts
 
 
-def test_pit_of_the_normal_fit_is_close_to_uniform() -> None:
-    model = fit_model("normal", "normal")
+def pit_normal_metrics(fit_seed: int = 0) -> dict:
+    """The randomised PIT of the Normal fit, and of the same fit with its noise scales divided by 4."""
+    model = fit_model("normal", "normal", fit_seed=fit_seed)
     p = ppc.pit(model, n_samples=100, modality="both", seed=0)
     ks = [ppc.ks_uniform(p[j]) for j in range(2)]
     # the same fit with its noise scales divided by 4: replicates far too narrow (a misspecified model)
@@ -98,16 +120,23 @@ def test_pit_of_the_normal_fit_is_close_to_uniform() -> None:
             getattr(narrow.likelihood, f"raw_sigma_{m}").sub_(math.log(4.0))
     p_bad = ppc.pit(narrow, n_samples=100, modality="both", seed=0)
     ks_bad = [ppc.ks_uniform(p_bad[j]) for j in range(2)]
-    print(f"KS Normal on Normal u/s: {ks}, tails {tail_share(p):.3f}; sigma / 4: {ks_bad}, "
-          f"tails {tail_share(p_bad):.3f}")
+    return {"ks": ks, "ks_bad": ks_bad, "tail": tail_share(p), "tail_bad": tail_share(p_bad)}
+
+
+@pytest.mark.slow
+def test_pit_of_the_normal_fit_is_close_to_uniform() -> None:
+    m = pit_normal_metrics()
+    ks, ks_bad = m["ks"], m["ks_bad"]
+    print(f"KS Normal on Normal u/s: {ks}, tails {m['tail']:.3f}; sigma / 4: {ks_bad}, tails {m['tail_bad']:.3f}")
     # simulate() clips Normal draws at 0 and the input validation rejects negative Ms/Mu, so this fit
     # is not exactly well specified: clipped zeros sit mid-way in their replicates (a mild hump). Over
     # short fits (100 epochs, seeds 0-2, 100 and 200 epochs) the KS distance measured 0.04-0.096.
     assert max(ks) < 0.1
-    assert tail_share(p) < 0.25  # no U shape: the predictive is not overconfident
-    assert min(ks_bad) > max(ks) + 0.1 and tail_share(p_bad) > 0.4  # the misspecified one is detected
+    assert m["tail"] < 0.25  # no U shape: the predictive is not overconfident
+    assert min(ks_bad) > max(ks) + 0.1 and m["tail_bad"] > 0.4  # the misspecified one is detected
 
 
+@pytest.mark.slow
 def test_pit_shapes_ranges_and_seeds() -> None:
     model = fit_model("negative_binomial", "negative_binomial")
     idx = np.arange(0, 40)
@@ -133,6 +162,7 @@ def test_ks_per_gene_matches_scipy() -> None:
 
 
 # ---- replicates go through the model's likelihood ------------------------------------------------
+@pytest.mark.slow
 def test_replicates_are_draws_of_the_likelihood_given_the_state() -> None:
     """With z, pi and k fixed, the mean of many replicates is the likelihood's mean (eq. 20-21)."""
     from velopyro import posterior
@@ -152,6 +182,7 @@ def test_replicates_are_draws_of_the_likelihood_given_the_state() -> None:
 
 
 # ---- batched summaries -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_posterior_predictive_summaries_and_draws() -> None:
     model = fit_model("negative_binomial", "negative_binomial")
     out = ppc.posterior_predictive(model, n_samples=12, return_draws=True, quantiles=(0.1, 0.9),
@@ -166,6 +197,7 @@ def test_posterior_predictive_summaries_and_draws() -> None:
     assert "draws" not in small["s"] and small["s"]["mean"].shape == (N_CELLS, N_GENES)
 
 
+@pytest.mark.slow
 def test_memory_bound_shrinks_batches_without_changing_shapes() -> None:
     model = fit_model("negative_binomial", "negative_binomial")
     batches = list(ppc.iterate_draws(model, ["pi", "s"], 4, 0, np.arange(50), 256, max_batch_floats=4 * 5 * 150))
@@ -173,6 +205,7 @@ def test_memory_bound_shrinks_batches_without_changing_shapes() -> None:
     assert batches[0][1]["pi"].shape == (4, 5, N_GENES, 4)
 
 
+@pytest.mark.slow
 def test_sample_posterior_matches_state_assignment_and_time() -> None:
     model = fit_model("negative_binomial", "negative_binomial")
     # variables that use no random numbers beyond q's draws, so the draws equal those of the API's queries
@@ -188,6 +221,7 @@ def test_sample_posterior_matches_state_assignment_and_time() -> None:
     assert np.all(out["time"]["q0.05"] >= 0) and np.all(out["time"]["q0.95"] <= 20)
 
 
+@pytest.mark.slow
 def test_histograms_count_every_cell() -> None:
     model = fit_model("negative_binomial", "negative_binomial")
     h = ppc.histograms(model, n_samples=3, genes=[0, 7])
@@ -199,6 +233,7 @@ def test_histograms_count_every_cell() -> None:
 
 
 # ---- the pi-integrated pointwise likelihood -------------------------------------------------------
+@pytest.mark.slow
 def test_a_fitted_model_object_gives_the_same_draws_as_velopyro() -> None:
     """ppc and convert take the FittedModel pieces; VeloPyro is only one way to build them."""
     from velopyro.fitted import FittedModel, as_fitted
@@ -241,6 +276,7 @@ def test_pointwise_log_likelihood_integrates_pi_over_its_prior(coupling: str) ->
 
 
 # ---- figures --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ppc_figures(tmp_path) -> None:
     import matplotlib
 

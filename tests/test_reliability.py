@@ -27,6 +27,11 @@ from velopyro._validation import VelopyroInputError
 from velopyro.cli import main
 from velopyro.datasets import simulate
 
+from _fixtures import SHORT_FITS
+
+# fits stop at a few epochs on purpose (a test needs a fitted model, not a converged one)
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)
+
 FIT = dict(max_epochs=3, progress_bar=False, seed=0)
 
 

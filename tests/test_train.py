@@ -8,11 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 from pyro import poutine
 
 import velopyro
 from velopyro import train
 from velopyro.datasets import simulate
+
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -40,6 +40,7 @@ def _stdout(nb) -> str:
                    if o.output_type == "stream" and o.name == "stdout")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", sorted(EXPECTED))
 def test_tutorial_runs_at_small_size(notebook: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nb = _execute(notebook, tmp_path, monkeypatch)
@@ -62,6 +63,7 @@ def test_tutorial_notebooks_say_which_size_their_outputs_are_from() -> None:
         assert "VELOPYRO_TUTORIAL_SMALL=1" in first.source and "full size" in first.source, name
 
 
+@pytest.mark.slow
 def test_pancreas_uncertainty_notebook_runs_at_small_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The notebook, executed top to bottom (400 cells, 40 genes, 15 epochs), CellRank cells included."""
     pytest.importorskip("cellrank", reason="the notebook's fate analysis needs the cellrank extra")

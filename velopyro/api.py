@@ -37,6 +37,7 @@ from ._validation import (
     check_n_samples,
     format_names,
 )
+from ._warn import caller_stacklevel
 from .checkpoint import checkpoint_path, load_checkpoint
 from .coupling import STATE_COUPLINGS
 from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
@@ -293,7 +294,7 @@ class VeloPyro:
                 warnings.warn(
                     "The Normal likelihood expects min-max scaled Ms/Mu in [0, 1] (seed eq. 20-21), but "
                     f"the layers reach {max(s.max(), u.max()):.3g}; run velopyro.pp.preprocess first.",
-                    stacklevel=3,
+                    stacklevel=caller_stacklevel(),
                 )
         data = VeloData(torch.from_numpy(u), torch.from_numpy(s), torch.from_numpy(sf_u[:, None].copy()),
                         torch.from_numpy(sf_s[:, None].copy()))
@@ -318,7 +319,7 @@ class VeloPyro:
             warnings.warn(
                 "The Normal likelihood expects min-max scaled Ms/Mu in [0, 1] (seed eq. 20-21), but "
                 f"the layers reach {sub.max_value:.3g}; run velopyro.pp.preprocess first.",
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),
             )
         self._sub = sub
         return sub.data, (lik.to_kinetic_scale(sub.u, sub.size_factor_u),
@@ -1532,7 +1533,8 @@ class VeloPyro:
         if LIKELIHOODS.get(self.likelihood.name) is not type(self.likelihood):
             warnings.warn(f"The likelihood {self.likelihood.name!r} is not registered under its name; it is saved by "
                           "its parameters only: register its class (velopyro.likelihoods.register_likelihood) or "
-                          "pass the same instance to VeloPyro.load(..., likelihood=...).", stacklevel=2)
+                          "pass the same instance to VeloPyro.load(..., likelihood=...).",
+                          stacklevel=caller_stacklevel())
         state = {"model": self.model.state_dict(), "guide": self.guide.state_dict(),
                  "train_indices": torch.as_tensor(np.asarray(self.train_indices, dtype=np.int64)),
                  "validation_indices": torch.as_tensor(np.asarray(self.validation_indices, dtype=np.int64))}
@@ -1627,7 +1629,7 @@ class VeloPyro:
         else:
             warnings.warn(f"adata's cells ({obj.n_cells}) are not the fitted cells ({meta['n_cells']}); the "
                           "saved train/validation split does not apply and is dropped (train_indices and "
-                          "validation_indices are empty).", UserWarning, stacklevel=2)
+                          "validation_indices are empty).", UserWarning, stacklevel=caller_stacklevel())
             obj.train_indices, obj.validation_indices = np.arange(0), np.arange(0)
         obj.history = meta["history"]
         obj.device = resolve_device(device)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ._validation import VelopyroInputError, check_batch_categories, check_batch_key, format_names
+from ._warn import caller_stacklevel
 
 __all__ = ["BATCH_EFFECTS", "BATCH_ENCODERS", "BatchEffect", "read_batches", "check_batch_index", "one_hot",
            "batch_mixing_score", "combined_labels"]
@@ -119,7 +120,7 @@ def read_batches(
         if categories is None:
             if len(cats) == 1:
                 warnings.warn(f"obs[{key!r}] has a single category ({cats[0]!r}): a batch covariate with one batch "
-                              "has no effect; drop it from batch_key.", UserWarning, stacklevel=3)
+                              "has no effect; drop it from batch_key.", UserWarning, stacklevel=caller_stacklevel())
             elif len(cats) > max(2, adata.n_obs // 2):
                 raise VelopyroInputError(
                     f"obs[{key!r}] has {len(cats)} distinct values for {adata.n_obs} cells: it looks continuous or "

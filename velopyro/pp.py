@@ -37,6 +37,7 @@ from ._validation import (
     format_names,
     get_layer,
 )
+from ._warn import caller_stacklevel
 
 __all__ = ["filter_and_normalize", "moments", "scale", "select_genes", "preprocess"]
 
@@ -128,12 +129,12 @@ def _check_in_memory(adata: Any, what: str) -> None:
         )
 
 
-def _warn_dropped(names: Sequence[str], why: str, stacklevel: int = 3) -> None:
+def _warn_dropped(names: Sequence[str], why: str) -> None:
     if len(names):
         warnings.warn(
             f"dropping {len(names)} gene(s) {why}: {format_names(names, limit=20)}",
             UserWarning,
-            stacklevel=stacklevel,
+            stacklevel=caller_stacklevel(),
         )
 
 
@@ -231,7 +232,7 @@ def filter_and_normalize(
                 f"layer {layer!r} holds non-integer values; filter_and_normalize expects raw counts "
                 "(already normalised data would be normalised again)",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=caller_stacklevel(),
             )
 
     adata = adata.copy() if copy else adata
@@ -407,16 +408,17 @@ def moments(
             f"layer {spliced_layer!r} looks like raw counts; run velopyro.pp.filter_and_normalize first "
             "(moments smooths the layers as they are)",
             UserWarning,
-            stacklevel=2,
+            stacklevel=caller_stacklevel(),
         )
     sc = _import_scanpy("moments")
 
     n_comps = min(int(n_pcs), min(adata.n_obs, adata.n_vars) - 1)
     if n_comps < n_pcs:
-        warnings.warn(f"n_pcs={n_pcs} capped to {n_comps} for data of shape {adata.shape}", stacklevel=2)
+        warnings.warn(f"n_pcs={n_pcs} capped to {n_comps} for data of shape {adata.shape}",
+                      stacklevel=caller_stacklevel())
     n_nb = min(int(n_neighbors), adata.n_obs)
     if n_nb < n_neighbors:
-        warnings.warn(f"n_neighbors={n_neighbors} capped to {n_nb} (number of cells)", stacklevel=2)
+        warnings.warn(f"n_neighbors={n_neighbors} capped to {n_nb} (number of cells)", stacklevel=caller_stacklevel())
 
     adata = adata.copy() if copy else adata
     if not np.issubdtype(adata.X.dtype, np.floating):
@@ -755,7 +757,7 @@ def preprocess(
             warnings.warn(
                 "adata already has layers 'Ms'/'Mu'; they are recomputed from the counts",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=caller_stacklevel(),
             )
 
     if not use_existing and adata.n_obs <= n_neighbors:

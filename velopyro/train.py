@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from ._rng import seeded
+from ._warn import caller_stacklevel
 from .data import VeloData  # re-exported: VeloData used to live here
 
 __all__ = ["VeloData", "TrainConfig", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices",
@@ -474,7 +475,7 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
         interrupted = True
         keep = best_epoch if best_state is not None else hist.epoch[-1]
         warnings.warn(f"fit interrupted during epoch {len(hist.epoch) + 1}; keeping the state of epoch {keep} "
-                      "(history['interrupted'] is True).", UserWarning, stacklevel=3)
+                      "(history['interrupted'] is True).", UserWarning, stacklevel=caller_stacklevel())
     finally:
         bar.close()
         model._pyro_name = guide._pyro_name = None
@@ -496,6 +497,6 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
             f"training reached max_epochs={max_epochs} before early stopping (the validation loss was "
             f"still improving: best epoch {best_epoch}); the fit may not have converged. Raise max_epochs "
             "(e.g. fit(max_epochs=1000)) for a converged fit.",
-            UserWarning, stacklevel=2,
+            UserWarning, stacklevel=caller_stacklevel(),
         )
     return out
