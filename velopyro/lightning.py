@@ -146,6 +146,12 @@ class VeloLightningModule(_Base):
 
     # ---- Lightning hooks -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:  # noqa: D102 - Lightning hook
+        launcher = getattr(self.trainer.strategy, "launcher", None)
+        if getattr(launcher, "_start_method", None) == "fork" and torch.get_num_threads() > 1:
+            # a forked process inherits the parent's OpenMP thread pool in a broken state (libgomp is not
+            # fork-safe): its first multi-threaded matrix product waits forever on threads that do not exist
+            # there; one intra-op thread per forked process never enters that pool
+            torch.set_num_threads(1)
         pyro.set_rng_seed(self.seed + self.global_rank)
 
     def train_dataloader(self) -> DataLoader:  # noqa: D102 - Lightning hook
