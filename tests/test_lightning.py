@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 from torch.utils.data import DistributedSampler
 
 from velopyro import VeloPyro
@@ -10,6 +11,7 @@ from velopyro._validation import VelopyroInputError
 from velopyro.datasets import simulate
 
 pytest.importorskip("lightning")
+pytestmark = pytest.mark.filterwarnings(SHORT_FITS)  # short fits on purpose (_fixtures.SHORT_FITS)
 
 MODEL = dict(n_hidden=32, n_latent=4, rate_init="constant")  # one fit per call: curves compared
 # 160 training cells, global batch 32: 5 global batches per epoch, 16 cells per process under DDP
