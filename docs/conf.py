@@ -42,6 +42,12 @@ myst_heading_anchors = 3
 autosummary_generate = True
 autosummary_imported_members = True
 autosummary_ignore_module_all = False
+
+# the summary tables cut a docstring at its first ". "; the equation references "(eq. 20-21)" are not a
+# sentence end (autosummary reads this tuple when it extracts each summary)
+import sphinx.ext.autosummary as _autosummary  # noqa: E402
+
+_autosummary.WELL_KNOWN_ABBREVIATIONS = (*_autosummary.WELL_KNOWN_ABBREVIATIONS, "eq.", "eqs.")
 autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "none"  # numpydoc's Parameters sections give the types
 numpydoc_show_class_members = False  # the class template lists the methods, each on its own page
