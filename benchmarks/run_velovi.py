@@ -37,13 +37,17 @@ class EpochTimer(Callback):
 
 
 class VeloviAdapter:
-    """Fit velovi on ``layers['Ms'] / layers['Mu']`` and expose outputs as numpy arrays."""
+    """Fit velovi on ``layers['Ms'] / layers['Mu']`` and expose outputs as numpy arrays.
+
+    ``accelerator`` is Lightning's (``"cpu"``, the benchmarks' default, or ``"gpu"``: :mod:`benchmarks.gpu`).
+    """
 
     name = "velovi"
 
-    def __init__(self, n_samples: int = 25, output_batch_size: int = 1024) -> None:
+    def __init__(self, n_samples: int = 25, output_batch_size: int = 1024, accelerator: str = "cpu") -> None:
         self.n_samples = n_samples
         self.output_batch_size = output_batch_size
+        self.accelerator = accelerator
         self.model = None
         self.adata = None
 
@@ -87,7 +91,7 @@ class VeloviAdapter:
                 batch_size=batch_size,
                 early_stopping=early_stopping,
                 early_stopping_patience=patience,
-                accelerator="cpu",
+                accelerator=self.accelerator,
                 devices=1,
                 enable_progress_bar=False,
                 check_val_every_n_epoch=1,  # validate every epoch even without early stopping

@@ -20,14 +20,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from _fixtures import SHORT_FITS  # tests/ is on sys.path (pytest rootdir-relative import)
 
 from velopyro import VeloPyro, pp
 from velopyro import distributions as vd
 from velopyro._validation import VelopyroInputError
 from velopyro.cli import main
 from velopyro.datasets import simulate
-
-from _fixtures import SHORT_FITS
 
 # fits stop at a few epochs on purpose (a test needs a fitted model, not a converged one)
 pytestmark = pytest.mark.filterwarnings(SHORT_FITS)
