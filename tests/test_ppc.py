@@ -73,13 +73,20 @@ def latent_time_metrics(likelihood: str, fit_seed: int = 0) -> dict[str, float]:
     return {"cell_time_spearman": float(rho_cell), "gene_time_median_spearman": float(rho_gene)}
 
 
+LATENT_TIME_MIN = {"normal": 0.8, "poisson": 0.8, "negative_binomial": 0.7}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("likelihood", ["normal", "poisson", "negative_binomial"])
 def test_fit_recovers_latent_time_with_each_likelihood(likelihood: str) -> None:
     m = latent_time_metrics(likelihood)
     print(f"{likelihood}: Spearman cell-level {m['cell_time_spearman']:.3f}, "
           f"per-gene median {m['gene_time_median_spearman']:.3f}")
-    assert m["cell_time_spearman"] > 0.8
+    # over fit seeds 0-9 on 1 and 2 threads (python -m benchmarks.test_thresholds,
+    # benchmarks/results/test_thresholds/results.md) the cell-level Spearman was
+    # 0.923-0.961 (Normal), 0.961-0.988 (Poisson) and 0.800-0.951 (negative binomial, whose dispersion makes
+    # the fit noisier): each threshold sits clearly below its likelihood's worst fit
+    assert m["cell_time_spearman"] > LATENT_TIME_MIN[likelihood]
 
 
 # ---- PIT calibration -----------------------------------------------------------------------------
@@ -102,7 +109,10 @@ def test_pit_is_calibrated_when_well_specified_and_detects_overdispersion() -> N
           f"misspecified (Poisson on NB) u/s: {ks_po}, tails {m['tail_po']:.3f}")
     # A KS bound, not the asymptotic 1.36/sqrt(n): the 30,000 PIT values per modality share cells and
     # come from a variational posterior, so they are not independent exact-posterior pivots.
-    assert max(ks_nb) < 0.06
+    # over fit seeds 0-9 on 1 and 2 threads (python -m benchmarks.test_thresholds,
+    # benchmarks/results/test_thresholds/results.md): max(ks_nb) 0.028-0.059 and
+    # min(ks_po) - max(ks_nb) 0.044-0.083
+    assert max(ks_nb) < 0.08
     assert min(ks_po) > max(ks_nb) + 0.02
     assert abs(m["tail_nb"] - 0.2) < 0.04  # flat
     assert m["tail_po"] > 0.28  # U-shaped: Poisson replicates are too narrow for NB counts
@@ -129,11 +139,14 @@ def test_pit_of_the_normal_fit_is_close_to_uniform() -> None:
     ks, ks_bad = m["ks"], m["ks_bad"]
     print(f"KS Normal on Normal u/s: {ks}, tails {m['tail']:.3f}; sigma / 4: {ks_bad}, tails {m['tail_bad']:.3f}")
     # simulate() clips Normal draws at 0 and the input validation rejects negative Ms/Mu, so this fit
-    # is not exactly well specified: clipped zeros sit mid-way in their replicates (a mild hump). Over
-    # short fits (100 epochs, seeds 0-2, 100 and 200 epochs) the KS distance measured 0.04-0.096.
-    assert max(ks) < 0.1
+    # is not exactly well specified: clipped zeros sit mid-way in their replicates (a mild hump). Over fit
+    # seeds 0-9 on 1 and 2 threads (python -m benchmarks.test_thresholds,
+    # benchmarks/results/test_thresholds/results.md): max KS 0.041-0.113 (a threshold of 0.1 failed 3 of the
+    # 20 fits), min(ks_bad) - max(ks) 0.116-0.172, tail shares 0.146-0.174 against 0.567-0.617 for the narrow
+    # predictive.
+    assert max(ks) < 0.15
     assert m["tail"] < 0.25  # no U shape: the predictive is not overconfident
-    assert min(ks_bad) > max(ks) + 0.1 and m["tail_bad"] > 0.4  # the misspecified one is detected
+    assert min(ks_bad) > max(ks) + 0.05 and m["tail_bad"] > 0.4  # the misspecified one is detected
 
 
 @pytest.mark.slow

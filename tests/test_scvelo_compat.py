@@ -142,11 +142,17 @@ def test_scvelo_dynamical_tools_run_and_are_sane(scvelo_ready) -> None:
     scv, adata = scvelo_ready
     m = dynamical_metrics(scv, adata)
     assert m["root_cells_max"] > 0.99, m  # found a root region
-    # measured (converged fit): roots -0.90, end points 0.23, velocity pseudotime 0.70, latent time 0.87
+    # Over fit seeds 0-9 on 1 and 2 threads (python -m benchmarks.test_thresholds,
+    # benchmarks/results/test_thresholds/results.md), Spearman with the true time: roots -0.91 to -0.69, end
+    # points 0.03 to 0.66, latent time 0.74 to 0.93. scVelo's velocity pseudotime is bimodal over the fits:
+    # 0.56 to 0.73 on 16 of 20, -0.68 to -0.05 on 4 (the transient genes of this short clock, read backward
+    # on some fits, turn the velocity graph's diffusion around between the roots and the end points), so it is
+    # reported there, not asserted per fit. The thresholds sit below the worst fit: the roots early, the end
+    # points not reversed (a reversed fit puts them among the earliest cells, about -0.8), latent time ordered.
     assert m["root_cells_spearman"] < -0.5, m  # roots are early cells
-    assert m["end_points_spearman"] > 0.1, m  # end points later ones
-    assert m["velocity_pseudotime_finite"] and m["velocity_pseudotime_spearman"] > 0.5, m
-    assert m["latent_time_spearman"] > 0.7, m
+    assert m["end_points_spearman"] > -0.25, m  # end points not among the earliest cells
+    assert m["velocity_pseudotime_finite"], m
+    assert m["latent_time_spearman"] > 0.6, m
     scv.tl.rank_dynamical_genes(adata, groupby="clusters")
     names = adata.uns["rank_dynamical_genes"]["names"]
     assert set(names.dtype.names) == set(adata.obs["clusters"].cat.categories)
