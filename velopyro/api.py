@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -1124,19 +1125,28 @@ class VeloPyro:
         return per_gene, cell_t, kept
 
     def _kinetic_rows(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Observations of cells ``a .. b - 1`` on the kinetic scale (read from disk for a backed model)."""
-        if self._sub is None:
+        """Observations of cells ``a .. b - 1`` on the kinetic scale, through the likelihood's
+        :meth:`~velopyro.likelihoods.Likelihood.to_kinetic_scale` (read from disk for a backed model whose
+        statistics' subsample leaves cells out, with the subsample's :meth:`kinetic_scale_stats`)."""
+        sub = self._sub
+        if sub is None or len(sub.rows) == self.n_cells:  # every cell's kinetic scale is in memory already
             return self._kinetic[0][a:b], self._kinetic[1][a:b]
+        lik = self.likelihood
+        params = inspect.signature(lik.to_kinetic_scale).parameters
+        if "stats" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise VelopyroInputError(
+                f"likelihood {lik.name!r}: to_kinetic_scale(x, size_factor) takes no stats, but this model reads "
+                f"{self.store!r} from disk in chunks with per-gene statistics from a subsample of its cells; give "
+                "the likelihood kinetic_scale_stats(x, size_factor) and to_kinetic_scale(x, size_factor, stats=None) "
+                "(velopyro.likelihoods.Likelihood), or load the data into memory."
+            )
+        cached = getattr(self, "_kin_stats", None)
+        if cached is None or cached[0] is not lik:  # once per likelihood, from the subsample (as the starting values)
+            cached = self._kin_stats = (lik, lik.kinetic_scale_stats(sub.u, sub.size_factor_u),
+                                        lik.kinetic_scale_stats(sub.s, sub.size_factor_s))
         u, s = self.data.read_rows(a, b)
-        if not self.likelihood.is_count:
-            return u, s
-        from .likelihoods import _robust_max
-
-        if not hasattr(self, "_kin_scale"):  # each gene's 99th percentile of normalised counts, as on the subsample
-            self._kin_scale = tuple(_robust_max(x / sf[:, None]) for x, sf in
-                                    ((self._sub.u, self._sub.size_factor_u), (self._sub.s, self._sub.size_factor_s)))
-        return (u / self.data.size_factor_u[a:b].numpy() / self._kin_scale[0],
-                s / self.data.size_factor_s[a:b].numpy() / self._kin_scale[1])
+        return (lik.to_kinetic_scale(u, self.data.size_factor_u[a:b, 0].numpy(), stats=cached[1]),
+                lik.to_kinetic_scale(s, self.data.size_factor_s[a:b, 0].numpy(), stats=cached[2]))
 
     def _write_small(self, adata: Any, per_gene: dict[str, np.ndarray], cell_t: np.ndarray, n_samples: int) -> None:
         """The per-gene columns (rates, scVelo's keys) and ``obs["latent_time"]`` on ``adata``."""
