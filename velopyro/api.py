@@ -7,6 +7,7 @@ queries with :mod:`velopyro.posterior`. Results go back to AnnData under scVelo'
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import inspect
@@ -42,12 +43,13 @@ from ._warn import caller_stacklevel
 from .checkpoint import checkpoint_path, load_checkpoint
 from .coupling import STATE_COUPLINGS
 from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
+from .data import VeloData
 from .fitted import FittedModel
 from .guide import GUIDES, VeloVIGuide, get_guide
 from .kinetics import Kinetics, get_kinetics
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import BETA_INIT, VeloVIModel, steady_state_ratio, switch_targets
-from .train import TrainConfig, VeloData, resolve_device, split_indices, train_svi
+from .train import TrainConfig, resolve_device, split_indices, train_svi
 
 __all__ = ["VeloPyro"]
 
@@ -58,6 +60,12 @@ _FORMAT = 2  # 2: model.pt holds tensors only (read with weights_only=True)
 
 #: The starts of gamma / beta that ``rate_init="select"`` fits, in this order.
 RATE_STARTS = ("constant", "steady_state")
+
+
+def _fresh_likelihood(likelihood: Any) -> Likelihood:
+    """A new likelihood from a name or class, or a deep copy of an instance (never the caller's object)."""
+    return copy.deepcopy(likelihood) if isinstance(likelihood, Likelihood) else get_likelihood(likelihood)
+
 
 class VeloPyro:
     """veloVI RNA velocity as a Pyro program, fitted on an AnnData.
@@ -78,7 +86,8 @@ class VeloPyro:
         for count likelihoods.
     likelihood
         ``"normal"`` (eq. 20-21), ``"poisson"``, ``"negative_binomial"`` or a
-        :class:`~velopyro.likelihoods.Likelihood` instance.
+        :class:`~velopyro.likelihoods.Likelihood` instance (the model fits a copy of it: the instance is left
+        unchanged).
     state_coupling
         ``"independent"`` (separate state mixtures for u and s, eq. 23-24, what the reference optimises)
         or ``"shared"`` (one state for u and s, the exact marginal of the generative process, eq. 15).
@@ -195,7 +204,7 @@ class VeloPyro:
         if batch_effect not in BATCH_EFFECTS:
             raise ValueError(f"batch_effect must be one of {BATCH_EFFECTS}, got {batch_effect!r}.")
         kin = get_kinetics(kinetics)
-        lik = get_likelihood(likelihood)
+        lik = _fresh_likelihood(likelihood)  # a copy of an instance: building sets its parameters up
         #: The .h5ad file / zarr store the data are read from during training (None: in memory).
         self.store = _disk.store_path(adata) if _disk.is_on_disk(adata) else None
         if getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
@@ -681,9 +690,8 @@ class VeloPyro:
                 )
 
     def _fresh_likelihood(self) -> Likelihood:
-        """A new likelihood of the configured kind (a user's instance is re-used as it is)."""
-        arg = self._likelihood_arg
-        return arg if isinstance(arg, Likelihood) else get_likelihood(arg)
+        """A new likelihood of the configured kind (a copy of a user's instance: fitting leaves it unchanged)."""
+        return _fresh_likelihood(self._likelihood_arg)
 
     # ---- posterior queries ---------------------------------------------------------------------------
     def _check_trained(self) -> None:

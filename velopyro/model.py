@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyro
@@ -46,17 +47,32 @@ from torch import nn
 from . import distributions as vdist
 from . import kinetics as kinetics_
 from ._chunks import gene_slices
-from .coupling import STATE_COUPLINGS as COUPLINGS
 from .coupling import get_state_coupling
 from .covariates import BatchEffect, check_batch_index
 from .likelihoods import Likelihood
 from .nn import TimeHeads
 
-__all__ = ["VeloVIModel", "switch_targets", "select_state", "STATE_COUPLINGS"]
+__all__ = ["VeloVIModel", "switch_targets", "select_state"]
 
-STATE_COUPLINGS = tuple(COUPLINGS)  # the names registered in velopyro.coupling
-RATE_MAX = kinetics_.RATE_MAX
 BETA_INIT = kinetics_.BETA_INIT  # the reference's initial splicing rate (softplus(0.5))
+
+
+def __getattr__(name: str) -> Any:
+    """The names that moved: ``STATE_COUPLINGS`` (the registry's names, now read from
+    :data:`velopyro.coupling.STATE_COUPLINGS`) and ``RATE_MAX`` (:data:`velopyro.kinetics.RATE_MAX`)."""
+    import warnings
+
+    if name == "STATE_COUPLINGS":
+        from .coupling import STATE_COUPLINGS
+
+        warnings.warn("velopyro.model.STATE_COUPLINGS is deprecated; use velopyro.coupling.STATE_COUPLINGS "
+                      "(the registry of state couplings, by name).", DeprecationWarning, stacklevel=2)
+        return tuple(STATE_COUPLINGS)
+    if name == "RATE_MAX":
+        warnings.warn("velopyro.model.RATE_MAX is deprecated; use velopyro.kinetics.RATE_MAX.",
+                      DeprecationWarning, stacklevel=2)
+        return kinetics_.RATE_MAX
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def select_state(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
