@@ -32,7 +32,7 @@ from ._validation import (
     check_batch_categories,
     check_batch_key,
     check_constant_genes,
-    check_counts_range,
+    check_counts,
     check_expression,
     check_layer_pair,
     check_model_options,
@@ -290,13 +290,7 @@ class VeloPyro:
         _check_one_layer_constant(s, u, adata.var_names, cfg["spliced_layer"], cfg["unspliced_layer"])
         if lik.is_count:
             for name, x in ((cfg["spliced_layer"], s), (cfg["unspliced_layer"], u)):
-                if not np.all(np.equal(np.mod(x, 1), 0)):
-                    raise VelopyroInputError(
-                        f"likelihood={lik.name!r} models raw counts, but layer {name!r} holds non-integer "
-                        "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
-                        "likelihood='normal' on Ms/Mu."
-                    )
-                check_counts_range(x, name, lik.name)
+                check_counts(x, name, lik.name)
             sf_u, sf_s = _size_factors(adata, u, s, cfg["size_factor_key"])
         else:
             sf_u = sf_s = np.ones(n, dtype=np.float32)
