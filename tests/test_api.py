@@ -182,6 +182,37 @@ def test_input_anndata_not_modified(sim):
     assert keys == (set(sim.obs), set(sim.var), set(sim.uns), set(sim.obsm))
 
 
+
+def test_likelihood_instance_not_modified(sim):
+    """The model builds and fits a copy of a likelihood instance: the caller's object gets no parameters."""
+    lik = velopyro.likelihoods.Normal()
+    m = VeloPyro(sim[:60].copy(), likelihood=lik, n_hidden=16)
+    m.fit(max_epochs=1, progress_bar=False)
+    assert m.likelihood is not lik and isinstance(m.likelihood, velopyro.likelihoods.Normal)
+    assert not hasattr(lik, "raw_sigma_u") and dict(lik.named_parameters()) == {}
+
+
+def test_posterior_sample_missing_key_is_attribute_error():
+    from velopyro.posterior import PosteriorSample
+
+    s = PosteriorSample(u=1)
+    assert s.u == 1 and getattr(s, "pi", None) is None and not hasattr(s, "pi")
+    with pytest.raises(AttributeError, match="pi"):
+        _ = s.pi
+
+
+def test_moved_names_still_import_with_a_deprecation_warning():
+    from velopyro import coupling, data, kinetics, model, train
+
+    with pytest.warns(DeprecationWarning, match="velopyro.coupling.STATE_COUPLINGS"):
+        assert model.STATE_COUPLINGS == tuple(coupling.STATE_COUPLINGS)
+    with pytest.warns(DeprecationWarning, match="velopyro.kinetics.RATE_MAX"):
+        assert model.RATE_MAX == kinetics.RATE_MAX
+    with pytest.warns(DeprecationWarning, match="velopyro.data"):
+        assert train.VeloData is data.VeloData
+    with pytest.raises(AttributeError):
+        _ = model.NOT_A_NAME
+
 def test_import_is_lazy_and_fast():
     import subprocess
     import sys

@@ -227,3 +227,74 @@ def test_simulate_to_disk(tmp_path):
         velopyro.datasets.simulate_to_disk(p1, 10, 8)
     m = velopyro.VeloPyro(p1)
     assert m.n_cells == 700
+
+
+class _Log1pCounts(velopyro.likelihoods.Poisson):
+    """A count likelihood whose kinetic scale is ``log1p`` of normalised counts, written in the two-argument
+    form (no per-gene statistics)."""
+
+    name = "log1p_counts_test"
+
+    def to_kinetic_scale(self, x, size_factor):
+        return np.log1p(x / size_factor[:, None]).astype(np.float32)
+
+
+class _HalfMaxCounts(velopyro.likelihoods.Poisson):
+    """A count likelihood whose kinetic scale is normalised counts over half of each gene's maximum, with its
+    statistics (the maxima) from the reference cells."""
+
+    name = "half_max_counts_test"
+
+    def kinetic_scale_stats(self, x, size_factor):
+        return 0.5 * (x / size_factor[:, None]).max(0)
+
+    def to_kinetic_scale(self, x, size_factor, stats=None):
+        norm = x / size_factor[:, None]
+        return norm / (self.kinetic_scale_stats(x, size_factor) if stats is None else stats)
+
+
+@pytest.fixture(scope="module")
+def counts_file(tmp_path_factory) -> tuple[ad.AnnData, str]:
+    a = velopyro.datasets.simulate(120, 10, seed=2, likelihood="poisson")
+    path = str(tmp_path_factory.mktemp("kin") / "counts.h5ad")
+    a.write_h5ad(path)
+    return a, path
+
+
+def test_custom_kinetic_scale_on_disk(counts_file, tmp_path):
+    """A custom count likelihood's to_kinetic_scale gives the kinetic scale on disk as in memory: the rows
+    write_to_adata reads, and the fit_likelihood it writes from them for the same fitted model."""
+    a, path = counts_file
+    mem = velopyro.VeloPyro(a.copy(), likelihood=_Log1pCounts())
+    disk = velopyro.VeloPyro(path, likelihood=_Log1pCounts())
+    for x, y in zip(disk._kinetic_rows(0, disk.n_cells), mem._kinetic, strict=True):
+        np.testing.assert_array_equal(x, y)
+    mem.fit(max_epochs=1, batch_size=64, progress_bar=False)
+    with pytest.warns(UserWarning, match="not registered"):
+        mem.save(tmp_path / "model")
+    local = str(tmp_path / "own.h5ad")
+    a.write_h5ad(local)
+    disk = velopyro.VeloPyro.load(tmp_path / "model", local, likelihood=_Log1pCounts())
+    mem.write_to_adata(n_samples=2, seed=1)
+    disk.write_to_adata(n_samples=2, seed=1)
+    np.testing.assert_allclose(ad.read_h5ad(local).var["fit_likelihood"], mem.adata.var["fit_likelihood"],
+                               rtol=1e-6)
+
+
+def test_custom_kinetic_scale_subsample_on_disk(counts_file, monkeypatch):
+    """When the statistics' subsample leaves cells out, chunks read from disk are mapped with the likelihood's
+    kinetic_scale_stats of the subsample; a two-argument to_kinetic_scale is refused with a message."""
+    a, path = counts_file
+    monkeypatch.setattr(_disk, "STAT_ENTRIES", 10 * 40)
+    lik = _HalfMaxCounts()
+    disk = velopyro.VeloPyro(path, likelihood=lik)
+    assert len(disk._sub.rows) < disk.n_cells
+    sub = disk._sub
+    u, s = disk._kinetic_rows(10, 50)
+    stats = lik.kinetic_scale_stats(sub.u, sub.size_factor_u)
+    sf = disk.data.size_factor_u[10:50, 0].numpy()
+    np.testing.assert_array_equal(u, lik.to_kinetic_scale(a.layers["unspliced"][10:50], sf, stats=stats))
+    assert s.shape == (40, 10)
+    two_args = velopyro.VeloPyro(path, likelihood=_Log1pCounts())
+    with pytest.raises(VelopyroInputError, match="stats"):
+        two_args._kinetic_rows(0, 10)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import VelopyroInputError, check_counts_range, check_matrix, format_names
+from ._validation import VelopyroInputError, check_counts, check_matrix, format_names
 from .data import BackedVeloData
 from .data import open_store as _open_store
 
@@ -36,6 +36,8 @@ BLOCK_ENTRIES = 2**22
 
 def open_store(path: str) -> Any:
     """Open an ``.h5ad`` file (h5py) or a zarr store read-only, or raise a one-line error.
+
+    :func:`velopyro.data.open_store` (the opener itself) with its h5py / zarr errors as input errors.
 
     Parameters
     ----------
@@ -274,14 +276,8 @@ def stream_inputs(path: str, spliced_layer: str, unspliced_layer: str, var_names
             lo_, hi_ = x.min(0), x.max(0)  # NaN propagates into them, inf and negatives show in them
             if not (np.isfinite(lo_).all() and np.isfinite(hi_).all() and lo_.min() >= 0):
                 check_matrix(x, name)  # raises, naming the problem
-            if is_count and not np.all(np.equal(np.mod(x, 1), 0)):
-                raise VelopyroInputError(
-                    f"likelihood={likelihood_name!r} models raw counts, but layer {name!r} holds non-integer "
-                    "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
-                    "likelihood='normal' on Ms/Mu."
-                )
             if is_count:
-                check_counts_range(x, name, likelihood_name)
+                check_counts(x, name, likelihood_name)
             np.minimum(mins[key], lo_, out=mins[key])
             np.maximum(maxs[key], hi_, out=maxs[key])
             if is_count:

@@ -33,6 +33,7 @@ __all__ = [
     "check_n_samples",
     "check_layer_pair",
     "check_counts_range",
+    "check_counts",
     "check_batch_key",
     "check_batch_categories",
     "MODEL_OPTION_CHECKS",
@@ -862,3 +863,25 @@ def check_counts_range(x: np.ndarray, layer: str, likelihood: str) -> None:
             f"likelihood={likelihood!r} accepts); pass the raw UMI or read counts, or use likelihood='normal' on "
             "Ms/Mu."
         )
+
+
+def check_counts(x: np.ndarray, layer: str, likelihood: str) -> None:
+    """Refuse a layer that a count likelihood cannot model: non-integer values, or counts above
+    :data:`MAX_COUNT` (:func:`check_counts_range`).
+
+    Parameters
+    ----------
+    x
+        The counts (dense; in memory, or one block of cells read from disk).
+    layer
+        Layer name, for the message.
+    likelihood
+        The likelihood's name, for the message.
+    """
+    if not np.all(np.equal(np.mod(x, 1), 0)):
+        raise VelopyroInputError(
+            f"likelihood={likelihood!r} models raw counts, but layer {layer!r} holds non-integer "
+            "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
+            "likelihood='normal' on Ms/Mu."
+        )
+    check_counts_range(x, layer, likelihood)

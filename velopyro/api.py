@@ -7,8 +7,10 @@ queries with :mod:`velopyro.posterior`. Results go back to AnnData under scVelo'
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -30,7 +32,7 @@ from ._validation import (
     check_batch_categories,
     check_batch_key,
     check_constant_genes,
-    check_counts_range,
+    check_counts,
     check_expression,
     check_layer_pair,
     check_model_options,
@@ -41,12 +43,13 @@ from ._warn import caller_stacklevel
 from .checkpoint import checkpoint_path, load_checkpoint
 from .coupling import STATE_COUPLINGS
 from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
+from .data import VeloData
 from .fitted import FittedModel
 from .guide import GUIDES, VeloVIGuide, get_guide
 from .kinetics import Kinetics, get_kinetics
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import BETA_INIT, VeloVIModel, steady_state_ratio, switch_targets
-from .train import TrainConfig, VeloData, resolve_device, split_indices, train_svi
+from .train import TrainConfig, resolve_device, split_indices, train_svi
 
 __all__ = ["VeloPyro"]
 
@@ -57,6 +60,12 @@ _FORMAT = 2  # 2: model.pt holds tensors only (read with weights_only=True)
 
 #: The starts of gamma / beta that ``rate_init="select"`` fits, in this order.
 RATE_STARTS = ("constant", "steady_state")
+
+
+def _fresh_likelihood(likelihood: Any) -> Likelihood:
+    """A new likelihood from a name or class, or a deep copy of an instance (never the caller's object)."""
+    return copy.deepcopy(likelihood) if isinstance(likelihood, Likelihood) else get_likelihood(likelihood)
+
 
 class VeloPyro:
     """veloVI RNA velocity as a Pyro program, fitted on an AnnData.
@@ -77,7 +86,8 @@ class VeloPyro:
         for count likelihoods.
     likelihood
         ``"normal"`` (eq. 20-21), ``"poisson"``, ``"negative_binomial"`` or a
-        :class:`~velopyro.likelihoods.Likelihood` instance.
+        :class:`~velopyro.likelihoods.Likelihood` instance (the model fits a copy of it: the instance is left
+        unchanged).
     state_coupling
         ``"independent"`` (separate state mixtures for u and s, eq. 23-24, what the reference optimises)
         or ``"shared"`` (one state for u and s, the exact marginal of the generative process, eq. 15).
@@ -194,7 +204,7 @@ class VeloPyro:
         if batch_effect not in BATCH_EFFECTS:
             raise ValueError(f"batch_effect must be one of {BATCH_EFFECTS}, got {batch_effect!r}.")
         kin = get_kinetics(kinetics)
-        lik = get_likelihood(likelihood)
+        lik = _fresh_likelihood(likelihood)  # a copy of an instance: building sets its parameters up
         #: The .h5ad file / zarr store the data are read from during training (None: in memory).
         self.store = _disk.store_path(adata) if _disk.is_on_disk(adata) else None
         if getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
@@ -280,13 +290,7 @@ class VeloPyro:
         _check_one_layer_constant(s, u, adata.var_names, cfg["spliced_layer"], cfg["unspliced_layer"])
         if lik.is_count:
             for name, x in ((cfg["spliced_layer"], s), (cfg["unspliced_layer"], u)):
-                if not np.all(np.equal(np.mod(x, 1), 0)):
-                    raise VelopyroInputError(
-                        f"likelihood={lik.name!r} models raw counts, but layer {name!r} holds non-integer "
-                        "values; pass the raw count layers (e.g. spliced_layer='raw_spliced') or use "
-                        "likelihood='normal' on Ms/Mu."
-                    )
-                check_counts_range(x, name, lik.name)
+                check_counts(x, name, lik.name)
             sf_u, sf_s = _size_factors(adata, u, s, cfg["size_factor_key"])
         else:
             sf_u = sf_s = np.ones(n, dtype=np.float32)
@@ -680,9 +684,8 @@ class VeloPyro:
                 )
 
     def _fresh_likelihood(self) -> Likelihood:
-        """A new likelihood of the configured kind (a user's instance is re-used as it is)."""
-        arg = self._likelihood_arg
-        return arg if isinstance(arg, Likelihood) else get_likelihood(arg)
+        """A new likelihood of the configured kind (a copy of a user's instance: fitting leaves it unchanged)."""
+        return _fresh_likelihood(self._likelihood_arg)
 
     # ---- posterior queries ---------------------------------------------------------------------------
     def _check_trained(self) -> None:
@@ -1124,19 +1127,28 @@ class VeloPyro:
         return per_gene, cell_t, kept
 
     def _kinetic_rows(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Observations of cells ``a .. b - 1`` on the kinetic scale (read from disk for a backed model)."""
-        if self._sub is None:
+        """Observations of cells ``a .. b - 1`` on the kinetic scale, through the likelihood's
+        :meth:`~velopyro.likelihoods.Likelihood.to_kinetic_scale` (read from disk for a backed model whose
+        statistics' subsample leaves cells out, with the subsample's :meth:`kinetic_scale_stats`)."""
+        sub = self._sub
+        if sub is None or len(sub.rows) == self.n_cells:  # every cell's kinetic scale is in memory already
             return self._kinetic[0][a:b], self._kinetic[1][a:b]
+        lik = self.likelihood
+        params = inspect.signature(lik.to_kinetic_scale).parameters
+        if "stats" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise VelopyroInputError(
+                f"likelihood {lik.name!r}: to_kinetic_scale(x, size_factor) takes no stats, but this model reads "
+                f"{self.store!r} from disk in chunks with per-gene statistics from a subsample of its cells; give "
+                "the likelihood kinetic_scale_stats(x, size_factor) and to_kinetic_scale(x, size_factor, stats=None) "
+                "(velopyro.likelihoods.Likelihood), or load the data into memory."
+            )
+        cached = getattr(self, "_kin_stats", None)
+        if cached is None or cached[0] is not lik:  # once per likelihood, from the subsample (as the starting values)
+            cached = self._kin_stats = (lik, lik.kinetic_scale_stats(sub.u, sub.size_factor_u),
+                                        lik.kinetic_scale_stats(sub.s, sub.size_factor_s))
         u, s = self.data.read_rows(a, b)
-        if not self.likelihood.is_count:
-            return u, s
-        from .likelihoods import _robust_max
-
-        if not hasattr(self, "_kin_scale"):  # each gene's 99th percentile of normalised counts, as on the subsample
-            self._kin_scale = tuple(_robust_max(x / sf[:, None]) for x, sf in
-                                    ((self._sub.u, self._sub.size_factor_u), (self._sub.s, self._sub.size_factor_s)))
-        return (u / self.data.size_factor_u[a:b].numpy() / self._kin_scale[0],
-                s / self.data.size_factor_s[a:b].numpy() / self._kin_scale[1])
+        return (lik.to_kinetic_scale(u, self.data.size_factor_u[a:b, 0].numpy(), stats=cached[1]),
+                lik.to_kinetic_scale(s, self.data.size_factor_s[a:b, 0].numpy(), stats=cached[2]))
 
     def _write_small(self, adata: Any, per_gene: dict[str, np.ndarray], cell_t: np.ndarray, n_samples: int) -> None:
         """The per-gene columns (rates, scVelo's keys) and ``obs["latent_time"]`` on ``adata``."""

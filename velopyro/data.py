@@ -365,6 +365,9 @@ _IN_MEMORY_ONLY = ("this read-out needs the data in memory, but the model reads 
 def open_store(path: str) -> Any:
     """Open an ``.h5ad`` file (h5py) or a zarr store read-only.
 
+    The bare opener, with h5py's or zarr's own exceptions (this module imports no other velopyro module);
+    :func:`velopyro._disk.open_store` wraps it and turns them into one-line input errors naming the path.
+
     Parameters
     ----------
     path

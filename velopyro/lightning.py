@@ -38,7 +38,8 @@ from pyro.infer import TraceEnum_ELBO
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ._validation import VelopyroInputError
-from .train import VeloData, _adamw, _parameter_groups
+from .data import VeloData
+from .train import _adamw, _parameter_groups
 
 __all__ = ["lightning_available", "train_lightning", "VeloLightningModule"]
 
@@ -64,7 +65,7 @@ def lightning_available() -> bool:
 
 
 class _Cells(Dataset):
-    """The cell indices of a split, one per item (the data stay in :class:`~velopyro.train.VeloData`)."""
+    """The cell indices of a split, one per item (the data stay in :class:`~velopyro.data.VeloData`)."""
 
     def __init__(self, idx: np.ndarray) -> None:
         self.idx = torch.as_tensor(np.asarray(idx, dtype=np.int64))

@@ -113,7 +113,29 @@ class Likelihood(nn.Module):
         """
         raise NotImplementedError
 
-    def to_kinetic_scale(self, x: np.ndarray, size_factor: np.ndarray) -> np.ndarray:
+    def kinetic_scale_stats(self, x: np.ndarray, size_factor: np.ndarray) -> Any:
+        """Per-gene statistics that fix :meth:`to_kinetic_scale`, from a reference set of cells.
+
+        velopyro calls it once on the cells its per-gene statistics come from (on disk: the statistics'
+        subsample, see :mod:`velopyro._disk`) and passes the result to :meth:`to_kinetic_scale` for each
+        chunk of cells it reads later, so that every chunk lands on the scale of the whole data. A map without
+        per-gene statistics (the identity of the Normal likelihood) returns None.
+
+        Parameters
+        ----------
+        x
+            Observations of the reference cells, cells x genes.
+        size_factor
+            Their size factors, ``(cells,)``.
+
+        Returns
+        -------
+        Any
+            The statistics :meth:`to_kinetic_scale` accepts as ``stats`` (None by default).
+        """
+        return None
+
+    def to_kinetic_scale(self, x: np.ndarray, size_factor: np.ndarray, stats: Any = None) -> np.ndarray:
         """Map observations to the scale of the kinetic means (used for u*, s* and alpha's start).
 
         Parameters
@@ -122,6 +144,12 @@ class Likelihood(nn.Module):
             Observations, cells x genes.
         size_factor
             Per-cell size factors, ``(cells,)``.
+        stats
+            What :meth:`kinetic_scale_stats` returned for the reference cells, or None to take the statistics
+            from ``x`` itself. A likelihood whose map uses per-gene statistics overrides both methods; one that
+            overrides only this method with the two arguments ``x, size_factor`` still works, except for a
+            model read from disk whose statistics' subsample leaves cells out (``write_to_adata`` then asks
+            for ``stats``).
 
         Returns
         -------
@@ -266,10 +294,14 @@ class _CountLikelihood(Likelihood):
             setattr(self, f"raw_scale_{m}", _positive_param(top))
             setattr(self, f"raw_background_{m}", _positive_param(np.maximum(0.01 * norm.mean(0), 1e-4)))
 
-    def to_kinetic_scale(self, x: np.ndarray, size_factor: np.ndarray) -> np.ndarray:
+    def kinetic_scale_stats(self, x: np.ndarray, size_factor: np.ndarray) -> np.ndarray:
+        """Each gene's 99th percentile of normalised counts (see :meth:`Likelihood.kinetic_scale_stats`)."""
+        return _robust_max(x / size_factor[:, None])
+
+    def to_kinetic_scale(self, x: np.ndarray, size_factor: np.ndarray, stats: np.ndarray | None = None) -> np.ndarray:
         """Normalised counts divided by each gene's 99th percentile (see :meth:`Likelihood.to_kinetic_scale`)."""
         norm = x / size_factor[:, None]
-        return norm / _robust_max(norm)
+        return norm / (_robust_max(norm) if stats is None else stats)
 
     def encoder_input(self, x: torch.Tensor, size_factor: torch.Tensor | None) -> torch.Tensor:
         """``log1p`` of size-factor-normalised counts (see :meth:`Likelihood.encoder_input`)."""

@@ -42,6 +42,7 @@ Defaults, chosen by the benchmarks (``python -m benchmarks.run_all``, read-out t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,7 +86,13 @@ class PosteriorSample(dict):
     records more carries more.
     """
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name: str) -> Any:
+        """The value of key ``name``; ``AttributeError`` for a missing key (so ``getattr(s, name, default)``,
+        ``hasattr`` and ``copy`` work as on any object)."""
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"PosteriorSample has no key {name!r}") from None
 
 
 def log_state_prior(sample: PosteriorSample) -> torch.Tensor:

@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
@@ -29,10 +29,23 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from ._rng import seeded
 from ._warn import caller_stacklevel
-from .data import VeloData  # re-exported: VeloData used to live here
 
-__all__ = ["VeloData", "TrainConfig", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices",
+if TYPE_CHECKING:
+    from .data import VeloData
+
+__all__ = ["TrainConfig", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices",
            "elbo_per_cell"]
+
+
+def __getattr__(name: str) -> Any:
+    """``VeloData``, which moved to :mod:`velopyro.data` (kept here, deprecated)."""
+    if name == "VeloData":
+        from .data import VeloData
+
+        warnings.warn("velopyro.train.VeloData is deprecated; import it from velopyro.data.", DeprecationWarning,
+                      stacklevel=2)
+        return VeloData
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TrainingDivergedError(RuntimeError):
