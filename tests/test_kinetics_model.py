@@ -124,8 +124,10 @@ def _recovery(model, sim) -> dict[str, float]:
 #: and a ramp depth >= 0.17 (the truth's is 0.8: the fit underestimates it); the untrained model (alpha = alpha_1,
 #: constant beta, gamma) has time 0.005 ± 0.2, gamma/beta undefined, alpha_1/gamma 0.16 and no ramp, and the
 #: constant kinetics cannot express a ramp. lambda_alpha/beta is not recovered at this size (0.06 ± 0.39) and is
-#: not asserted.
-RECOVERY = {"time": 0.7, "gamma/beta": 0.7, "alpha_1/gamma": 0.7, "alpha/alpha_1": 0.1, "ramp depth": 0.1}
+#: not asserted. Over fit seeds of this fixture (``python -m benchmarks.test_thresholds``,
+#: benchmarks/results/test_thresholds/results.md) the ramp depth fell to 0.106 and alpha/alpha_1 to 0.136, so
+#: those two thresholds sit at 0.05 (the untrained model has 0 and NaN).
+RECOVERY = {"time": 0.7, "gamma/beta": 0.7, "alpha_1/gamma": 0.7, "alpha/alpha_1": 0.05, "ramp depth": 0.05}
 
 
 @pytest.mark.slow

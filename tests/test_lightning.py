@@ -82,7 +82,9 @@ def test_ddp_loss_curve_close_to_single_process(sim, ddp) -> None:
     # the noise that separates two single-process fits with different seeds, so the DDP curve must lie
     # within twice that seed-to-seed distance (here 2 x 0.7 nats per cell while the loss falls by ~18)
     assert np.abs(ddp_curve - one_curve).max() <= 2 * noise
-    assert one_curve[0] - one_curve[-1] > 10 * noise  # the curve falls far more than the tolerance
+    # the curve falls far more than the tolerance: over fit seeds 0-9 on 1 and 2 threads the fall was 7.2 to
+    # 40 times the seed-to-seed noise (python -m benchmarks.test_thresholds, results/test_thresholds/results.md)
+    assert one_curve[0] - one_curve[-1] > 4 * noise
 
 
 @pytest.mark.slow  # forks two gloo processes (ddp_fork)
