@@ -251,11 +251,11 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("kinetics_time_dependent", "test_kinetics_model.py::test_time_dependent_recovers_its_simulators_truth",
          "simulate(500 x 30, seed 0, time-dependent kinetics), rate_init='constant', 150 epochs", _kinetics,
          [Check(k, ">", v, f"got[{k!r}] > {v}") for k, v in
-          {"time": 0.7, "gamma/beta": 0.7, "alpha_1/gamma": 0.7, "alpha/alpha_1": 0.05, "ramp depth": 0.05}.items()]),
+          _import("test_kinetics_model").RECOVERY.items()]),
     *[Case(f"ppc_latent_time_{lik}", f"test_ppc.py::test_fit_recovers_latent_time_with_each_likelihood[{lik}]",
            f"test_ppc.fit_model({lik}, {lik}): 500 x 30, 100 epochs (pinned threads)", _ppc_time(lik),
            [Check("cell_time_spearman", ">", v, f"rho_cell > {v} (LATENT_TIME_MIN)")])
-      for lik, v in (("normal", 0.8), ("poisson", 0.8), ("negative_binomial", 0.7))],
+      for lik, v in _import("test_ppc").LATENT_TIME_MIN.items()],
     Case("ppc_pit_counts", "test_ppc.py::test_pit_is_calibrated_when_well_specified_and_detects_overdispersion",
          "test_ppc.fit_model(NB data, NB and Poisson fits)", _ppc_pit_counts,
          [Check("max_ks_nb", "<", 0.08, "max(ks_nb) < 0.08"),
