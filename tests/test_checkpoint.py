@@ -122,10 +122,10 @@ def test_checkpoint_contents_and_mismatches(data_file, tmp_path) -> None:
 
 
 def test_select_checkpoints_each_start_and_resumes_to_the_same_fit(data_file, tmp_path) -> None:
-    """rate_init="select" (the default) keeps one checkpoint per start, in a subdirectory named for it; resuming
+    """rate_init="select" keeps one checkpoint per start, in a subdirectory named for it; resuming
     a finished select fit, or one whose second start never began, gives the uncheckpointed fit bit for bit."""
     adata = anndata.read_h5ad(data_file)
-    model = dict(n_hidden=32, n_latent=4)
+    model = dict(n_hidden=32, n_latent=4, rate_init="select")
     reference = VeloPyro(adata.copy(), **model).fit(max_epochs=3, **FIT)
     checkpointed = VeloPyro(adata.copy(), **model).fit(max_epochs=3, checkpoint_dir=tmp_path, **FIT)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["constant", "steady_state"]

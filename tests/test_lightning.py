@@ -183,7 +183,7 @@ def test_lightning_receives_every_training_option(monkeypatch) -> None:
 
     monkeypatch.setattr(velopyro.lightning, "train_lightning", fake_train_lightning)
     sim = velopyro.datasets.simulate(n_cells=60, n_genes=4, seed=0)
-    model = VeloPyro(sim, n_hidden=8, n_latent=2)
+    model = VeloPyro(sim, n_hidden=8, n_latent=2, rate_init="select")
     model.fit(max_epochs=1, batch_size=32, progress_bar=False, devices=2, eps=0.05, min_delta=0.25, clip_norm=3.0,
               patience=7)
     assert len(seen) == 2  # one Lightning fit per start of rate_init="select"

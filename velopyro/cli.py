@@ -185,8 +185,9 @@ def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
         g.add_argument("--pi-guide", choices=choices["pi_guide"], default=None,
                        help="variational family of the state probabilities pi" + d("pi_guide"))
         g.add_argument("--rate-init", choices=choices["rate_init"], default=None,
-                       help="starting gamma / beta: select (fit from both starts, keep the lower validation loss), "
-                            "each gene's steady-state slope, or one constant for all"
+                       help="starting gamma / beta: one constant for all genes (auto, the default: one fit), each "
+                            "gene's steady-state slope, or select (fit from both starts, keep the lower "
+                            "validation loss; twice the training time)"
                             + d("rate_init"))
         g.add_argument("--batch-key", action="append", default=None, metavar="KEY",
                        help="categorical obs column of a technical covariate (batch, sample); repeat it for "
@@ -212,7 +213,7 @@ def _add_training_args(p: argparse.ArgumentParser, *, with_model: bool) -> None:
 
 
 #: The demo fits a random subsample of the bundled cells (all with --n-cells 0) to early stopping, so that it
-#: converges in a few minutes on a 2-core CPU with the default two-start fit (rate_init="select")
+#: converges in a few minutes on a 2-core CPU with the default one-start fit
 DEMO_N_CELLS = 1000
 
 
