@@ -202,6 +202,11 @@ def _lightning_ddp(seed: int) -> dict[str, float]:
             "fall_over_noise": float((m["one_curve"][0] - m["one_curve"][-1]) / m["noise"])}
 
 
+def _state_head(seed: int) -> dict[str, float]:
+    t = _import("test_collapsed")
+    return t.state_head_metrics(t.build_state_head_fit(seed=seed))
+
+
 def _lightning_early_stopping(seed: int) -> dict[str, float]:
     t = _import("test_lightning")
     h = t.early_stopping_history(t.build_sim(), seed=seed)
@@ -217,7 +222,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
           Check("gamma_beta_spearman", ">", 0.8, "spearmanr(gamma / beta, truth) > 0.8"),
           Check("velocity_sign_accuracy", ">", 0.7, "sign agreement > 0.7")]),
     Case("backward_genes", "test_backward_genes.py::test_reversed_and_shuffled_genes_are_separated",
-         "corrupted_fit: simulate(400 x 30, seed 1), genes 0-4 reversed, 5-9 shuffled, 60 epochs", _backward,
+         "corrupted_fit: simulate(400 x 30, seed 1), genes 0-4 reversed, 5-9 shuffled, 60 epochs, "
+         "rate_init='select'", _backward,
          [Check("auc_reversed", ">=", 0.9, "auc_rev >= 0.9"), Check("auc_all", ">=", 0.9, "auc_all >= 0.9"),
           Check("backward_share_reversed", ">=", 0.8, "fit_backward[rev].mean() >= 0.8"),
           Check("backward_share_clean", "<=", 0.1, "fit_backward[clean].mean() <= 0.1")]),
@@ -288,6 +294,10 @@ CASES: dict[str, Case] = {c.name: c for c in [
          [Check("auc_cosine_variance", ">=", 0.9, "AUC(cosine variance) >= 0.9"),
           Check("auc_cosine_mean", ">=", 0.9, "AUC(-cosine mean) >= 0.9"),
           Check("auc_permutation", ">=", 0.9, "AUC(-permutation score) >= 0.9")]),
+    Case("state_head", "test_collapsed.py::test_state_head_is_fitted_to_the_exact_posterior_mean_and_weights_velocity",
+         "state_head_fit: simulate(300 x 10, seed 3), pi_guide='collapsed', 60 epochs, batch 64", _state_head,
+         [Check("margin", ">", _import("test_collapsed").STATE_HEAD_MARGIN,
+                "ce_constant - ce_head > STATE_HEAD_MARGIN")]),
     Case("lightning_ddp", "test_lightning.py::test_ddp_loss_curve_close_to_single_process",
          "ddp: simulate(200 x 8, seed 0), 2 gloo processes (ddp_fork), 8 epochs; single-process fits at seed, seed+1",
          _lightning_ddp,

@@ -8,7 +8,10 @@ The state k is enumerated out in the model and never appears here. Shapes for a 
     pi                (B, G, 4) Dirichlet(conc(z)) or LogisticNormal(loc(z), scale(z))
 
 With ``pi_guide="collapsed"`` the model integrates pi out (:mod:`velopyro.collapsed`) and the guide is
-q(z | u, s) alone: no pi site, no q(pi | z) network.
+q(z | u, s) alone: no pi site, no q(pi | z) network. It carries a :class:`~velopyro.nn.StateHead`
+instead, which is not part of the ELBO: fitted after SVI to the exact E[pi | u, s, z]
+(:func:`velopyro.train.fit_state_head`), it gives the velocity read-out state weights that are a smooth
+function of z, as q(pi | z) does for the other families.
 
 Guides are registered by name (:data:`GUIDES`, :func:`register_guide`; ``VeloPyro(pi_guide=name)``). A
 new guide is any ``torch.nn.Module`` with the model's call signature that samples ``"z"`` (shape
@@ -31,7 +34,7 @@ from torch import nn
 
 from .covariates import check_batch_index, one_hot
 from .likelihoods import Likelihood
-from .nn import DirichletHead, Encoder, LogisticNormalHead
+from .nn import DirichletHead, Encoder, LogisticNormalHead, StateHead
 
 __all__ = ["VeloVIGuide", "PI_GUIDES", "GuideFamily", "GUIDES", "register_guide", "get_guide"]
 
@@ -82,6 +85,11 @@ class VeloVIGuide(nn.Module):
                                n_covariates=sum(self.n_categories))
         head = PI_GUIDES[pi_guide]
         self.pi_head = None if head is None else head(n_latent, n_genes, n_hidden, n_layers)
+        # pi integrated out: the read-out of pi as a function of z, fitted after SVI (not in the ELBO)
+        # (made with the global random state restored afterwards, so that adding it changed no other draw;
+        # its weights are drawn again from the fit's seed when it is fitted)
+        with torch.random.fork_rng(devices=[]):
+            self.state_head = StateHead(n_latent, n_genes, n_hidden, n_layers) if head is None else None
         self._encoder_input = likelihood.encoder_input  # a function, not a submodule
         self._batch_correction = batch_correction
         self._pyro_name: str | None = None

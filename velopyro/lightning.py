@@ -327,5 +327,10 @@ def train_lightning(
     out["best_epoch"] = module.best_epoch
     out["stopped_early"] = module.stopped_early
     out["best_validation_loss"] = float(module.best)
+    if getattr(guide, "state_head", None) is not None:  # as velopyro.train.train_svi does, in this process
+        from .train import fit_state_head
+
+        out["state_head"] = fit_state_head(model, guide, data, train_idx, validation_idx, torch.device("cpu"),
+                                           seed=seed, batch_size=batch_size)
     return out
 

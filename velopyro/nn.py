@@ -3,6 +3,8 @@
 - :class:`Encoder`: q(z | u, s) (eq. 22), a Normal over the d-dimensional latent.
 - :class:`TimeHeads`: h_ind(z) and h_rep(z) in (0, 1)^G (eq. 16, 18), part of the generative model.
 - :class:`DirichletHead` / :class:`LogisticNormalHead`: q(pi | z) (eq. 22).
+- :class:`StateHead`: z -> state probabilities per gene, the read-out of pi for a model whose pi is
+  integrated out (``pi_guide="collapsed"``), fitted after SVI to the exact E[pi | u, s, z].
 
 Defaults match the reference's capacity: one hidden layer of 256 units,
 Linear -> BatchNorm -> LayerNorm -> ReLU -> Dropout. All networks take 2-D inputs (cells x features),
@@ -18,7 +20,7 @@ from torch.nn import functional as F
 
 from .distributions import LogisticNormal, SafeDirichlet
 
-__all__ = ["FCLayers", "Encoder", "TimeHeads", "DirichletHead", "LogisticNormalHead"]
+__all__ = ["FCLayers", "Encoder", "TimeHeads", "DirichletHead", "LogisticNormalHead", "StateHead"]
 
 class FCLayers(nn.Module):
     """A stack of fully connected blocks: Linear -> [BatchNorm] -> [LayerNorm] -> ReLU -> [Dropout].
@@ -232,3 +234,64 @@ class LogisticNormalHead(nn.Module):
         loc = 8.0 * torch.tanh(out[..., :-1] / 8.0)
         scale = F.softplus(out[..., -1:]).clamp(max=3.0) + 1e-3
         return LogisticNormal(loc, scale)
+
+
+class StateHead(nn.Module):
+    """z -> state probabilities ``(cells, G, 4)``: an amortised read-out of pi as a function of z alone.
+
+    With pi integrated out of the model (``pi_guide="collapsed"``, :mod:`velopyro.collapsed`) the exact
+    posterior mean E[pi | u, s, z] follows each cell's own observations. This head is the amortised
+    counterpart of q(pi | z) (eq. 22): fitted after SVI by cross-entropy to that exact mean
+    (:func:`velopyro.train.fit_state_head`), its minimiser is E[E[pi | u, s, z] | z], a smooth function of
+    the latent, which the velocity read-out weights the states by. It is not part of the ELBO.
+
+    Parameters
+    ----------
+    n_latent, n_genes
+        d and G.
+    n_hidden, n_layers
+        Trunk shape.
+    n_states
+        4.
+    """
+
+    def __init__(self, n_latent: int, n_genes: int, n_hidden: int = 256, n_layers: int = 1,
+                 n_states: int = 4) -> None:
+        super().__init__()
+        self.n_genes, self.n_states = n_genes, n_states
+        self.trunk = FCLayers(n_latent, n_hidden, n_layers, dropout_rate=0.0)
+        self.out = nn.Linear(n_hidden, n_genes * n_states)
+        # set by velopyro.train.fit_state_head; saved with the guide, so a loaded fit reads out the same
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """Log state probabilities ``(cells, G, 4)``.
+
+        Parameters
+        ----------
+        z
+            Latent, ``(cells, d)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``log_softmax`` over the states.
+        """
+        logits = self.out(self.trunk(z)).view(z.shape[0], self.n_genes, self.n_states)
+        # the states in front for the reduction (torch's CPU softmax is slow over a last axis of 4)
+        return torch.log_softmax(logits.movedim(-1, 0), dim=0).movedim(0, -1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """State probabilities ``(cells, G, 4)``.
+
+        Parameters
+        ----------
+        z
+            Latent, ``(cells, d)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Probabilities over the four states.
+        """
+        return self.log_probs(z).exp()

@@ -17,7 +17,9 @@ has no pi of its own: ``pi`` is the exact posterior mean ``E[pi | u, s, z]`` (a 
 ``Dirichlet(0.25 + e_k)`` over the exact state posterior), and the state posterior weighs the states by
 their prior, ``p(k | u, s, z) ∝ p(u | k) p(s | k)`` (the exact posterior of the shared state; with
 independent coupling, that of the state given that u and s share it). :func:`log_state_prior` is the one
-place that reads pi for the state posterior.
+place that reads pi for the state posterior. The weights ``"pi"`` of such a draw are ``pi_z``, the guide's
+fitted :class:`~velopyro.nn.StateHead` at the draw's z (the amortised E[E[pi | u, s, z] | z], a smooth
+function of z as q(pi | z) is), where the guide has one; else ``pi``.
 
 Defaults, chosen by the benchmarks (``python -m benchmarks.run_all``, read-out table of
 ``benchmarks/results/results.md``, the same fits scored both ways):
@@ -153,7 +155,10 @@ def state_weights(sample: PosteriorSample, kind: str | torch.Tensor) -> torch.Te
         return kind
     if kind not in STATE_WEIGHTS:
         raise VelopyroInputError(f"state_weights must be one of {STATE_WEIGHTS}, got {kind!r}")
-    return state_posterior(sample) if kind == "posterior" else sample["pi"]
+    if kind == "posterior":
+        return state_posterior(sample)
+    # pi integrated out: the fitted state head's function of z, when the guide has one (velopyro.nn.StateHead)
+    return sample["pi_z"] if "pi_z" in sample else sample["pi"]
 
 
 def mixture_log_likelihood(sample: PosteriorSample, coupling: str | StateCoupling) -> torch.Tensor:
@@ -351,6 +356,9 @@ def draw(
         fields["pi"] = nodes["pi"]["value"]
     else:  # pi integrated out of the model
         fields.update(model.coupling.collapsed_readouts(model.pi_prior, ll_u, ll_s))
+        head = getattr(guide, "state_head", None)
+        if head is not None and bool(head.fitted):  # the read-out of pi as a function of z (velopyro.nn.StateHead)
+            fields["pi_z"] = head(z.reshape(z.shape[0], -1))
     return PosteriorSample(idx=idx, u=u, s=s, size_factor_u=size_factor_u, size_factor_s=size_factor_s,
                            batch_index=batch_index, z=z.reshape(z.shape[0], -1),
                            z_loc=_site_mean(guide_tr.nodes["z"]).reshape(z.shape[0], -1),

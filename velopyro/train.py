@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .data import VeloData
 
 __all__ = ["TrainConfig", "TrainingDivergedError", "resolve_device", "train_svi", "split_indices",
-           "elbo_per_cell"]
+           "elbo_per_cell", "fit_state_head"]
 
 
 def __getattr__(name: str) -> Any:
@@ -499,6 +499,10 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
     model.eval()
     guide.eval()
     out = {k: list(v) for k, v in vars(hist).items()}
+    if getattr(guide, "state_head", None) is not None and (best_state is not None or interrupted):
+        # pi integrated out: the read-out of pi as a function of z, fitted to the kept state (not in the ELBO)
+        out["state_head"] = fit_state_head(model, guide, host, train_idx, validation_idx, dev, seed=seed,
+                                           batch_size=batch_size)
     out["best_epoch"] = best_epoch
     out["best_validation_loss"] = float(best)  # inf until the KL weight reaches 1 (no best state yet)
     out["stopped_early"] = stopped
@@ -513,3 +517,110 @@ def _train_svi(model: torch.nn.Module, guide: torch.nn.Module, data: VeloData, t
             UserWarning, stacklevel=caller_stacklevel(),
         )
     return out
+
+
+def fit_state_head(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    data: VeloData,
+    train_idx: np.ndarray,
+    validation_idx: np.ndarray,
+    device: torch.device,
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    max_epochs: int = 40,
+    patience: int = 4,
+    lr: float = 1e-2,
+) -> dict[str, Any]:
+    """Fit ``guide.state_head`` (:class:`velopyro.nn.StateHead`) to the exact E[pi | u, s, z] of a fitted model.
+
+    For a model whose pi is integrated out (``pi_guide="collapsed"``) the exact posterior mean of pi given a
+    cell's data and z (:meth:`velopyro.coupling.StateCoupling.collapsed_pi_mean`, from the per-state
+    likelihoods of eq. 20-21 at the kinetics of z, eq. 1-19) follows that cell's own observations. The head
+    maps z alone to state probabilities and is fitted by cross-entropy to that mean, with z drawn from
+    q(z | u, s) (the fitted encoder, eq. 22) at every step: its optimum is E[E[pi | u, s, z] | z], the
+    amortised read-out that q(pi | z) gives the uncollapsed model. The model and the encoder are not
+    changed (their parameters get no gradient); the ELBO is not involved. Early stopping on the held-out
+    cells' cross-entropy (the training cells' when there are none); the best state is kept.
+
+    Parameters
+    ----------
+    model, guide
+        The fitted :class:`~velopyro.model.VeloVIModel` (``collapse_pi=True``) and its guide, which has a
+        ``state_head``.
+    data
+        Inputs on the host (or the device).
+    train_idx, validation_idx
+        The fit's split.
+    device
+        Where to compute.
+    seed
+        The head's initial weights, minibatch order and draws of z (the caller's random states are restored).
+    batch_size, max_epochs, patience, lr
+        Minibatch size, upper bound on epochs, epochs without improvement before stopping, AdamW learning rate.
+
+    Returns
+    -------
+    dict
+        ``epochs``, ``best_epoch``, ``validation_cross_entropy`` (per cell and gene, per epoch) and ``seconds``.
+    """
+    head = guide.state_head
+    t0 = time.perf_counter()
+    with seeded(seed):
+        for m in head.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        head.to(device)
+        optim = _adamw(_parameter_groups(head, torch.nn.Module(), 1e-2), lr=lr, eps=0.01)
+        gen = torch.Generator().manual_seed(seed)
+        model.eval()
+        guide.eval()
+
+        def targets(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            args = data.batch(b, device)
+            with torch.no_grad():
+                loc, scale = guide.encode(*args[1:])
+                z = loc + scale * torch.randn_like(loc)
+                ks = model.kinetic_state(z)
+                ll_u, ll_s = model.state_log_likelihood(ks["u_bar"], ks["s_bar"], *args[1:])
+                return z, model.coupling.collapsed_pi_mean(model.pi_prior, ll_u, ll_s)
+
+        def cross_entropy(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return -(target * head.log_probs(z)).sum(-1).mean()
+
+        score_idx = validation_idx if len(validation_idx) else train_idx
+        train_t = torch.as_tensor(train_idx)
+        curve: list[float] = []
+        best, best_state, best_epoch, bad = math.inf, None, 0, 0
+        for epoch in range(1, max_epochs + 1):
+            head.train()
+            order = data.shuffle(train_t, gen)
+            for start in range(0, len(order), batch_size):
+                b = order[start:start + batch_size]
+                if len(b) < 2:
+                    continue  # BatchNorm needs 2 cells
+                z, target = targets(b)
+                loss = cross_entropy(z, target)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+            head.eval()
+            total = 0.0
+            with torch.no_grad():
+                for start in range(0, len(score_idx), 1024):
+                    b = torch.as_tensor(score_idx[start:start + 1024])
+                    total += float(cross_entropy(*targets(b))) * len(b)
+            curve.append(total / max(len(score_idx), 1))
+            if curve[-1] < best:
+                best, best_epoch, bad = curve[-1], epoch, 0
+                best_state = copy.deepcopy(head.state_dict())
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+        head.load_state_dict(best_state)
+        head.fitted.fill_(True)
+        head.eval()
+    return {"epochs": len(curve), "best_epoch": best_epoch, "validation_cross_entropy": curve,
+            "seconds": time.perf_counter() - t0}
