@@ -213,7 +213,9 @@ class VelopyroAdapter:
             d = parts.setdefault(sno, {"mean_u": [], "mean_s": [], "pi": []})
             d["mean_u"].append(smp["u_bar"].cpu().numpy())
             d["mean_s"].append(smp["s_bar"].cpu().numpy())
-            d["pi"].append(smp["pi"].cpu().numpy())
+            # pi as a function of z (q(pi | z), or the state head when pi is integrated out): with pi integrated
+            # out, smp["pi"] is E[pi | u, s, z], which reads the held-out cell's own data and would flatter it
+            d["pi"].append(posterior.state_weights(smp, "pi").cpu().numpy())
         draws = []
         for sno in sorted(parts):
             draw = {k: np.concatenate(v, axis=0) for k, v in parts[sno].items()}

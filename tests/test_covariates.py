@@ -163,7 +163,7 @@ def build_recovery(fit_seed: int = SEED) -> dict[str, dict[str, float]]:
     """The same cells and genes without a batch effect, with it and no batch_key, with it and batch_key.
 
     On one torch thread (:func:`_fixtures.fit_threads`): a fit's numbers depend on the thread count (README,
-    reliability), and the 0.02 margins were read off one-thread fits (on two threads this seed's batch_key fit
+    reliability), and the margins were read off one-thread fits (on two threads this seed's batch_key fit
     gave latent time 0.881 against the one-batch 0.904, 0.003 past the margin). ``fit_seed``: the fits'
     (benchmarks/test_thresholds.py varies it; the data stay seed 2).
     """
@@ -183,10 +183,16 @@ def recovery() -> dict[str, dict[str, float]]:
     return build_recovery()
 
 
+# batch_key fit's cell-level latent time minus the one-batch fit's: -0.035 to +0.023 over fit seeds 0-9 (one
+# thread; benchmarks/results/test_thresholds/results.md, "covariates_recovery"), against a drop of 0.076 to 0.124
+# without batch_key; the margin sits clearly below the worst of the corrected fits
+TIME_MARGIN = 0.05
+
+
 @pytest.mark.slow
 def test_batch_key_returns_to_the_one_batch_level(recovery) -> None:
     one, fixed = recovery["one_batch"], recovery["batch_key"]
-    assert fixed["time"] >= one["time"] - 0.02, recovery
+    assert fixed["time"] >= one["time"] - TIME_MARGIN, recovery
     assert fixed["velocity"] >= one["velocity"] - 0.02, recovery
     assert fixed["mixing"] > 0.7, recovery  # z mixes the batches (labels without signal score ~0.95)
 
