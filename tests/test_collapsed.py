@@ -273,3 +273,14 @@ def test_uncollapsed_guides_have_no_state_head():
     assert model.guide.state_head is None and "state_head" not in model.history
     smp = next(posterior.iterate_samples(model.model, model.guide, model.data, batch_size=40))[2]
     assert "pi_z" not in smp
+
+
+def test_state_head_round_trips_through_save_and_load(tmp_path):
+    sim = simulate(n_cells=120, n_genes=6, seed=0)
+    model = VeloPyro(sim.copy(), pi_guide="collapsed").fit(max_epochs=5, batch_size=60, progress_bar=False, seed=0)
+    model.save(tmp_path / "fit")
+    loaded = VeloPyro.load(tmp_path / "fit", adata=sim.copy())
+    assert bool(loaded.guide.state_head.fitted)
+    for name, value in model.guide.state_head.state_dict().items():
+        assert torch.equal(loaded.guide.state_head.state_dict()[name], value), name
+    np.testing.assert_array_equal(loaded.get_velocity(n_samples=3), model.get_velocity(n_samples=3))
