@@ -259,7 +259,7 @@ def load_runs() -> list[dict]:
     for row, ds in FROM_DIRECTION.items():
         for p in sorted(DIRECTION_RUNS.glob(f"{ds}_*.json")):
             r = json.loads(p.read_text())
-            if r["dataset"] != ds or (r["tool"], r["variant"]) not in CANDIDATES:
+            if r["dataset"] != ds or (r["tool"], r["variant"]) not in (*CANDIDATES, ("velopyro", "collapsed")):
                 continue
             if (row, r["tool"], r["variant"], r["seed"]) in have:
                 continue
