@@ -45,6 +45,8 @@ VARIANTS: dict[str, dict] = {
     "steady_state_init": {"init": {"rate_init": "steady_state"}},
     # pi integrated out of the model (issue 15), with the default start
     "collapsed": {"adapter": {"pi_guide": "collapsed"}},
+    # pi integrated out under a learned prior mean pi(z) (a StateHead inside the ELBO), the default start
+    "conditional": {"adapter": {"pi_guide": "conditional"}},
     # velovi's time_dep_transcription_rate: alpha relaxes to alpha_1 during induction (issue 13)
     "time_dependent": {"init": {"kinetics": "time_dependent"}},
     "per_cell_loss_velovi_schedule": {"fit": {"loss_per_cell": True, "kl_warmup_epochs": 400, "penalty_fade": True}},

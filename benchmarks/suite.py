@@ -51,6 +51,8 @@ RUNS = OUT / "runs"
 DIRECTION_RUNS = RESULTS_DIR / "direction" / "runs"
 ARRAYS = CACHE_DIR / "suite"
 
+#: velopyro variants (beside :data:`CANDIDATES`) read from the direction benchmark's runs.
+EXTRA_FROM_DIRECTION = (("velopyro", "collapsed"), ("velopyro", "conditional"))
 #: Rows read from :mod:`benchmarks.direction` (dataset name there).
 FROM_DIRECTION = {"pancreas": "pancreas", "scvelo": "scvelo", "velopyro": "velopyro"}
 PANCREAS_ROWS = ("pancreas", "pancreas_pp", "pancreas_600", "pancreas_gap", "pancreas_no_alpha")
@@ -259,7 +261,7 @@ def load_runs() -> list[dict]:
     for row, ds in FROM_DIRECTION.items():
         for p in sorted(DIRECTION_RUNS.glob(f"{ds}_*.json")):
             r = json.loads(p.read_text())
-            if r["dataset"] != ds or (r["tool"], r["variant"]) not in (*CANDIDATES, ("velopyro", "collapsed")):
+            if r["dataset"] != ds or (r["tool"], r["variant"]) not in (*CANDIDATES, *EXTRA_FROM_DIRECTION):
                 continue
             if (row, r["tool"], r["variant"], r["seed"]) in have:
                 continue
@@ -320,7 +322,7 @@ KEY_MEASURES = ("CBDir mean", "velocity sign accuracy", "latent time Spearman (c
 #: velopyro's default as the library runs it (``rate_init="auto"``: the constant start, one fit)
 DEFAULT = ("velopyro", "constant_init")
 COLUMNS = (("velovi", "default"), ("velopyro", "constant_init"), ("velopyro", "steady_state_init"),
-           ("velopyro", "select"), ("velopyro", "collapsed"), ("velopyro", "poisson"),
+           ("velopyro", "select"), ("velopyro", "collapsed"), ("velopyro", "conditional"), ("velopyro", "poisson"),
            ("velopyro", "negative_binomial"))
 
 
@@ -333,7 +335,8 @@ def report() -> str:
     for r in runs_all:
         groups.setdefault((r["row"], r["tool"], r["variant"]), []).append(r)
     head = ["velovi", "velopyro constant start (default)", "velopyro steady-state start", "velopyro select",
-            "velopyro pi integrated out (collapsed)", "velopyro Poisson (counts)",
+            "velopyro pi integrated out (collapsed)", "velopyro pi(z) prior (conditional)",
+            "velopyro Poisson (counts)",
             "velopyro negative binomial (counts)"]
     lines = ["# Development suite: velocity direction, velopyro beside velovi 0.3.1", "",
              "`python -m benchmarks.suite run` then `python -m benchmarks.suite report` (mean ± sd over seeds, "
@@ -341,7 +344,9 @@ def report() -> str:
              "is `rate_init=\"select\"`: per seed, the start (constant or steady-state) with the better validation "
              "objective, two fits. `collapsed` is `pi_guide=\"collapsed\"` with the default start: pi integrated out "
              "(exact), velocity weighted by the state head's pi(z); its held-out log-likelihood also reads pi(z), "
-             "as velovi's reads q(pi | z); its validation loss is a different bound (no Dirichlet KL). No rule "
+             "as velovi's reads q(pi | z); its validation loss is a different bound (no Dirichlet KL). `conditional` "
+             "is `pi_guide=\"conditional\"`: pi integrated out under a learned prior mean pi(z) (a different model). "
+             "No rule "
              "uses cell-type labels.", ""]
     summary = ["## Summary: velopyro default (constant start) minus velovi (mean over seeds; * = velovi better by "
                "more than one sd)",

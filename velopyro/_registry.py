@@ -62,7 +62,8 @@ COMPONENTS: tuple[Component, ...] = (
               ("normal", "poisson", "negative_binomial")),
     Component("state_coupling", "velopyro.coupling", "STATE_COUPLINGS", "register_state_coupling",
               ("independent", "shared")),
-    Component("pi_guide", "velopyro.guide", "GUIDES", "register_guide", ("dirichlet", "logistic_normal", "collapsed")),
+    Component("pi_guide", "velopyro.guide", "GUIDES", "register_guide",
+              ("dirichlet", "logistic_normal", "collapsed", "conditional")),
     Component("kinetics", "velopyro.kinetics", "KINETICS", "register_kinetics", ("constant", "time_dependent")),
 )
 

@@ -96,7 +96,9 @@ class VeloPyro:
         about 30% less time per step on CPU, but a looser ELBO and less accurate latent time in
         ``benchmarks/``: it cannot match the Dirichlet(0.25) prior where the data say little about pi) or
         ``"collapsed"`` (pi integrated out of the model exactly, eq. 14-15: no q(pi | z), no pi KL;
-        read-outs weighted by ``"pi"`` use the exact posterior mean ``E[pi | u, s, z]``), or the name of a guide
+        read-outs weighted by ``"pi"`` use the exact posterior mean ``E[pi | u, s, z]``) or ``"conditional"`` (no
+        Dirichlet: pi is a function of z in the model, ``p(k | z) = Categorical(pi(z))``, k enumerated exactly;
+        a collapsed fit's cost with the state probabilities a smooth function of z), or the name of a guide
         registered with :func:`velopyro.guide.register_guide` (any z and pi families).
     n_latent
         d, the dimension of z (10).
@@ -372,7 +374,8 @@ class VeloPyro:
         self.model = VeloVIModel(
             self.n_genes, lik, u_star, s_star, n_latent=cfg["n_latent"], n_hidden=cfg["n_hidden"],
             n_layers=cfg["n_layers"], t_max=cfg["t_max"], switch_penalty=cfg["switch_penalty"],
-            state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=family.collapse_pi,
+            state_coupling=cfg["state_coupling"], seed=seed, collapse_pi=family.collapse_pi or family.pi_of_z,
+            pi_of_z=family.pi_of_z,
             n_categories=self.n_categories, batch_effect=cfg.get("batch_effect") or "none",
             kinetics=cfg.get("kinetics", "constant"), **extra,
         )

@@ -13,6 +13,10 @@ instead, which is not part of the ELBO: fitted after SVI to the exact E[pi | u, 
 (:func:`velopyro.train.fit_state_head`), it gives the velocity read-out state weights that are a smooth
 function of z, as q(pi | z) does for the other families.
 
+With ``pi_guide="conditional"`` the model has no Dirichlet: pi is a function of z in the model itself,
+``p(k | z) = Categorical(pi(z))`` (:class:`velopyro.model.VeloVIModel`, ``pi_of_z=True``), and k is
+enumerated exactly as before. The guide is q(z | u, s) alone, with neither a pi site nor a state head.
+
 Guides are registered by name (:data:`GUIDES`, :func:`register_guide`; ``VeloPyro(pi_guide=name)``). A
 new guide is any ``torch.nn.Module`` with the model's call signature that samples ``"z"`` (shape
 ``(B, 1, d)`` inside the cells plate) and, unless the model integrates pi out, ``"pi"`` ``(B, G, 4)``
@@ -38,8 +42,10 @@ from .nn import DirichletHead, Encoder, LogisticNormalHead, StateHead
 
 __all__ = ["VeloVIGuide", "PI_GUIDES", "GuideFamily", "GUIDES", "register_guide", "get_guide"]
 
-#: q(pi | z) families by name; ``"collapsed"`` has none (pi is integrated out of the model).
-PI_GUIDES = {"dirichlet": DirichletHead, "logistic_normal": LogisticNormalHead, "collapsed": None}
+#: q(pi | z) families by name; ``"collapsed"`` has none (pi is integrated out of the model) and ``"conditional"``
+#: none (pi is a function of z in the model).
+PI_GUIDES = {"dirichlet": DirichletHead, "logistic_normal": LogisticNormalHead, "collapsed": None,
+             "conditional": None}
 
 
 class VeloVIGuide(nn.Module):
@@ -52,8 +58,9 @@ class VeloVIGuide(nn.Module):
     likelihood
         The model's likelihood; only its :meth:`~velopyro.likelihoods.Likelihood.encoder_input` is used.
     pi_guide
-        ``"dirichlet"`` (veloVI's family), ``"logistic_normal"`` (cheaper to sample) or ``"collapsed"``
-        (no q(pi | z): the model must be built with ``collapse_pi=True``).
+        ``"dirichlet"`` (veloVI's family), ``"logistic_normal"`` (cheaper to sample), ``"collapsed"``
+        (no q(pi | z): the model must be built with ``collapse_pi=True``) or ``"conditional"`` (no q(pi | z)
+        and no state head: the model must be built with ``pi_of_z=True``).
     n_hidden, n_layers, dropout_rate
         Network shape (reference: 256, 1, 0.1).
     n_categories
@@ -89,7 +96,7 @@ class VeloVIGuide(nn.Module):
         # (made with the global random state restored afterwards, so that adding it changed no other draw;
         # its weights are drawn again from the fit's seed when it is fitted)
         with torch.random.fork_rng(devices=[]):
-            self.state_head = StateHead(n_latent, n_genes, n_hidden, n_layers) if head is None else None
+            self.state_head = StateHead(n_latent, n_genes, n_hidden, n_layers) if pi_guide == "collapsed" else None
         self._encoder_input = likelihood.encoder_input  # a function, not a submodule
         self._batch_correction = batch_correction
         self._pyro_name: str | None = None
@@ -174,18 +181,23 @@ class GuideFamily:
         ``dropout_rate``; returns the guide module (see the module docstring for what it must sample).
     collapse_pi
         The model has no pi site (pi integrated out, :mod:`velopyro.collapsed`); the guide samples z only.
+    pi_of_z
+        The model has no pi site because pi is a function of z in the model (``p(k | z) =
+        Categorical(pi(z))``); the guide samples z only.
     """
 
     name: str
     build: Callable[..., nn.Module]
     collapse_pi: bool = False
+    pi_of_z: bool = False
 
 
 #: The registered guides by name.
 GUIDES: dict[str, GuideFamily] = {}
 
 
-def register_guide(name: str, build: Callable[..., nn.Module], *, collapse_pi: bool = False) -> GuideFamily:
+def register_guide(name: str, build: Callable[..., nn.Module], *, collapse_pi: bool = False,
+                   pi_of_z: bool = False) -> GuideFamily:
     """Register a guide under ``name`` so that ``VeloPyro(adata, pi_guide=name)`` builds it.
 
     Parameters
@@ -196,19 +208,22 @@ def register_guide(name: str, build: Callable[..., nn.Module], *, collapse_pi: b
         Factory of the guide module (see :class:`GuideFamily`), e.g. the guide class itself.
     collapse_pi
         Whether the model integrates pi out for this guide.
+    pi_of_z
+        Whether the model makes pi a function of z for this guide (no pi site, no Dirichlet).
 
     Returns
     -------
     GuideFamily
         The registered entry.
     """
-    family = GuideFamily(str(name), build, bool(collapse_pi))
+    family = GuideFamily(str(name), build, bool(collapse_pi), bool(pi_of_z))
     GUIDES[family.name] = family
     return family
 
 
 for _name in PI_GUIDES:
-    register_guide(_name, partial(VeloVIGuide, pi_guide=_name), collapse_pi=PI_GUIDES[_name] is None)
+    register_guide(_name, partial(VeloVIGuide, pi_guide=_name), collapse_pi=_name == "collapsed",
+                   pi_of_z=_name == "conditional")
 
 
 def get_guide(name: str) -> GuideFamily:

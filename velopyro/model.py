@@ -24,6 +24,14 @@ With ``collapse_pi=True`` (``pi_guide="collapsed"``) pi is integrated out exactl
 ``k_s | k_u ~ Categorical((0.25 + e_{k_u}) / 2)`` (independent; the Dirichlet-multinomial pair of the same pi).
 There is no pi site.
 
+With ``pi_of_z=True`` (``pi_guide="conditional"``) eq. 14's Dirichlet is replaced by a function of the
+latent: ``pi_n = f(z_n)`` (a :class:`velopyro.nn.StateHead`, point-estimated like the time heads of eq.
+16-19), and ``k ~ Categorical(f(z))`` (eq. 15; ``k_u``, ``k_s`` each from it under eq. 23-24) is enumerated
+exactly. There is no pi site and no pi KL; the guide is q(z | u, s) alone. It is the limit of veloVI's
+amortised q(pi | z) = Dirichlet(c f(z)) as c grows, with the Dirichlet prior's KL dropped (a point pi
+has no density under it): the state probabilities stay a smooth function of z, as with q(pi | z), at the
+cost of a collapsed fit (no Dirichlet sample, no digamma in the backward pass).
+
 Switch penalty (eq. 25, 27): veloVI's objective is ``L_velo = L_elbo + lambda L_switch`` with lambda = 0.2,
 and the veloVI reference applies it to the per-cell mean of the ELBO. velopyro keeps that meaning: the
 factor is ``-N lambda L_switch`` outside the cells plate (so it is not rescaled by N/B), i.e. the loss
@@ -50,7 +58,7 @@ from ._chunks import gene_slices
 from .coupling import get_state_coupling
 from .covariates import BatchEffect, check_batch_index
 from .likelihoods import Likelihood
-from .nn import TimeHeads
+from .nn import StateHead, TimeHeads
 
 __all__ = ["VeloVIModel", "switch_targets", "select_state"]
 
@@ -210,6 +218,9 @@ class VeloVIModel(nn.Module):
     kinetics
         A registered kinetics name (``"constant"``, veloVI's, or ``"time_dependent"``) or class
         (:mod:`velopyro.kinetics`).
+    pi_of_z
+        pi is a function of z (:attr:`state_prior`, see the module docstring) instead of eq. 14's Dirichlet;
+        requires ``collapse_pi=True`` (no pi site).
     """
 
     def __init__(
@@ -232,8 +243,11 @@ class VeloVIModel(nn.Module):
         n_categories: tuple[int, ...] = (),
         batch_effect: str = "scale_offset",
         kinetics: str | type[kinetics_.Kinetics] = "constant",
+        pi_of_z: bool = False,
     ) -> None:
         super().__init__()
+        if pi_of_z and not collapse_pi:
+            raise ValueError("pi_of_z=True needs collapse_pi=True: the model then has no pi site.")
         self.coupling = get_state_coupling(state_coupling)
         state_coupling = self.coupling.name
         self.n_genes, self.n_latent, self.t_max = n_genes, n_latent, float(t_max)
@@ -250,6 +264,9 @@ class VeloVIModel(nn.Module):
         self.collapse_pi = bool(collapse_pi)
         # the covariate's technical effect on the observed mean (eq. 20-21 see a_b mean + c_b)
         self.batch_effect = BatchEffect(n_categories, n_genes, batch_effect) if n_categories else None
+        # pi = f(z) in place of eq. 14's Dirichlet (pi_guide="conditional"); made last, so that the other
+        # parameters' initial values are those of the other families
+        self.state_prior = StateHead(n_latent, n_genes, n_hidden, n_layers) if pi_of_z else None
         self._pyro_name: str | None = None  # set by the JIT training path to register parameters
         self._readouts = False  # see readouts()
 
@@ -451,7 +468,9 @@ class VeloVIModel(nn.Module):
             with pyro.plate("genes", self.n_genes, dim=-1):
                 enum = {"enumerate": "parallel"}
                 lik = self.likelihood
-                if self.collapse_pi:  # pi integrated out (velopyro.collapsed)
+                if self.state_prior is not None:  # pi = f(z) in place of eq. 14 (module docstring)
+                    k_u, k_s = self.coupling.sample_states(self.state_prior(z.squeeze(-2)), enum)  # eq. 15, 23-24
+                elif self.collapse_pi:  # pi integrated out (velopyro.collapsed)
                     k_u, k_s = self.coupling.sample_collapsed_states(self.pi_prior, enum)
                 else:
                     pi = pyro.sample("pi", vdist.Dirichlet(self.pi_prior))  # eq. 14

@@ -354,6 +354,8 @@ def draw(
     z = nodes["z"]["value"]
     if "pi" in nodes:
         fields["pi"] = nodes["pi"]["value"]
+    elif getattr(model, "state_prior", None) is not None:  # pi a function of z in the model (pi_guide="conditional")
+        fields["pi"] = model.state_prior(z.reshape(z.shape[0], -1))
     else:  # pi integrated out of the model
         fields.update(model.coupling.collapsed_readouts(model.pi_prior, ll_u, ll_s))
         head = getattr(guide, "state_head", None)
