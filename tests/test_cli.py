@@ -179,6 +179,52 @@ def test_cli_defaults_read_without_import_equal_the_library_defaults() -> None:
     assert cli._choices()["rate_init"] == list(RATE_INITS)
 
 
+def test_one_config_gives_the_cli_api_and_train_defaults() -> None:
+    """velopyro.config is the one declaration: the CLI's parsed defaults and help, VeloPyro's and
+    write_to_adata's signature defaults, fit's and train_svi's TrainConfig all read it."""
+    import dataclasses
+    import inspect
+
+    from velopyro import api, cli, config, covariates, train
+
+    assert train.TrainConfig is config.TrainConfig  # re-exported: one class
+    assert covariates.BATCH_EFFECTS is config.BATCH_EFFECTS and covariates.BATCH_ENCODERS is config.BATCH_ENCODERS
+    assert dataclasses.asdict(config.TrainConfig.from_options()) == dataclasses.asdict(config.TrainConfig())
+    init = {n: p.default for n, p in inspect.signature(api.VeloPyro.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+    assert init == dict(config.MODEL_DEFAULTS) == dataclasses.asdict(config.ModelConfig())
+    n_samples = inspect.signature(api.VeloPyro.write_to_adata).parameters["n_samples"].default
+    assert n_samples == config.N_SAMPLES
+    fit_params = inspect.signature(api.VeloPyro.fit).parameters
+    assert fit_params["config"].default is None  # None: TrainConfig()'s defaults
+    assert cli._library_defaults() == config.library_defaults()
+    parser = cli._build_parser()
+    args = parser.parse_args(["fit", "in.h5ad", "-o", "out.h5ad"])
+    tc = config.TrainConfig()
+    assert (args.likelihood, args.seed, args.device, args.n_samples) == (
+        config.MODEL_DEFAULTS["likelihood"], tc.seed, tc.device, config.N_SAMPLES)
+    sub = parser._subparsers._group_actions[0].choices["fit"]
+    help_text = " ".join(sub.format_help().split())
+    for flag, value in (("--max-epochs", tc.max_epochs), ("--batch-size", tc.batch_size), ("--lr", tc.lr),
+                        ("--rate-init", config.MODEL_DEFAULTS["rate_init"]),
+                        ("--pi-guide", config.MODEL_DEFAULTS["pi_guide"])):
+        assert f"(default: {value})" in help_text, flag
+    assert cli._choices()["batch_effect"] == list(config.BATCH_EFFECTS)
+
+
+def test_config_imports_no_torch_and_the_package_parses_no_source() -> None:
+    code = ("import sys, velopyro.config, velopyro.cli; "
+            "print('HEAVY', sorted(m for m in ('torch', 'pyro') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "'torch'" not in res.stdout and "'pyro'" not in res.stdout
+    from pathlib import Path
+
+    for path in (Path(velopyro.__file__).parent).rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "import ast" not in text and "ast.parse" not in text and "literal_eval" not in text, path
+
+
 def test_fit_help_is_fast_and_lists_the_registries() -> None:
     """``fit --help`` imports neither torch nor pyro, and offers every registry's names."""
     from velopyro._registry import COMPONENTS

@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     # leaves, no velopyro import
     # leaves also: collapsed (the algebra of pi integrated out); _warn (warnings' stacklevel)
     {"__init__", "_validation", "_chunks", "kinetics", "distributions", "data", "collapsed", "_warn"},
+    {"config"},  # the options and their defaults as plain data, without torch (checked by _validation)
     {"pp", "likelihoods", "nn", "coupling", "_rng", "_registry",
      "covariates"},  # preprocessing; observation models, networks,
     # state couplings; batch covariates; the components' registries by name (imported by name, never at import time)

@@ -41,6 +41,8 @@ from ._validation import (
 )
 from ._warn import caller_stacklevel
 from .checkpoint import checkpoint_path, load_checkpoint
+from .config import MODEL_DEFAULTS as _D
+from .config import N_SAMPLES, ModelConfig
 from .coupling import STATE_COUPLINGS
 from .covariates import BATCH_EFFECTS, BATCH_ENCODERS, BatchEffect, read_batches
 from .data import VeloData
@@ -168,25 +170,25 @@ class VeloPyro:
     def __init__(
         self,
         adata: Any,
-        spliced_layer: str | None = None,
-        unspliced_layer: str | None = None,
+        spliced_layer: str | None = _D["spliced_layer"],
+        unspliced_layer: str | None = _D["unspliced_layer"],
         *,
-        likelihood: str | Likelihood = "normal",
-        state_coupling: str = "independent",
-        pi_guide: str = "dirichlet",
-        n_latent: int = 10,
-        n_hidden: int = 256,
-        n_layers: int = 1,
-        dropout_rate: float = 0.1,
-        t_max: float = 20.0,
-        switch_penalty: float = 0.2,
-        size_factor_key: str | None = None,
-        rate_init: str = "auto",
-        batch_key: str | list[str] | None = None,
-        batch_effect: str = "auto",
-        batch_encoder: str = "corrected",
-        batch_categories: dict[str, list[str]] | None = None,
-        kinetics: str | type[Kinetics] = "constant",
+        likelihood: str | Likelihood = _D["likelihood"],
+        state_coupling: str = _D["state_coupling"],
+        pi_guide: str = _D["pi_guide"],
+        n_latent: int = _D["n_latent"],
+        n_hidden: int = _D["n_hidden"],
+        n_layers: int = _D["n_layers"],
+        dropout_rate: float = _D["dropout_rate"],
+        t_max: float = _D["t_max"],
+        switch_penalty: float = _D["switch_penalty"],
+        size_factor_key: str | None = _D["size_factor_key"],
+        rate_init: str = _D["rate_init"],
+        batch_key: str | list[str] | None = _D["batch_key"],
+        batch_effect: str = _D["batch_effect"],
+        batch_encoder: str = _D["batch_encoder"],
+        batch_categories: dict[str, list[str]] | None = _D["batch_categories"],
+        kinetics: str | type[Kinetics] = _D["kinetics"],
     ) -> None:
         # every option through the one table of velopyro._validation (types, ranges, choices), before any work
         check_model_options(dict(
@@ -245,7 +247,9 @@ class VeloPyro:
             codes, batch_keys, cats = read_batches(adata, batch_key, known)
             batch_cats = dict(zip(batch_keys, cats, strict=True))
         self.adata = adata
-        self.config: dict[str, Any] = dict(
+        # the resolved options, as velopyro.config.ModelConfig declares them: config.json, checkpoints and
+        # uns["velopyro"]["config"] hold this dict
+        self.config: dict[str, Any] = dataclasses.asdict(ModelConfig(
             spliced_layer=spliced_layer, unspliced_layer=unspliced_layer, likelihood=lik.name,
             state_coupling=state_coupling, pi_guide=pi_guide, n_latent=int(n_latent), n_hidden=int(n_hidden),
             n_layers=int(n_layers), dropout_rate=float(dropout_rate), t_max=float(t_max),
@@ -253,7 +257,7 @@ class VeloPyro:
             batch_key=batch_keys, batch_effect=batch_effect if batch_keys else None, batch_categories=batch_cats,
             batch_encoder=batch_encoder if batch_keys else None,
             kinetics=kin.name,
-        )
+        ))
         self._likelihood_arg = likelihood
         self._sub: _disk.StreamedInputs | None = None
         if self.store is None:
@@ -963,7 +967,7 @@ class VeloPyro:
         return out
 
     # ---- AnnData -------------------------------------------------------------------------------------
-    def write_to_adata(self, adata: Any | None = None, n_samples: int = 25, copy: bool = False,
+    def write_to_adata(self, adata: Any | None = None, n_samples: int = N_SAMPLES, copy: bool = False,
                        seed: int | None = 0, exclude_backward_genes: bool = False,
                        store: str | os.PathLike | None = None) -> Any | None:
         """Write velocity, latent time, rates and states into AnnData under scVelo's keys.

@@ -16,7 +16,6 @@ point before that (also while the libraries are imported) prints one line and ex
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import time
@@ -110,41 +109,11 @@ def _positive_float(text: str) -> float:
 
 def _library_defaults() -> dict[str, Any]:
     """Defaults of every training option (:class:`velopyro.train.TrainConfig`), of ``VeloPyro``'s model
-    options and of ``write_to_adata``'s ``n_samples``: the library's current defaults, declared once.
+    options and of ``write_to_adata``'s ``n_samples``: the library's current defaults, declared once in
+    :mod:`velopyro.config` (which imports no torch, so ``velopyro fit --help`` stays fast)."""
+    from .config import library_defaults
 
-    Read from the source of those declarations with ``ast`` (literal defaults), not by importing them, so
-    that ``velopyro fit --help`` does not import torch; ``tests/test_cli.py`` checks that they equal the
-    imported values.
-    """
-    api, train = _source("api"), _source("train")
-    out: dict[str, Any] = {}
-    for node in ast.walk(train):
-        if isinstance(node, ast.ClassDef) and node.name == "TrainConfig":
-            for stmt in node.body:
-                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-                    _literal_into(out, stmt.target.id, stmt.value)
-    velopyro_cls = next(n for n in ast.walk(api) if isinstance(n, ast.ClassDef) and n.name == "VeloPyro")
-    for fn in velopyro_cls.body:
-        if isinstance(fn, ast.FunctionDef) and fn.name in ("__init__", "write_to_adata"):
-            a = fn.args
-            pos = a.posonlyargs + a.args
-            pairs = list(zip(pos[len(pos) - len(a.defaults):], a.defaults, strict=True))
-            pairs += [(k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None]
-            for arg, default in pairs:
-                if fn.name == "__init__" or arg.arg == "n_samples":
-                    _literal_into(out, arg.arg, default)
-    return out
-
-
-def _source(module: str) -> ast.Module:
-    return ast.parse((Path(__file__).resolve().parent / f"{module}.py").read_text(encoding="utf-8"))
-
-
-def _literal_into(out: dict[str, Any], name: str, node: ast.expr) -> None:
-    try:
-        out[name] = ast.literal_eval(node)
-    except ValueError:  # not a literal: no default shown
-        pass
+    return library_defaults()
 
 
 def _choices() -> dict[str, list[str]]:
@@ -160,10 +129,9 @@ def _choices() -> dict[str, list[str]]:
     from ._validation import RATE_INITS
 
     out["rate_init"] = list(RATE_INITS)
-    for option, module, name in (("batch_effect", "covariates", "BATCH_EFFECTS"),):
-        for node in _source(module).body:
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-                out[option] = list(ast.literal_eval(node.value))
+    from .config import BATCH_EFFECTS
+
+    out["batch_effect"] = list(BATCH_EFFECTS)
     return out
 
 

@@ -41,14 +41,11 @@ from torch import nn
 
 from ._validation import VelopyroInputError, check_batch_categories, check_batch_key, format_names
 from ._warn import caller_stacklevel
+from .config import BATCH_EFFECTS, BATCH_ENCODERS  # declared without torch (the command line reads them)
 
 __all__ = ["BATCH_EFFECTS", "BATCH_ENCODERS", "BatchEffect", "read_batches", "check_batch_index", "one_hot",
            "batch_mixing_score", "combined_labels"]
 
-#: Observation-model designs: ``"none"`` puts the covariate in the encoder only.
-BATCH_EFFECTS = ("auto", "scale_offset", "scale", "none")
-#: What the encoder sees: observations corrected by the fitted effect (and the codes), or the codes alone.
-BATCH_ENCODERS = ("corrected", "onehot")
 _MODALITIES = ("u", "s")
 
 
